@@ -1,0 +1,278 @@
+//! The configuration model: a TOML file, overridden by `OSSVEND_<SECTION>_<KEY>`
+//! environment variables, then validated with every problem reported at once.
+//!
+//! This module reads the file and the environment and nothing else; it never
+//! touches the network.
+
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+pub use validate::{Problem, validate};
+
+/// Where `serve` and `check-config` look when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/ossvend.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    pub sts: StsConfig,
+    #[serde(default)]
+    pub grants: Vec<GrantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Loopback by default: a token vendor must be exposed on purpose.
+    pub listen: String,
+    /// Grant served on the seeds' legacy paths (`/get_sts_token_for_oss_upload`).
+    pub default_grant: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub body_limit_bytes: usize,
+    pub log_format: LogFormat,
+    /// Required to listen beyond loopback without client authentication.
+    pub allow_anonymous: bool,
+    /// Serve this directory at `/` (the demo upload page).
+    pub static_dir: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8000".into(),
+            default_grant: None,
+            request_timeout: Duration::from_secs(15),
+            body_limit_bytes: 64 * 1024,
+            log_format: LogFormat::Text,
+            allow_anonymous: false,
+            static_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Where ossvend's own credentials come from. Only `env` for now.
+    pub source: String,
+    /// Key id given in the file (the secret still comes from the environment
+    /// unless `allow_inline_secret` is set).
+    pub access_key_id: Option<String>,
+    pub access_key_secret: Option<SecretString>,
+    /// Opt-in for a secret written in the file; off because config files leak.
+    pub allow_inline_secret: bool,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            source: "env".into(),
+            access_key_id: None,
+            access_key_secret: None,
+            allow_inline_secret: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StsConfig {
+    #[serde(default = "default_sts_endpoint")]
+    pub endpoint: String,
+    pub role_arn: String,
+    #[serde(default = "default_session_name")]
+    pub session_name: String,
+    #[serde(default = "default_duration_seconds")]
+    pub duration_seconds: u32,
+    /// Optional ExternalId for the role's trust policy.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// A credential is handed out only with at least this much life left. The
+    /// official credentials SDKs treat the last 15 minutes as stale.
+    #[serde(default = "default_min_remaining", with = "humantime_serde")]
+    pub min_remaining: Duration,
+    /// Inside this window before expiry an entry is refreshed in the background.
+    #[serde(default = "default_refresh_before", with = "humantime_serde")]
+    pub refresh_before: Duration,
+    /// Budget for AssumeRole calls (STS allows about 100/s per account).
+    #[serde(default = "default_max_calls_per_second")]
+    pub max_calls_per_second: u32,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries on throttling, 5xx and transport errors only.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    /// Upper bound on cached credentials (one per grant, user and policy).
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+}
+
+fn default_sts_endpoint() -> String {
+    "https://sts.aliyuncs.com".into()
+}
+fn default_session_name() -> String {
+    "ossvend".into()
+}
+fn default_duration_seconds() -> u32 {
+    3600
+}
+fn default_min_remaining() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_refresh_before() -> Duration {
+    Duration::from_secs(20 * 60)
+}
+fn default_max_calls_per_second() -> u32 {
+    50
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_retries() -> u32 {
+    2
+}
+fn default_retry_base() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_cache_capacity() -> u64 {
+    100_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    pub name: String,
+    pub bucket: String,
+    /// OSS region id without the `oss-` prefix, e.g. `cn-hangzhou`.
+    pub region: String,
+    /// Defaults to `https://oss-<region>.aliyuncs.com`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Key prefix the grant may write under, e.g. `uploads/`.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default = "default_actions")]
+    pub actions: Vec<String>,
+    /// Overrides `sts.duration_seconds` for this grant.
+    #[serde(default)]
+    pub duration_seconds: Option<u32>,
+    /// An explicit session policy document (JSON text) instead of the one
+    /// rendered from bucket, prefix and actions.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Overrides `sts.session_name` for this grant.
+    #[serde(default)]
+    pub session_name: Option<String>,
+}
+
+fn default_actions() -> Vec<String> {
+    vec!["oss:PutObject".into()]
+}
+
+impl GrantConfig {
+    pub fn endpoint(&self) -> String {
+        self.endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://oss-{}.aliyuncs.com", self.region))
+    }
+}
+
+impl ServerConfig {
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Reads `path`, applies `OSSVEND_*` overrides from `env`, and deserializes.
+/// Semantic checks are separate ([`validate`]) so that all of them can be
+/// reported together.
+pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.into(),
+        source,
+    })?;
+    parse(&text, env).map_err(|message| LoadError::Parse {
+        path: path.into(),
+        message,
+    })
+}
+
+pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Config, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    apply_env_overrides(&mut doc, env)?;
+    toml::Value::Table(doc)
+        .try_into::<Config>()
+        .map_err(|e| e.to_string())
+}
+
+/// `OSSVEND_SERVER_LISTEN=0.0.0.0:8000` sets `server.listen`, and so on for the
+/// `server`, `identity` and `sts` sections. Values are read as TOML when they
+/// parse as such (numbers, booleans) and as plain strings otherwise.
+fn apply_env_overrides(
+    doc: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("OSSVEND_") else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let Some((section, key)) = ["server", "identity", "sts"].iter().find_map(|s| {
+            lower
+                .strip_prefix(s)
+                .and_then(|k| k.strip_prefix('_'))
+                .map(|k| (*s, k))
+        }) else {
+            continue;
+        };
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let table = doc
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{section} must be a table"))?;
+        table.insert(key.to_string(), value);
+    }
+    Ok(())
+}

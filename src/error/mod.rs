@@ -1,0 +1,133 @@
+//! One error type for every route: JSON `{code, message, request_id}` with the
+//! right status, plus `StatusCode`/`ErrorCode`/`ErrorMessage` because the OSS
+//! mobile SDKs' auth-server providers read those names. Messages are written
+//! for clients: no secrets, no internal hostnames.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::sts::{StsError, StsErrorKind};
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, machine-readable; documented in the README.
+    pub code: &'static str,
+    pub message: String,
+    pub sts_code: Option<String>,
+    pub sts_request_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            sts_code: None,
+            sts_request_id: None,
+        }
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+}
+
+impl From<StsError> for ApiError {
+    fn from(e: StsError) -> Self {
+        let (status, code, message) = match (&e, e.kind()) {
+            (StsError::ShortLived { .. }, _) => (
+                StatusCode::BAD_GATEWAY,
+                "sts_short_lived",
+                "STS issued a credential too short-lived to hand out; check the role's MaxSessionDuration and sts.duration_seconds",
+            ),
+            (StsError::Identity(_), _) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "identity_unavailable",
+                "the server's own cloud identity is unavailable",
+            ),
+            (_, StsErrorKind::Denied) => (
+                StatusCode::BAD_GATEWAY,
+                "sts_denied",
+                "STS refused to issue credentials for this grant (permission, role or key problem on the server side)",
+            ),
+            (_, StsErrorKind::InvalidRequest) => (
+                StatusCode::BAD_GATEWAY,
+                "sts_rejected_request",
+                "STS rejected the request the server built for this grant (policy, duration or session name)",
+            ),
+            (_, StsErrorKind::Throttled) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sts_throttled",
+                "STS is throttling the server; retry shortly",
+            ),
+            (_, StsErrorKind::Unavailable) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sts_unavailable",
+                "STS is unavailable and no valid cached credential is left",
+            ),
+        };
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            sts_code: e.sts_code().map(str::to_owned),
+            sts_request_id: e.sts_request_id().map(str::to_owned),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sts_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sts_request_id: Option<&'a str>,
+    #[serde(rename = "StatusCode")]
+    status_code: u16,
+    #[serde(rename = "ErrorCode")]
+    error_code: &'a str,
+    #[serde(rename = "ErrorMessage")]
+    error_message: &'a str,
+}
+
+impl ApiError {
+    /// Renders the response. Handlers do not know the request id, so
+    /// `into_response` leaves it empty and stores the error in the response
+    /// extensions; the request-id middleware renders it again with the id.
+    pub fn render(&self, request_id: &str) -> Response {
+        let body = Body {
+            code: self.code,
+            message: &self.message,
+            request_id,
+            sts_code: self.sts_code.as_deref(),
+            sts_request_id: self.sts_request_id.as_deref(),
+            status_code: self.status.as_u16(),
+            error_code: self.code,
+            error_message: &self.message,
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = self.render("");
+        resp.extensions_mut().insert(self);
+        resp
+    }
+}

@@ -1,0 +1,102 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ossvend::config::{self, Config, DEFAULT_CONFIG_PATH};
+use ossvend::server::{self, AppState};
+
+/// Vends short-lived, least-privilege upload rights for Alibaba Cloud OSS.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve {
+        /// Config file (default: config/ossvend.toml).
+        #[arg(long, env = "OSSVEND_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print every problem found.
+    CheckConfig {
+        #[arg(long, env = "OSSVEND_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    match cli.command {
+        Command::CheckConfig { config } => match load_checked(config.as_deref(), &env) {
+            Ok((path, cfg)) => {
+                println!("{}: ok ({} grant(s))", path.display(), cfg.grants.len());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => report(&problems),
+        },
+        Command::Serve { config } => {
+            let (_, cfg) = match load_checked(config.as_deref(), &env) {
+                Ok(c) => c,
+                Err(problems) => return report(&problems),
+            };
+            ossvend::telemetry::init(cfg.server.log_format);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return report(&[format!("cannot start the runtime: {e}")]),
+            };
+            rt.block_on(async move {
+                let listen = cfg.server.listen.clone();
+                let state = match AppState::build(cfg, &env).await {
+                    Ok(s) => s,
+                    Err(e) => return report(&[e]),
+                };
+                let listener = match tokio::net::TcpListener::bind(&listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return report(&[format!("server.listen: cannot bind {listen}: {e}")]);
+                    }
+                };
+                match server::run(state, listener).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => report(&[format!("server error: {e}")]),
+                }
+            })
+        }
+    }
+}
+
+/// Loads, overrides from the environment and validates; every problem at once.
+fn load_checked(
+    path: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<(PathBuf, Config), Vec<String>> {
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let cfg = config::load(&path, env).map_err(|e| vec![e.to_string()])?;
+    let problems = config::validate(&cfg, env);
+    if problems.is_empty() {
+        Ok((path, cfg))
+    } else {
+        Err(problems
+            .iter()
+            .map(|p| format!("{}: {p}", path.display()))
+            .collect())
+    }
+}
+
+fn report(problems: &[String]) -> ExitCode {
+    for p in problems {
+        eprintln!("error: {p}");
+    }
+    if problems.len() > 1 {
+        eprintln!("{} problems found", problems.len());
+    }
+    ExitCode::from(2)
+}

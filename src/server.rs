@@ -1,0 +1,85 @@
+//! Wiring: builds the application state from a validated config and runs the
+//! HTTP server until SIGTERM or Ctrl-C, letting in-flight requests finish.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::Config;
+use crate::grants::{Grants, Issuer};
+use crate::identity::{self, CredentialProvider, key_id_prefix};
+use crate::sts::{CacheTimings, CredentialCache, StsClient, SystemClock};
+
+pub struct AppState {
+    pub config: Config,
+    pub grants: Grants,
+    pub issuer: Issuer,
+}
+
+impl AppState {
+    /// `env` is the process environment (identity variables are read from it).
+    pub async fn build(
+        config: Config,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Arc<Self>, String> {
+        let provider = identity::from_config(&config.identity, env).map_err(|e| e.to_string())?;
+        let id = provider.credentials().await.map_err(|e| e.to_string())?;
+        info!(source = provider.source_name(), access_key_id = %key_id_prefix(&id.access_key_id), "server identity loaded");
+        let sts = Arc::new(StsClient::new(&config.sts)?);
+        let timings = CacheTimings {
+            min_remaining: config.sts.min_remaining,
+            refresh_before: config.sts.refresh_before,
+            refresh_retry_after: Duration::from_secs(10),
+            capacity: config.sts.cache_capacity,
+        };
+        let cache = CredentialCache::new(sts, Arc::new(SystemClock), timings);
+        let grants = Grants::from_config(&config)?;
+        let identity: Arc<dyn CredentialProvider> = Arc::new(provider);
+        Ok(Arc::new(AppState {
+            grants,
+            issuer: Issuer { identity, cache },
+            config,
+        }))
+    }
+}
+
+/// Serves `state` on `listener` until a shutdown signal.
+pub async fn run(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    info!(
+        listen = %addr,
+        grants = ?state.grants.names(),
+        default_grant = state.config.server.default_grant.as_deref().unwrap_or("-"),
+        sts_endpoint = %state.config.sts.endpoint,
+        "ossvend listening on http://{addr}"
+    );
+    axum::serve(listener, crate::routes::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    info!("ossvend stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("Ctrl-C received; finishing in-flight requests"),
+        _ = term => info!("SIGTERM received; finishing in-flight requests"),
+    }
+}
