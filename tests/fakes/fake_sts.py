@@ -5,13 +5,13 @@ Stdlib only (Python 3.11+).  It verifies requests the way the real STS gateway d
 (RPC signature 1.0 / HMAC-SHA1, Timestamp window, SignatureNonce replay, AssumeRole
 parameter rules) and answers with bodies shaped like the real service, so the Rust
 client is tested against the wire format rather than against itself.  Spec:
-/work/shared/spec/signing.md sections 1-2.
+../shared/spec/signing.md sections 1-2.
 
 Usage
 -----
     python3 tests/fakes/fake_sts.py [--port 0] [--key AK:SECRET ...]
                                     [--max-skew-seconds 900] [--max-session-duration 3600]
-    python3 tests/fakes/fake_sts.py --selftest /work/shared/spec/vectors/sts_rpc_hmac_sha1.json
+    python3 tests/fakes/fake_sts.py --selftest tests/vectors/sts_rpc_hmac_sha1.json
 
 The first stdout line is exactly ``listening on 127.0.0.1:<port>`` (port 0 = ephemeral).
 Then one line per STS request; secrets and signatures are never printed.  Without

@@ -1,0 +1,323 @@
+//! Shared harness for the integration tests: the Python fake STS and the real
+//! `ossvend` binary, each on an ephemeral loopback port, with their output captured.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The fake caller key the fake STS accepts. Obviously not a real credential.
+pub const CALLER_AK: &str = "LTAIfakeTestKeyId0001";
+pub const CALLER_SECRET: &str = "fakeTestSecretDoNotUse0001";
+pub const ROLE_ARN: &str = "acs:ram::1234567890123456:role/oss-upload";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn http() -> reqwest::Client {
+    ossvend::sts::client::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// Lines a child process writes, collected by a background thread.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<String>>);
+
+impl Captured {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+    fn spawn_reader<R: Read + Send + 'static>(
+        &self,
+        r: R,
+        first_match: Option<(&'static str, mpsc::Sender<String>)>,
+    ) {
+        let buf = self.0.clone();
+        std::thread::spawn(move || {
+            let mut first = first_match;
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if let Some((needle, tx)) = &first
+                    && let Some(pos) = line.find(needle)
+                {
+                    // The address runs up to the first character that cannot be in it (JSON logs quote it).
+                    let rest = &line[pos + needle.len()..];
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                        .collect();
+                    let _ = tx.send(addr);
+                    first = None;
+                }
+                let mut b = buf.lock().unwrap();
+                b.push_str(&line);
+                b.push('\n');
+            }
+        });
+    }
+    /// Waits until `needle` appears in the output.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.text().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+/// `tests/fakes/fake_sts.py` on an ephemeral port; killed on drop.
+pub struct FakeSts {
+    child: Child,
+    pub endpoint: String,
+    pub output: Captured,
+    client: reqwest::Client,
+}
+
+impl FakeSts {
+    pub fn start() -> FakeSts {
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/fakes/fake_sts.py"))
+            .args(["--port", "0", "--max-session-duration", "43200"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 must be installed to run the fake STS");
+        let output = Captured::default();
+        let (tx, rx) = mpsc::channel();
+        output.spawn_reader(child.stdout.take().unwrap(), Some(("listening on ", tx)));
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("fake STS did not start");
+        FakeSts {
+            child,
+            endpoint: format!("http://{addr}"),
+            output,
+            client: http(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.endpoint))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "fake STS control {path}: {}",
+            r.status()
+        );
+        r.json().await.unwrap()
+    }
+
+    /// Every AssumeRole request received so far.
+    pub async fn calls(&self) -> Vec<Value> {
+        let v: Value = self
+            .client
+            .get(format!("{}/_fake/calls", self.endpoint))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["calls"].as_array().unwrap().clone()
+    }
+
+    pub async fn call_count(&self) -> usize {
+        self.calls().await.len()
+    }
+
+    /// Queues behaviours for the next verified calls (see the fake's docstring).
+    pub async fn script(&self, responses: Value) {
+        self.post("/_fake/script", json!({ "responses": responses }))
+            .await;
+    }
+
+    /// Sets the behaviour used when the script is empty (`{}` = normal).
+    pub async fn mode(&self, behaviour: Value) {
+        self.post("/_fake/mode", behaviour).await;
+    }
+
+    /// Waits until at least `n` calls were recorded.
+    pub async fn wait_calls(&self, n: usize, timeout: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            let c = self.call_count().await;
+            if c >= n || start.elapsed() > timeout {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FakeSts {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A config with two grants, pointed at `sts_endpoint`, listening on an ephemeral port.
+pub fn config(sts_endpoint: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+default_grant = "browser-upload"
+
+[identity]
+source = "env"
+
+[sts]
+endpoint = "{sts_endpoint}"
+role_arn = "{ROLE_ARN}"
+max_retries = 2
+retry_base_delay = "10ms"
+
+[[grants]]
+name = "browser-upload"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "uploads/"
+actions = ["oss:PutObject"]
+
+[[grants]]
+name = "avatars"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "avatars/"
+actions = ["oss:PutObject", "oss:GetObject"]
+duration_seconds = 7200
+session_name = "avatars-session"
+"#
+    )
+}
+
+/// The real `ossvend` binary; killed on drop. Its whole stderr (the logs) is kept.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub logs: Captured,
+    _dir: tempfile::TempDir,
+}
+
+pub struct ServerOptions<'a> {
+    pub config: String,
+    pub env: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> ServerOptions<'a> {
+    pub fn new(config: String) -> Self {
+        ServerOptions {
+            config,
+            env: Vec::new(),
+        }
+    }
+    pub fn env(mut self, k: &'a str, v: &'a str) -> Self {
+        self.env.push((k, v));
+        self
+    }
+}
+
+/// The command with a clean environment: only what the test sets, plus the caller key.
+pub fn ossvend_command(dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let path = dir.join("ossvend.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ossvend"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(&path)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", CALLER_AK)
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", CALLER_SECRET)
+        .env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Server {
+    pub fn start(config: String) -> Server {
+        Self::start_with(ServerOptions::new(config))
+    }
+
+    pub fn start_with(opts: ServerOptions<'_>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = ossvend_command(dir.path(), &opts.config, &["serve"], &opts.env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Captured::default();
+        let (tx, rx) = mpsc::channel();
+        logs.spawn_reader(
+            child.stderr.take().unwrap(),
+            Some(("ossvend listening on http://", tx)),
+        );
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ossvend did not start; logs:\n{}", logs.text());
+            }
+        };
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            logs,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "ossvend did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

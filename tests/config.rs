@@ -1,0 +1,211 @@
+//! `ossvend check-config` and `ossvend serve` on good and bad configs.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+
+fn run(config: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ossvend_command(dir.path(), config, args, env)
+        .output()
+        .unwrap();
+    drop(dir);
+    out
+}
+
+const ISSUE_EXAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:8000"
+default_grant = "browser-upload"
+
+[identity]
+source = "env"
+
+[sts]
+endpoint = "https://sts.cn-hangzhou.aliyuncs.com"
+role_arn = "acs:ram::1234567890123456:role/oss-upload"
+
+[[grants]]
+name = "browser-upload"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "uploads/"
+actions = ["oss:PutObject"]
+"#;
+
+#[test]
+fn the_minimal_documented_config_is_valid() {
+    let out = run(ISSUE_EXAMPLE, &["check-config"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 grant(s))"));
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let text = std::fs::read_to_string(repo_root().join("config/ossvend.example.toml")).unwrap();
+    let out = run(&text, &["check-config"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const BAD: &str = r#"
+[server]
+listen = "not-an-address"
+default_grant = "missing"
+
+[identity]
+source = "env"
+access_key_secret = "inline-secret-value"
+
+[sts]
+endpoint = "http://sts.example.com"
+role_arn = "arn:aws:iam::123:role/x"
+session_name = "x"
+duration_seconds = 100
+max_calls_per_second = 500
+
+[[grants]]
+name = "a"
+bucket = "Bad_Bucket"
+region = "oss-cn-hangzhou"
+prefix = "/x*"
+actions = ["s3:PutObject"]
+
+[[grants]]
+name = "a"
+bucket = "okbucket"
+region = "cn-hangzhou"
+policy = "{not json"
+"#;
+
+#[test]
+fn check_config_reports_every_problem_with_its_key_path() {
+    let out = run(BAD, &["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in [
+        "server.listen:",
+        "server.default_grant:",
+        "identity.access_key_secret:",
+        "sts.endpoint:",
+        "sts.role_arn:",
+        "sts.session_name:",
+        "sts.duration_seconds:",
+        "sts.max_calls_per_second:",
+        "grants[0].bucket:",
+        "grants[0].region:",
+        "grants[0].prefix:",
+        "grants[0].actions[0]:",
+        "grants[1].name:",
+        "grants[1].policy:",
+    ] {
+        assert!(err.contains(path), "missing {path} in:\n{err}");
+    }
+    assert!(
+        !err.contains("inline-secret-value"),
+        "a secret must not be echoed"
+    );
+    assert!(err.contains("problems found"));
+    // serve refuses to start on the same problems.
+    let out = run(BAD, &["serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("grants[0].bucket:"));
+}
+
+#[test]
+fn too_long_policy_and_unusable_duration_are_refused() {
+    let actions: Vec<String> = (0..150).map(|i| format!("\"oss:Action{i}\"")).collect();
+    let cfg = ISSUE_EXAMPLE.replace(
+        r#"actions = ["oss:PutObject"]"#,
+        &format!("actions = [{}]", actions.join(",")),
+    );
+    let out = run(&cfg, &["check-config"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("grants[0].policy:") && err.contains("2048"),
+        "{err}"
+    );
+
+    // 900 s credentials with the default 20 min refresh window would never be servable.
+    let cfg = ISSUE_EXAMPLE.replace("[[grants]]", "duration_seconds = 900\n\n[[grants]]");
+    let out = run(&cfg, &["check-config"], &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sts.duration_seconds:"));
+}
+
+#[test]
+fn anonymous_on_a_public_address_is_refused_unless_explicit() {
+    let public = ISSUE_EXAMPLE.replace("127.0.0.1:8000", "0.0.0.0:8000");
+    let out = run(&public, &["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen:"));
+    let out = run(&public, &["serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let allowed = public.replace("[identity]", "allow_anonymous = true\n\n[identity]");
+    let out = run(&allowed, &["check-config"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The environment can flip it too.
+    let out = run(
+        &public,
+        &["check-config"],
+        &[("OSSVEND_SERVER_ALLOW_ANONYMOUS", "true")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn missing_identity_and_unknown_keys_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ossvend_command(dir.path(), ISSUE_EXAMPLE, &["check-config"], &[])
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ALIBABA_CLOUD_ACCESS_KEY_ID is not set")
+            && err.contains("ALIBABA_CLOUD_ACCESS_KEY_SECRET is not set"),
+        "{err}"
+    );
+
+    let typo = ISSUE_EXAMPLE.replace("prefix =", "prefx =");
+    let out = run(&typo, &["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prefx"));
+
+    let out = run(ISSUE_EXAMPLE, &["check-config"], &[]);
+    assert!(out.status.success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ossvend"))
+        .args(["check-config", "--config", "/nonexistent/ossvend.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/ossvend.toml"));
+}
+
+#[test]
+fn env_overrides_apply_to_sections() {
+    let out = run(
+        ISSUE_EXAMPLE,
+        &["check-config"],
+        &[("OSSVEND_STS_DURATION_SECONDS", "50000")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sts.duration_seconds:"));
+}
