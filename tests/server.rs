@@ -543,3 +543,41 @@ async fn no_secret_ever_appears_in_the_logs() {
         }
     }
 }
+
+/// With a budget of 1 call/s, a second cold grant waits for a token, while a
+/// cache hit issued during that wait is answered before the second STS call.
+#[tokio::test]
+async fn sts_budget_spaces_calls_and_never_delays_hits() {
+    let sts = FakeSts::start();
+    let server = Server::start_with(
+        ServerOptions::new(config(&sts.endpoint)).env("OSSVEND_STS_MAX_CALLS_PER_SECOND", "1"),
+    );
+    let client = http();
+    let warm = server.url("/v1/grants/browser-upload/credentials");
+    assert_eq!(client.get(&warm).send().await.unwrap().status(), 200);
+
+    let cold = {
+        let (client, url) = (client.clone(), server.url("/v1/grants/avatars/credentials"));
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(client.get(&warm).send().await.unwrap().status(), 200);
+    let hit_done = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(cold.await.unwrap(), 200);
+
+    let calls = sts.calls().await;
+    assert_eq!(calls.len(), 2);
+    let (t1, t2) = (
+        calls[0]["time"].as_f64().unwrap(),
+        calls[1]["time"].as_f64().unwrap(),
+    );
+    assert!(
+        t2 - t1 >= 0.8,
+        "second STS call came {:.3}s after the first; the budget allows 1/s",
+        t2 - t1
+    );
+    assert!(hit_done < t2, "the cache hit waited for the STS budget");
+}
