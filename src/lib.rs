@@ -12,6 +12,7 @@ pub mod policy;
 pub mod routes;
 pub mod server;
 pub mod sign;
+pub mod signcli;
 pub mod sts;
 pub mod telemetry;
 

@@ -27,12 +27,22 @@ enum Command {
         #[arg(long, env = "OSSVEND_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Offline signer for debugging SignatureDoesNotMatch (explicit --at, --explain).
+    #[command(subcommand)]
+    Sign(ossvend::signcli::SignCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: BTreeMap<String, String> = std::env::vars().collect();
     match cli.command {
+        Command::Sign(cmd) => match ossvend::signcli::run(&cmd) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&[e]),
+        },
         Command::CheckConfig { config } => match load_checked(config.as_deref(), &env) {
             Ok((path, cfg)) => {
                 println!("{}: ok ({} grant(s))", path.display(), cfg.grants.len());

@@ -190,6 +190,81 @@ pub struct GrantConfig {
     /// Overrides `sts.session_name` for this grant.
     #[serde(default)]
     pub session_name: Option<String>,
+    /// Largest object a PostObject policy allows (`content-length-range`).
+    #[serde(default = "default_max_size_bytes")]
+    pub max_size_bytes: u64,
+    /// Allowed Content-Types for form and presigned uploads; empty = any.
+    #[serde(default)]
+    pub content_types: Vec<String>,
+    /// How the server names objects for presigned URLs (and PostObject when the
+    /// client sends a filename): `{prefix}`, `{uuid}`, `{date}` (YYYYMMDD), `{ext}`.
+    #[serde(default = "default_key_template")]
+    pub key_template: String,
+    /// PostObject signature version: `v4` (default) or `v1`.
+    #[serde(default)]
+    pub post_version: PostVersion,
+    /// Presigned URL scheme: `oss-v4` (default), `oss-v1` or `s3-v4`.
+    #[serde(default)]
+    pub presign_scheme: PresignScheme,
+    /// Validity of PostObject policies and presigned URLs; capped by the life of
+    /// the signing credential and by 7 days.
+    #[serde(default = "default_upload_expires", with = "humantime_serde")]
+    pub upload_expires: Duration,
+    /// Which credential signs policies and URLs: `sts` (the grant's narrowed role
+    /// credential from the cache, default) or `access_key` (the identity itself).
+    #[serde(default)]
+    pub signing: SigningSource,
+    /// `success_action_status` for PostObject (200, 201 or 204).
+    #[serde(default = "default_success_action_status")]
+    pub success_action_status: u16,
+    /// S3-compatible endpoint for `presign_scheme = "s3-v4"`; default
+    /// `https://s3.oss-<region>.aliyuncs.com`.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    /// Path-style URLs (`<endpoint>/<bucket>/<key>`) instead of virtual-hosted;
+    /// default: path-style only for IP-address and localhost endpoints.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PostVersion {
+    V1,
+    #[default]
+    V4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum PresignScheme {
+    #[serde(rename = "oss-v1")]
+    OssV1,
+    #[default]
+    #[serde(rename = "oss-v4")]
+    OssV4,
+    #[serde(rename = "s3-v4")]
+    S3V4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SigningSource {
+    #[default]
+    Sts,
+    AccessKey,
+}
+
+fn default_max_size_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_key_template() -> String {
+    "{prefix}{uuid}{ext}".into()
+}
+fn default_upload_expires() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_success_action_status() -> u16 {
+    200
 }
 
 fn default_actions() -> Vec<String> {
@@ -201,6 +276,12 @@ impl GrantConfig {
         self.endpoint
             .clone()
             .unwrap_or_else(|| format!("https://oss-{}.aliyuncs.com", self.region))
+    }
+
+    pub fn s3_endpoint(&self) -> String {
+        self.s3_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.oss-{}.aliyuncs.com", self.region))
     }
 }
 

@@ -32,6 +32,8 @@ impl Problems {
 }
 
 pub const MIN_DURATION_SECONDS: u32 = 900;
+/// PostObject accepts objects up to 5 GiB.
+pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 pub const MAX_DURATION_SECONDS: u32 = 43_200;
 
 /// Checks `config` as loaded; `env` is the process environment (for the identity).
@@ -223,6 +225,33 @@ fn check_grants(config: &Config, p: &mut Problems) {
         if let Some(s) = &g.session_name {
             check_session_name(&at("session_name"), s, p);
         }
+        if let Some(ep) = &g.s3_endpoint {
+            check_endpoint(&at("s3_endpoint"), ep, p);
+        }
+        if g.max_size_bytes == 0 || g.max_size_bytes > MAX_OBJECT_BYTES {
+            p.add(
+                at("max_size_bytes"),
+                format!("must be between 1 and {MAX_OBJECT_BYTES} (5 GiB, the PostObject limit)"),
+            );
+        }
+        for (j, ct) in g.content_types.iter().enumerate() {
+            if !is_media_type(ct) {
+                p.add(
+                    format!("grants[{i}].content_types[{j}]"),
+                    format!("{ct:?} is not a media type like \"image/png\""),
+                );
+            }
+        }
+        if let Err(why) = crate::policy::check_key_template(&g.key_template) {
+            p.add(at("key_template"), why);
+        }
+        let expires = g.upload_expires.as_secs();
+        if !(1..=604_800).contains(&expires) {
+            p.add(at("upload_expires"), "must be between 1 second and 7 days");
+        }
+        if ![200, 201, 204].contains(&g.success_action_status) {
+            p.add(at("success_action_status"), "must be 200, 201 or 204");
+        }
         if let Err(e) = render_grant_policy(g) {
             p.add(at("policy"), e.to_string());
         }
@@ -299,6 +328,17 @@ fn check_endpoint(path: &str, value: &str, p: &mut Problems) {
             }
         }
     }
+}
+
+/// `type/subtype` with token characters only (parameters such as `; charset=`
+/// would have to be matched byte for byte by every client, so they are refused).
+pub fn is_media_type(s: &str) -> bool {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c))
+    };
+    s.split_once('/').is_some_and(|(a, b)| token(a) && token(b))
 }
 
 pub fn is_role_arn(s: &str) -> bool {

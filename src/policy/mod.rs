@@ -136,9 +136,188 @@ pub fn policy_sha256(policy: &str) -> String {
     crate::sign::sha256_hex(policy.as_bytes())
 }
 
+/// Placeholders a key template may use. `{prefix}` must come first so that a
+/// rendered key can never leave the grant's prefix.
+const KEY_PLACEHOLDERS: &[&str] = &["prefix", "uuid", "date", "ext"];
+
+pub fn check_key_template(t: &str) -> Result<(), String> {
+    if !t.starts_with("{prefix}") {
+        return Err(format!(
+            "{t:?} must start with {{prefix}} so keys stay inside the grant's prefix"
+        ));
+    }
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("{t:?} has an unclosed {{"))?
+            + open;
+        let name = &rest[open + 1..close];
+        if !KEY_PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "{t:?} uses unknown placeholder {{{name}}}; known: {KEY_PLACEHOLDERS:?}"
+            ));
+        }
+        rest = &rest[close + 1..];
+    }
+    if !t.contains("{uuid}") {
+        return Err(format!(
+            "{t:?} must contain {{uuid}}, or two uploads would overwrite each other"
+        ));
+    }
+    let literal: String = t.split(['{', '}']).step_by(2).collect();
+    if literal.contains(['*', '?', '"', '\\', '$']) || literal.chars().any(char::is_control) {
+        return Err(format!(
+            "{t:?} contains characters that do not belong in an object key"
+        ));
+    }
+    Ok(())
+}
+
+/// Values substituted into a key template; all produced by the server.
+pub struct KeyVars<'a> {
+    pub prefix: &'a str,
+    pub uuid: &'a str,
+    /// `YYYYMMDD` (UTC).
+    pub date: &'a str,
+    /// `.png`, or empty: see [`sanitize_ext`].
+    pub ext: &'a str,
+}
+
+pub fn render_key_template(t: &str, v: &KeyVars<'_>) -> String {
+    t.replace("{prefix}", v.prefix)
+        .replace("{uuid}", v.uuid)
+        .replace("{date}", v.date)
+        .replace("{ext}", v.ext)
+}
+
+/// The only part of a client's filename that reaches a key: its extension,
+/// lower-cased, if it is 1-10 ASCII letters or digits; otherwise nothing.
+pub fn sanitize_ext(filename: &str) -> String {
+    let Some((stem, ext)) = filename.rsplit_once('.') else {
+        return String::new();
+    };
+    let ok = !stem.is_empty()
+        && (1..=10).contains(&ext.len())
+        && ext.chars().all(|c| c.is_ascii_alphanumeric());
+    if ok {
+        format!(".{}", ext.to_ascii_lowercase())
+    } else {
+        String::new()
+    }
+}
+
+/// How a PostObject policy constrains the object key.
+pub enum KeyCondition<'a> {
+    /// The server named the key: `["eq", "$key", key]`.
+    Exact(&'a str),
+    /// The client names it under the prefix: `["starts-with", "$key", prefix]`.
+    Prefix(&'a str),
+}
+
+/// Inputs of a PostObject policy document (spec §10.1).
+pub struct PostPolicySpec<'a> {
+    /// `YYYY-MM-DDThh:mm:ss.000Z`
+    pub expiration: &'a str,
+    pub bucket: &'a str,
+    pub key: KeyCondition<'a>,
+    pub max_size_bytes: u64,
+    pub content_types: &'a [String],
+    pub success_action_status: u16,
+    /// Exact-match conditions the signature version requires (V4 auth fields,
+    /// security token), in order.
+    pub required: &'a [(&'a str, String)],
+}
+
+/// The policy JSON text, compact and deterministic. The signature covers these
+/// exact bytes (base64-encoded), so they are produced once and never re-serialized.
+pub fn post_policy_json(spec: &PostPolicySpec<'_>) -> String {
+    use serde_json::json;
+    let mut conditions: Vec<Value> = spec
+        .required
+        .iter()
+        .map(|(k, v)| json!({ *k: v }))
+        .collect();
+    conditions.push(json!({ "bucket": spec.bucket }));
+    conditions.push(match spec.key {
+        KeyCondition::Exact(k) => json!(["eq", "$key", k]),
+        KeyCondition::Prefix(p) => json!(["starts-with", "$key", p]),
+    });
+    conditions.push(json!(["content-length-range", 0, spec.max_size_bytes]));
+    conditions.push(json!([
+        "eq",
+        "$success_action_status",
+        spec.success_action_status.to_string()
+    ]));
+    if !spec.content_types.is_empty() {
+        conditions.push(json!(["in", "$content-type", spec.content_types]));
+    }
+    // "expiration" first, as in the documentation; a struct keeps the order.
+    #[derive(Serialize)]
+    struct Doc<'a> {
+        expiration: &'a str,
+        conditions: Vec<Value>,
+    }
+    serde_json::to_string(&Doc {
+        expiration: spec.expiration,
+        conditions,
+    })
+    .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_templates() {
+        assert!(check_key_template("{prefix}{uuid}{ext}").is_ok());
+        assert!(check_key_template("{prefix}{date}/{uuid}{ext}").is_ok());
+        assert!(check_key_template("{uuid}{ext}").is_err());
+        assert!(check_key_template("{prefix}fixed").is_err());
+        assert!(check_key_template("{prefix}{uuid}{nope}").is_err());
+        assert!(check_key_template("{prefix}{uuid}*").is_err());
+        let k = render_key_template(
+            "{prefix}{date}/{uuid}{ext}",
+            &KeyVars {
+                prefix: "u/",
+                uuid: "x",
+                date: "20260101",
+                ext: ".png",
+            },
+        );
+        assert_eq!(k, "u/20260101/x.png");
+    }
+
+    #[test]
+    fn only_a_clean_extension_survives_from_a_filename() {
+        assert_eq!(sanitize_ext("cat.PNG"), ".png");
+        assert_eq!(sanitize_ext("archive.tar.gz"), ".gz");
+        assert_eq!(sanitize_ext("../../etc/passwd"), "");
+        assert_eq!(sanitize_ext("x.p*g"), "");
+        assert_eq!(sanitize_ext(".bashrc"), "");
+        assert_eq!(sanitize_ext("noext"), "");
+        assert_eq!(sanitize_ext("a.verylongextension"), "");
+        assert_eq!(sanitize_ext("a.ä"), "");
+    }
+
+    #[test]
+    fn post_policy_document() {
+        let req = [("x-oss-date", "20260101T000000Z".to_string())];
+        let p = post_policy_json(&PostPolicySpec {
+            expiration: "2026-01-01T00:15:00.000Z",
+            bucket: "b",
+            key: KeyCondition::Prefix("uploads/"),
+            max_size_bytes: 10,
+            content_types: &["image/png".into()],
+            success_action_status: 200,
+            required: &req,
+        });
+        assert_eq!(
+            p,
+            r#"{"expiration":"2026-01-01T00:15:00.000Z","conditions":[{"x-oss-date":"20260101T000000Z"},{"bucket":"b"},["starts-with","$key","uploads/"],["content-length-range",0,10],["eq","$success_action_status","200"],["in","$content-type",["image/png"]]]}"#
+        );
+    }
 
     #[test]
     fn renders_compact_prefix_policy() {

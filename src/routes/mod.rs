@@ -4,6 +4,7 @@
 mod credentials;
 mod health;
 mod middleware;
+mod upload;
 
 use std::sync::Arc;
 
@@ -30,6 +31,19 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(
             "/get_sts_token_for_oss_upload",
             get(credentials::legacy_credentials),
+        )
+        .route("/v1/grants/{grant}/post-policy", get(upload::post_policy))
+        .route(
+            "/get_post_signature_for_oss_upload",
+            get(upload::legacy_post_policy),
+        )
+        .route(
+            "/v1/grants/{grant}/presign",
+            get(upload::presign_get).post(upload::presign_post),
+        )
+        .route(
+            "/get_presigned_url_for_oss_upload",
+            get(upload::legacy_presign),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

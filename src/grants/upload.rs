@@ -1,0 +1,270 @@
+//! PostObject policies and presigned PUT URLs, signed locally with one cached
+//! credential: per-upload scoping lives in the signed policy or URL, so it costs
+//! no STS call.
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+
+use super::Grant;
+use crate::config::{PostVersion, PresignScheme};
+use crate::error::ApiError;
+use crate::policy::{self, KeyCondition, KeyVars, PostPolicySpec};
+use crate::sign::oss_v4::V4Scope;
+use crate::sign::{self, AddressingStyle, Endpoint, RequestToSign, SignError, SigningCredentials};
+
+/// What the client may say about its upload. Everything else is the server's choice.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct UploadRequest {
+    /// Only its sanitised extension is used.
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+}
+
+/// The credential that signs, and when it stops working.
+pub struct SigningMaterial {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub security_token: Option<String>,
+    /// `None` for a long-term AccessKey.
+    pub expires: Option<DateTime<Utc>>,
+}
+
+impl SigningMaterial {
+    fn creds(&self) -> SigningCredentials<'_> {
+        SigningCredentials {
+            access_key_id: &self.access_key_id,
+            access_key_secret: &self.access_key_secret,
+            security_token: self.security_token.as_deref(),
+        }
+    }
+}
+
+/// A signed PostObject form.
+#[derive(Debug)]
+pub struct PostPolicy {
+    /// Where the form is POSTed.
+    pub host: String,
+    pub dir: String,
+    /// Set when the server named the object.
+    pub key: Option<String>,
+    /// Every non-file form field, in the order to send; `file` goes last.
+    pub fields: Vec<(String, String)>,
+    pub policy_base64: String,
+    pub signature: String,
+    pub version: PostVersion,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A presigned PUT.
+#[derive(Debug)]
+pub struct Presigned {
+    pub url: String,
+    /// Exactly the headers that were signed and must be sent.
+    pub headers: Vec<(String, String)>,
+    pub key: String,
+    pub expires_at: DateTime<Utc>,
+    pub scheme: PresignScheme,
+}
+
+/// Validity: the configured time, never past the signing credential, never over 7 days.
+fn validity(
+    grant: &Grant,
+    material: &SigningMaterial,
+    now: DateTime<Utc>,
+) -> Result<u64, ApiError> {
+    let mut secs = grant.upload.upload_expires.as_secs().min(604_800);
+    if let Some(exp) = material.expires {
+        let left = (exp - now).num_seconds();
+        if left < 1 {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "sts_unavailable",
+                "no valid signing credential is available",
+            ));
+        }
+        secs = secs.min(left as u64);
+    }
+    Ok(secs.max(1))
+}
+
+fn check_content_type(grant: &Grant, ct: Option<&str>, required: bool) -> Result<(), ApiError> {
+    let allowed = &grant.upload.content_types;
+    match ct {
+        Some(ct) if !allowed.is_empty() && !allowed.iter().any(|a| a == ct) => {
+            Err(ApiError::bad_request(
+                "content_type_not_allowed",
+                format!(
+                    "content type {ct:?} is not allowed for this grant; allowed: {}",
+                    allowed.join(", ")
+                ),
+            ))
+        }
+        Some(ct) if !crate::config::validate::is_media_type(ct) => Err(ApiError::bad_request(
+            "invalid_content_type",
+            format!("{ct:?} is not a media type like image/png"),
+        )),
+        None if required && !allowed.is_empty() => Err(ApiError::bad_request(
+            "content_type_required",
+            format!(
+                "this grant binds the upload to a content type; send content_type (one of: {})",
+                allowed.join(", ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn new_key(grant: &Grant, filename: Option<&str>, now: DateTime<Utc>) -> String {
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    let date = now.format("%Y%m%d").to_string();
+    let ext = filename.map(policy::sanitize_ext).unwrap_or_default();
+    policy::render_key_template(
+        &grant.upload.key_template,
+        &KeyVars {
+            prefix: &grant.prefix,
+            uuid: &uuid,
+            date: &date,
+            ext: &ext,
+        },
+    )
+}
+
+fn endpoint<'a>(base: &'a str, path_style: bool) -> Endpoint<'a> {
+    Endpoint {
+        base,
+        style: if path_style {
+            AddressingStyle::Path
+        } else {
+            AddressingStyle::VirtualHosted
+        },
+    }
+}
+
+fn sign_error(e: SignError) -> ApiError {
+    ApiError::internal(format!("signing failed: {e}"))
+}
+
+pub fn post_policy(
+    grant: &Grant,
+    material: &SigningMaterial,
+    now: DateTime<Utc>,
+    req: &UploadRequest,
+) -> Result<PostPolicy, ApiError> {
+    let ct = req.content_type.as_deref();
+    check_content_type(grant, ct, false)?;
+    let secs = validity(grant, material, now)?;
+    let expires_at = now + TimeDelta::seconds(secs as i64);
+    let expiration = expires_at.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let creds = material.creds();
+    let scope = V4Scope::oss(&grant.region);
+
+    // A filename means the server names the object; otherwise the client picks
+    // a key under the prefix (the browser substitutes ${filename}).
+    let key = req
+        .filename
+        .as_deref()
+        .map(|f| new_key(grant, Some(f), now));
+    let key_field = key
+        .clone()
+        .unwrap_or_else(|| format!("{}${{filename}}", grant.prefix));
+    let key_condition = match &key {
+        Some(k) => KeyCondition::Exact(k),
+        None => KeyCondition::Prefix(&grant.prefix),
+    };
+    let required = match grant.upload.post_version {
+        PostVersion::V4 => {
+            sign::post::v4_required_conditions(&creds, &scope, now).map_err(sign_error)?
+        }
+        PostVersion::V1 => Vec::new(),
+    };
+    let policy_json = policy::post_policy_json(&PostPolicySpec {
+        expiration: &expiration,
+        bucket: &grant.bucket,
+        key: key_condition,
+        max_size_bytes: grant.upload.max_size_bytes,
+        content_types: &grant.upload.content_types,
+        success_action_status: grant.upload.success_action_status,
+        required: &required,
+    });
+    let status = grant.upload.success_action_status.to_string();
+    let mut fields: Vec<(&str, &str)> =
+        vec![("key", &key_field), ("success_action_status", &status)];
+    if let Some(ct) = ct {
+        fields.push(("Content-Type", ct));
+    }
+    let form = match grant.upload.post_version {
+        PostVersion::V4 => sign::post::sign_v4(&creds, &scope, now, &policy_json, &fields),
+        PostVersion::V1 => sign::post::sign_v1(&creds, &policy_json, &fields),
+    }
+    .map_err(sign_error)?;
+    let host = sign::post::post_url(
+        &endpoint(&grant.endpoint, grant.upload.path_style),
+        &grant.bucket,
+    )
+    .map_err(sign_error)?;
+    Ok(PostPolicy {
+        host,
+        dir: grant.prefix.clone(),
+        key,
+        fields: form.fields,
+        policy_base64: form.policy_base64,
+        signature: form.signature,
+        version: grant.upload.post_version,
+        expires_at,
+    })
+}
+
+pub fn presign(
+    grant: &Grant,
+    material: &SigningMaterial,
+    now: DateTime<Utc>,
+    req: &UploadRequest,
+) -> Result<Presigned, ApiError> {
+    let ct = req.content_type.as_deref();
+    check_content_type(grant, ct, true)?;
+    let secs = validity(grant, material, now)?;
+    let key = new_key(grant, req.filename.as_deref(), now);
+    let headers: Vec<(&str, &str)> = ct.map(|c| vec![("Content-Type", c)]).unwrap_or_default();
+    let to_sign = RequestToSign {
+        method: "PUT",
+        bucket: Some(&grant.bucket),
+        key: &key,
+        headers: &headers,
+        query: &[],
+    };
+    let creds = material.creds();
+    let scheme = grant.upload.presign_scheme;
+    let signed = match scheme {
+        PresignScheme::OssV4 => sign::oss_v4::presign_url(
+            &creds,
+            &to_sign,
+            &V4Scope::oss(&grant.region),
+            &[],
+            &endpoint(&grant.endpoint, grant.upload.path_style),
+            now,
+            secs,
+        ),
+        PresignScheme::OssV1 => sign::oss_v1::presign_url(
+            &creds,
+            &to_sign,
+            &endpoint(&grant.endpoint, grant.upload.path_style),
+            now,
+            secs,
+        ),
+        PresignScheme::S3V4 => sign::s3::presign_url(
+            &creds,
+            &to_sign,
+            &endpoint(&grant.upload.s3_endpoint, grant.upload.s3_path_style),
+            &grant.region,
+            now,
+            secs,
+        ),
+    }
+    .map_err(sign_error)?;
+    Ok(Presigned {
+        url: signed.url,
+        headers: signed.required_headers,
+        key,
+        expires_at: DateTime::from_timestamp(signed.expires_at_unix, 0).unwrap_or(now),
+        scheme,
+    })
+}

@@ -1,0 +1,187 @@
+//! `GET /v1/grants/{grant}/post-policy`, `GET|POST /v1/grants/{grant}/presign`
+//! and the seeds' legacy `/get_post_signature_for_oss_upload` and
+//! `/get_presigned_url_for_oss_upload`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::{Map, Value, json};
+use tracing::info;
+
+use crate::auth::Principal;
+use crate::config::{PostVersion, PresignScheme};
+use crate::error::ApiError;
+use crate::grants::Grant;
+use crate::grants::upload::{self, PostPolicy, Presigned, UploadRequest};
+use crate::identity::key_id_prefix;
+use crate::server::AppState;
+use crate::sts::format_expiration;
+
+/// Form fields as a JSON object that keeps their order (file goes after them).
+struct Ordered<'a>(&'a [(String, String)]);
+
+impl Serialize for Ordered<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn make_post_policy(
+    state: &AppState,
+    grant: &Grant,
+    req: &UploadRequest,
+) -> Result<PostPolicy, ApiError> {
+    let principal = Principal::anonymous();
+    let material = state.issuer.signing_material(grant).await?;
+    let p = upload::post_policy(grant, &material, Utc::now(), req)?;
+    info!(
+        kind = "post-policy", grant = %grant.name, subject = %principal.display(),
+        key = p.key.as_deref().unwrap_or(&p.dir), access_key_id = %key_id_prefix(&material.access_key_id),
+        expires_at = %format_expiration(p.expires_at), "issued upload policy"
+    );
+    Ok(p)
+}
+
+fn post_body(p: &PostPolicy) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("host".into(), json!(p.host));
+    body.insert("dir".into(), json!(p.dir));
+    if let Some(k) = &p.key {
+        body.insert("key".into(), json!(k));
+    }
+    body.insert(
+        "fields".into(),
+        serde_json::to_value(Ordered(&p.fields)).unwrap_or_default(),
+    );
+    body.insert("expire".into(), json!(p.expires_at.timestamp()));
+    body.insert("expires_at".into(), json!(format_expiration(p.expires_at)));
+    body.insert(
+        "version".into(),
+        json!(if p.version == PostVersion::V4 {
+            "v4"
+        } else {
+            "v1"
+        }),
+    );
+    body
+}
+
+pub async fn post_policy(
+    State(state): State<Arc<AppState>>,
+    Path(grant): Path<String>,
+    Query(req): Query<UploadRequest>,
+) -> Result<Response, ApiError> {
+    let grant = state.grants.get(&grant)?;
+    let p = make_post_policy(&state, &grant, &req).await?;
+    Ok(no_store(Json(post_body(&p)).into_response()))
+}
+
+/// The seeds' web sample reads flat fields; they are added to the same body.
+pub async fn legacy_post_policy(
+    State(state): State<Arc<AppState>>,
+    Query(req): Query<UploadRequest>,
+) -> Result<Response, ApiError> {
+    let grant = state.grants.default_grant()?;
+    let p = make_post_policy(&state, &grant, &req).await?;
+    let mut body = post_body(&p);
+    let field = |name: &str| {
+        p.fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let ak = field("OSSAccessKeyId")
+        .or_else(|| field("x-oss-credential").and_then(|c| c.split('/').next().map(str::to_owned)));
+    body.insert("accessid".into(), json!(ak));
+    body.insert("ossAccessKeyId".into(), json!(ak));
+    body.insert("policy".into(), json!(p.policy_base64));
+    body.insert("signature".into(), json!(p.signature));
+    if let Some(t) = field("x-oss-security-token") {
+        body.insert("security_token".into(), json!(t));
+    }
+    for name in ["x-oss-signature-version", "x-oss-credential", "x-oss-date"] {
+        if let Some(v) = field(name) {
+            body.insert(name.replace('-', "_"), json!(v));
+        }
+    }
+    Ok(no_store(Json(body).into_response()))
+}
+
+async fn make_presigned(
+    state: &AppState,
+    grant: &Grant,
+    req: &UploadRequest,
+) -> Result<Presigned, ApiError> {
+    let principal = Principal::anonymous();
+    let material = state.issuer.signing_material(grant).await?;
+    let p = upload::presign(grant, &material, Utc::now(), req)?;
+    info!(
+        kind = "presign", grant = %grant.name, subject = %principal.display(), key = %p.key,
+        access_key_id = %key_id_prefix(&material.access_key_id), expires_at = %format_expiration(p.expires_at),
+        "issued presigned URL"
+    );
+    Ok(p)
+}
+
+fn presign_body(p: &Presigned) -> Value {
+    let scheme = match p.scheme {
+        PresignScheme::OssV4 => "oss-v4",
+        PresignScheme::OssV1 => "oss-v1",
+        PresignScheme::S3V4 => "s3-v4",
+    };
+    json!({
+        "method": "PUT",
+        "url": p.url,
+        "headers": Ordered(&p.headers),
+        "key": p.key,
+        "expires_at": format_expiration(p.expires_at),
+        "scheme": scheme,
+    })
+}
+
+pub async fn presign_get(
+    State(state): State<Arc<AppState>>,
+    Path(grant): Path<String>,
+    Query(req): Query<UploadRequest>,
+) -> Result<Response, ApiError> {
+    let grant = state.grants.get(&grant)?;
+    let p = make_presigned(&state, &grant, &req).await?;
+    Ok(no_store(Json(presign_body(&p)).into_response()))
+}
+
+pub async fn presign_post(
+    State(state): State<Arc<AppState>>,
+    Path(grant): Path<String>,
+    body: Option<Json<UploadRequest>>,
+) -> Result<Response, ApiError> {
+    let grant = state.grants.get(&grant)?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let p = make_presigned(&state, &grant, &req).await?;
+    Ok(no_store(Json(presign_body(&p)).into_response()))
+}
+
+/// The seeds return the URL as plain text.
+pub async fn legacy_presign(
+    State(state): State<Arc<AppState>>,
+    Query(req): Query<UploadRequest>,
+) -> Result<Response, ApiError> {
+    let grant = state.grants.default_grant()?;
+    let p = make_presigned(&state, &grant, &req).await?;
+    Ok(no_store(p.url.into_response()))
+}
