@@ -21,10 +21,7 @@ pub struct AppState {
 
 impl AppState {
     /// `env` is the process environment (identity variables are read from it).
-    pub async fn build(
-        config: Config,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Arc<Self>, String> {
+    pub async fn build(config: Config, env: &BTreeMap<String, String>) -> Result<Arc<Self>, String> {
         let provider = identity::from_config(&config.identity, env).map_err(|e| e.to_string())?;
         let id = provider.credentials().await.map_err(|e| e.to_string())?;
         info!(source = provider.source_name(), access_key_id = %key_id_prefix(&id.access_key_id), "server identity loaded");

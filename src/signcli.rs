@@ -121,9 +121,7 @@ fn secrets() -> Result<Secrets, String> {
     let secret = std::env::var("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
         .ok()
         .filter(|s| !s.is_empty())
-        .ok_or(
-            "set ALIBABA_CLOUD_ACCESS_KEY_SECRET (the secret is never taken from the command line)",
-        )?;
+        .ok_or("set ALIBABA_CLOUD_ACCESS_KEY_SECRET (the secret is never taken from the command line)")?;
     let token = std::env::var("ALIBABA_CLOUD_SECURITY_TOKEN")
         .ok()
         .filter(|s| !s.is_empty());
@@ -176,15 +174,9 @@ pub fn run(cmd: &SignCommand) -> Result<String, String> {
             };
             let c = creds(&a.cred, &s);
             let p = match a.scheme {
-                Scheme::OssV4 => sign::oss_v4::presign_url(
-                    &c,
-                    &req,
-                    &V4Scope::oss(&a.region),
-                    &[],
-                    &ep,
-                    at,
-                    a.expires,
-                ),
+                Scheme::OssV4 => {
+                    sign::oss_v4::presign_url(&c, &req, &V4Scope::oss(&a.region), &[], &ep, at, a.expires)
+                }
                 Scheme::OssV1 => sign::oss_v1::presign_url(&c, &req, &ep, at, a.expires),
                 Scheme::S3V4 => sign::s3::presign_url(&c, &req, &ep, &a.region, at, a.expires),
             }
@@ -209,9 +201,7 @@ pub fn run(cmd: &SignCommand) -> Result<String, String> {
             let at = a.cred.at.unwrap_or_else(Utc::now);
             let c = creds(&a.cred, &s);
             let form = match a.version {
-                PostVersionArg::V4 => {
-                    sign::post::sign_v4(&c, &V4Scope::oss(&a.region), at, &a.policy, &[])
-                }
+                PostVersionArg::V4 => sign::post::sign_v4(&c, &V4Scope::oss(&a.region), at, &a.policy, &[]),
                 PostVersionArg::V1 => sign::post::sign_v1(&c, &a.policy, &[]),
             }
             .map_err(|e| e.to_string())?;

@@ -8,9 +8,7 @@ use common::*;
 
 fn run(config: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let out = ossvend_command(dir.path(), config, args, env)
-        .output()
-        .unwrap();
+    let out = ossvend_command(dir.path(), config, args, env).output().unwrap();
     drop(dir);
     out
 }
@@ -38,11 +36,7 @@ actions = ["oss:PutObject"]
 #[test]
 fn the_minimal_documented_config_is_valid() {
     let out = run(ISSUE_EXAMPLE, &["check-config"], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 grant(s))"));
 }
 
@@ -50,11 +44,7 @@ fn the_minimal_documented_config_is_valid() {
 fn the_shipped_example_config_is_valid() {
     let text = std::fs::read_to_string(repo_root().join("config/ossvend.example.toml")).unwrap();
     let out = run(&text, &["check-config"], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 const BAD: &str = r#"
@@ -130,10 +120,7 @@ fn too_long_policy_and_unusable_duration_are_refused() {
     );
     let out = run(&cfg, &["check-config"], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("grants[0].policy:") && err.contains("2048"),
-        "{err}"
-    );
+    assert!(err.contains("grants[0].policy:") && err.contains("2048"), "{err}");
 
     // 900 s credentials with the default 20 min refresh window would never be servable.
     let cfg = ISSUE_EXAMPLE.replace("[[grants]]", "duration_seconds = 900\n\n[[grants]]");
@@ -151,22 +138,14 @@ fn anonymous_on_a_public_address_is_refused_unless_explicit() {
     assert_eq!(out.status.code(), Some(2));
     let allowed = public.replace("[identity]", "allow_anonymous = true\n\n[identity]");
     let out = run(&allowed, &["check-config"], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The environment can flip it too.
     let out = run(
         &public,
         &["check-config"],
         &[("OSSVEND_SERVER_ALLOW_ANONYMOUS", "true")],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -29,11 +29,7 @@ fn params(timestamp: &str, nonce: &str) -> Vec<(String, String)> {
 }
 
 async fn send(sts: &FakeSts, mut p: Vec<(String, String)>, secret: &str) -> (u16, Value) {
-    let sig = sts_rpc::sign(
-        "POST",
-        p.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        secret,
-    );
+    let sig = sts_rpc::sign("POST", p.iter().map(|(k, v)| (k.as_str(), v.as_str())), secret);
     p.push(("Signature".into(), sig.signature));
     let r = http().post(&sts.endpoint).form(&p).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
@@ -92,12 +88,7 @@ async fn fake_sts_accepts_a_good_request_and_rejects_bad_ones() {
         .find(|(k, _)| k == "DurationSeconds")
         .unwrap()
         .1 = "7200".into();
-    let r = http()
-        .post(&sts.endpoint)
-        .form(&tampered)
-        .send()
-        .await
-        .unwrap();
+    let r = http().post(&sts.endpoint).form(&tampered).send().await.unwrap();
     assert_eq!(r.status(), 400);
 
     let calls = sts.calls().await;

@@ -93,9 +93,7 @@ async fn legacy_path_returns_narrowed_credentials_and_caches_them() {
             .unwrap()
             .contains("examplebucket/avatars/*")
     );
-    assert!(
-        server.logs.text().contains("cache=\"miss\"") || server.logs.text().contains("cache=miss")
-    );
+    assert!(server.logs.text().contains("cache=\"miss\"") || server.logs.text().contains("cache=miss"));
 }
 
 #[tokio::test]
@@ -320,11 +318,9 @@ async fn sts_errors_map_to_stable_codes_and_permanent_ones_are_not_retried() {
 #[tokio::test]
 async fn malformed_sts_response_is_503_not_a_panic() {
     let sts = FakeSts::start();
-    let server = Server::start_with(
-        ServerOptions::new(config(&sts.endpoint)).env("OSSVEND_STS_MAX_RETRIES", "0"),
-    );
-    sts.script(json!([{ "raw": "<html>not json</html>" }]))
-        .await;
+    let server =
+        Server::start_with(ServerOptions::new(config(&sts.endpoint)).env("OSSVEND_STS_MAX_RETRIES", "0"));
+    sts.script(json!([{ "raw": "<html>not json</html>" }])).await;
     let r = http()
         .get(server.url("/get_sts_token_for_oss_upload"))
         .send()
@@ -352,11 +348,7 @@ async fn unknown_grant_routes_and_methods_get_json_errors() {
     assert_eq!(body["request_id"], id.as_str());
     assert_eq!(body["ErrorCode"], "unknown_grant");
 
-    let r = client
-        .get(server.url("/no/such/path"))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(server.url("/no/such/path")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
 
@@ -366,10 +358,7 @@ async fn unknown_grant_routes_and_methods_get_json_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["code"],
-        "method_not_allowed"
-    );
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "method_not_allowed");
 
     let r = client
         .post(server.url("/get_sts_token_for_oss_upload"))
@@ -416,12 +405,7 @@ async fn health_and_readiness() {
     assert_eq!(r.status(), 503);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "unready");
     assert_eq!(
-        client
-            .get(server.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client.get(server.url("/healthz")).send().await.unwrap().status(),
         200
     );
 }
@@ -443,10 +427,7 @@ async fn ready_with_a_cached_credential_while_sts_is_down() {
     sts.kill();
     let r = client.get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["sts"],
-        "cached credential valid"
-    );
+    assert_eq!(r.json::<Value>().await.unwrap()["sts"], "cached credential valid");
 }
 
 #[tokio::test]
@@ -454,12 +435,7 @@ async fn sigterm_shuts_down_gracefully() {
     let sts = FakeSts::start();
     let mut server = Server::start(config(&sts.endpoint));
     assert_eq!(
-        http()
-            .get(server.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        http().get(server.url("/healthz")).send().await.unwrap().status(),
         200
     );
     let status = server.terminate();
@@ -501,10 +477,7 @@ async fn no_secret_ever_appears_in_the_logs() {
         }
         sts.wait_calls(3, Duration::from_secs(5)).await;
         let logs = server.logs.text();
-        assert!(
-            logs.contains("issued credentials"),
-            "{format} logs:\n{logs}"
-        );
+        assert!(logs.contains("issued credentials"), "{format} logs:\n{logs}");
         assert!(
             logs.contains("STS says the AssumeRole signature does not match")
                 || logs.contains("AssumeRole failed")
@@ -536,8 +509,7 @@ async fn no_secret_ever_appears_in_the_logs() {
         }
         if format == "json" {
             for line in logs.lines() {
-                let v: Value =
-                    serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+                let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
                 assert!(v["level"].is_string());
             }
         }

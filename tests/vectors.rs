@@ -97,9 +97,8 @@ fn main() -> ExitCode {
         };
         let mut file_failed = 0;
         if vectors.is_empty() {
-            run.failures.push(format!(
-                "{name}: no vectors in a file of an implemented kind"
-            ));
+            run.failures
+                .push(format!("{name}: no vectors in a file of an implemented kind"));
             file_failed += 1;
         }
         for v in vectors {
@@ -134,10 +133,7 @@ fn main() -> ExitCode {
                 run.checked, run.skipped
             );
         } else {
-            println!(
-                "vectors: {name} checked={} skipped={}",
-                run.checked, run.skipped
-            );
+            println!("vectors: {name} checked={} skipped={}", run.checked, run.skipped);
         }
         passed += run.checked;
         failed += file_failed;
@@ -187,11 +183,7 @@ fn fake_sts_selftest(dir: &Path) -> Result<(), String> {
     print!("fake STS {stdout}");
     if !out.status.success() || !stdout.contains("selftest:") {
         // Its stdout is printed above already.
-        return Err(format!(
-            "{} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("{} {}", out.status, String::from_utf8_lossy(&out.stderr)));
     }
     Ok(())
 }
@@ -215,8 +207,7 @@ impl Run {
     }
 
     fn fail(&mut self, msg: impl std::fmt::Display) {
-        self.failures
-            .push(format!("{} {} {msg}", self.file, self.id));
+        self.failures.push(format!("{} {} {msg}", self.file, self.id));
     }
 
     fn skip(&mut self, reason: &str) {
@@ -344,11 +335,7 @@ fn same_url_decoded(run: &mut Run, what: &str, ours: &str, theirs: &str) {
     let (o2, p2, q2) = split_url(theirs);
     run.eq(&format!("{what} origin"), &o1, &o2);
     run.eq(&format!("{what} decoded path"), &p1, &p2);
-    run.eq(
-        &format!("{what} decoded query"),
-        &exact_map(&q1),
-        &exact_map(&q2),
-    );
+    run.eq(&format!("{what} decoded query"), &exact_map(&q1), &exact_map(&q2));
     run.eq(&format!("{what} query length"), &q1.len(), &q2.len());
 }
 
@@ -394,11 +381,7 @@ fn oss_v1_header(run: &mut Run, v: &Value) {
         s(&e["string_to_sign"]),
     );
     run.eq("signature", r.signature.as_str(), s(&e["signature"]));
-    run.eq(
-        "authorization",
-        r.authorization.as_str(),
-        s(&e["authorization"]),
-    );
+    run.eq("authorization", r.authorization.as_str(), s(&e["authorization"]));
     run.eq(
         "headers_added_by_signer",
         &lower_map(&r.headers_to_add),
@@ -424,9 +407,7 @@ fn oss_v1_presign(run: &mut Run, v: &Value) {
         base: s(&i["endpoint"]),
         style: AddressingStyle::VirtualHosted,
     };
-    let expires_in = i["expires_in_seconds"]
-        .as_u64()
-        .expect("expires_in_seconds");
+    let expires_in = i["expires_in_seconds"].as_u64().expect("expires_in_seconds");
     let c = creds(i, "access_key_id", "access_key_secret", "security_token");
     let Some(u) = run.ok(sign::oss_v1::presign_url(
         &c,
@@ -482,11 +463,7 @@ fn oss_v1_presign(run: &mut Run, v: &Value) {
             &format!("Signature={}", pct(&u.signature)),
         );
     }
-    run.eq(
-        "url vs alibabacloud-oss-v2",
-        u.url.as_str(),
-        v2_url.as_str(),
-    );
+    run.eq("url vs alibabacloud-oss-v2", u.url.as_str(), v2_url.as_str());
     // ali-oss and oss2 order and escape differently; decoded they must agree.
     same_url_decoded(run, "url vs ali-oss", &u.url, s(&x["ali_oss_url"]));
     same_url_decoded(run, "url vs oss2", &u.url, s(&e["url_as_built_by_oss2"]));
@@ -536,11 +513,7 @@ fn oss_v4_header(run: &mut Run, v: &Value) {
         s(&e["string_to_sign"]),
     );
     run.eq("signature", r.signature.as_str(), s(&e["signature"]));
-    run.eq(
-        "authorization",
-        r.authorization.as_str(),
-        s(&e["authorization"]),
-    );
+    run.eq("authorization", r.authorization.as_str(), s(&e["authorization"]));
     // oss2 writes another layout; its Signature and AdditionalHeaders must agree.
     let oss2 = s(&x["oss2_authorization"]);
     run.eq(
@@ -561,9 +534,7 @@ fn oss_v4_presign(run: &mut Run, v: &Value) {
     if let Some(err) = opt(&e["error"]) {
         // Rejection vector: only the expiry and the time are given.
         run.eq("expected error kind", err, "PresignExpirationError");
-        let expires_in = i["expires_in_seconds"]
-            .as_u64()
-            .expect("expires_in_seconds");
+        let expires_in = i["expires_in_seconds"].as_u64().expect("expires_in_seconds");
         let c = SigningCredentials {
             access_key_id: "ak",
             access_key_secret: "sk",
@@ -625,9 +596,7 @@ fn oss_v4_presign(run: &mut Run, v: &Value) {
         &i["now_epoch"].as_i64(),
         &Some(at.timestamp()),
     );
-    let expires_in = i["expires_in_seconds"]
-        .as_u64()
-        .expect("expires_in_seconds");
+    let expires_in = i["expires_in_seconds"].as_u64().expect("expires_in_seconds");
     let c = creds(i, "access_key_id", "access_key_secret", "security_token");
     let Some(u) = run.ok(sign::oss_v4::presign_url(
         &c,
@@ -660,11 +629,7 @@ fn oss_v4_presign(run: &mut Run, v: &Value) {
         u.string_to_sign.as_str(),
         s(&e["string_to_sign"]),
     );
-    run.eq(
-        "x-oss-signature",
-        u.signature.as_str(),
-        s(&e["x-oss-signature"]),
-    );
+    run.eq("x-oss-signature", u.signature.as_str(), s(&e["x-oss-signature"]));
     run.eq(
         "url_as_built_by_sdk",
         u.url.as_str(),
@@ -699,26 +664,13 @@ fn oss_post_v1(run: &mut Run, v: &Value) {
     let want = pairs(&e["form_fields"]);
     let fields = caller_fields(
         &want,
-        &[
-            "OSSAccessKeyId",
-            "policy",
-            "Signature",
-            "x-oss-security-token",
-        ],
+        &["OSSAccessKeyId", "policy", "Signature", "x-oss-security-token"],
     );
     let c = creds(i, "access_key_id", "access_key_secret", "security_token");
-    let Some(f) = run.ok(sign::post::sign_v1(
-        &c,
-        s(&i["policy_json"]),
-        &refs(&fields),
-    )) else {
+    let Some(f) = run.ok(sign::post::sign_v1(&c, s(&i["policy_json"]), &refs(&fields))) else {
         return;
     };
-    run.eq(
-        "policy_base64",
-        f.policy_base64.as_str(),
-        s(&e["policy_base64"]),
-    );
+    run.eq("policy_base64", f.policy_base64.as_str(), s(&e["policy_base64"]));
     run.eq(
         "string_to_sign",
         f.string_to_sign.as_str(),
@@ -760,21 +712,13 @@ fn oss_post_v4(run: &mut Run, v: &Value) {
     )) else {
         return;
     };
-    run.eq(
-        "policy_base64",
-        f.policy_base64.as_str(),
-        s(&e["policy_base64"]),
-    );
+    run.eq("policy_base64", f.policy_base64.as_str(), s(&e["policy_base64"]));
     run.eq(
         "string_to_sign",
         f.string_to_sign.as_str(),
         s(&e["string_to_sign"]),
     );
-    run.eq(
-        "x-oss-signature",
-        f.signature.as_str(),
-        s(&e["x-oss-signature"]),
-    );
+    run.eq("x-oss-signature", f.signature.as_str(), s(&e["x-oss-signature"]));
     run.eq("form_fields (in order)", &f.fields, &want);
     // The conditions we would put in a policy are exactly those this policy has.
     if let Some(conds) = run.ok(sign::post::v4_required_conditions(&c, &scope, at)) {
@@ -838,9 +782,7 @@ fn s3_sigv4_presign(run: &mut Run, v: &Value) {
     let at = DateTime::parse_from_rfc3339(s(&i["now"]))
         .expect("RFC 3339 now")
         .to_utc();
-    let expires_in = i["expires_in_seconds"]
-        .as_u64()
-        .expect("expires_in_seconds");
+    let expires_in = i["expires_in_seconds"].as_u64().expect("expires_in_seconds");
     let c = creds(i, "access_key_id", "secret_access_key", "session_token");
     let Some(u) = run.ok(sign::s3::presign_url(
         &c,
@@ -859,11 +801,7 @@ fn s3_sigv4_presign(run: &mut Run, v: &Value) {
         .split_once("://")
         .and_then(|(_, r)| r.find('/').map(|p| &r[p..]))
         .unwrap_or("");
-    run.eq(
-        "path",
-        raw_path.split('?').next().unwrap_or(""),
-        s(&e["path"]),
-    );
+    run.eq("path", raw_path.split('?').next().unwrap_or(""), s(&e["path"]));
     run.eq(
         "query_params",
         &exact_map(&u.query),
@@ -895,11 +833,7 @@ fn s3_sigv4_presign(run: &mut Run, v: &Value) {
         u.string_to_sign.as_str(),
         s(&e["string_to_sign"]),
     );
-    run.eq(
-        "X-Amz-Signature",
-        u.signature.as_str(),
-        s(&e["X-Amz-Signature"]),
-    );
+    run.eq("X-Amz-Signature", u.signature.as_str(), s(&e["X-Amz-Signature"]));
     run.eq("url", u.url.as_str(), s(&e["url"]));
     self_consistent(run, &u);
     run.checked += 1;
@@ -938,11 +872,7 @@ fn s3_post_policy(run: &mut Run, v: &Value) {
         return;
     };
     run.eq("fields (in order)", &f.fields, &want);
-    run.eq(
-        "x-amz-signature",
-        f.signature.as_str(),
-        s(&e["x-amz-signature"]),
-    );
+    run.eq("x-amz-signature", f.signature.as_str(), s(&e["x-amz-signature"]));
     run.eq(
         "policy == base64(policy_json)",
         f.policy_base64.as_str(),
@@ -1006,11 +936,7 @@ fn sts_rpc_hmac_sha1(run: &mut Run, v: &Value) {
             .iter()
             .position(|(k, _)| k == "Signature")
             .map(|at| received.remove(at).1);
-        run.eq(
-            "wire Signature",
-            sent_sig.as_deref(),
-            Some(s(&e["signature"])),
-        );
+        run.eq("wire Signature", sent_sig.as_deref(), Some(s(&e["signature"])));
         run.eq("wire params", &exact_map(&received), &exact_map(&params));
         let w = sign::sts_rpc::sign(s(&i["http_method"]), refs(&received), secret);
         run.eq(
@@ -1078,10 +1004,7 @@ impl std::ops::Index<&str> for Value {
     /// Missing members (and indexing a non-object) read as `null`.
     fn index(&self, key: &str) -> &Value {
         match self {
-            Value::Obj(members) => members
-                .iter()
-                .find(|(k, _)| k == key)
-                .map_or(&NULL, |(_, v)| v),
+            Value::Obj(members) => members.iter().find(|(k, _)| k == key).map_or(&NULL, |(_, v)| v),
             _ => &NULL,
         }
     }

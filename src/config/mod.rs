@@ -200,7 +200,7 @@ pub struct GrantConfig {
     /// client sends a filename): `{prefix}`, `{uuid}`, `{date}` (YYYYMMDD), `{ext}`.
     #[serde(default = "default_key_template")]
     pub key_template: String,
-    /// PostObject signature version: `v4` (default) or `v1`.
+    /// PostObject signature version: `v4` (default), `v1`, or `s3-v4` (S3-compatible endpoint).
     #[serde(default)]
     pub post_version: PostVersion,
     /// Presigned URL scheme: `oss-v4` (default), `oss-v1` or `s3-v4`.
@@ -233,6 +233,9 @@ pub enum PostVersion {
     V1,
     #[default]
     V4,
+    /// AWS SigV4 POST policy for the S3-compatible endpoint (`x-amz-*` fields).
+    #[serde(rename = "s3-v4")]
+    S3V4,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -294,10 +297,7 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
 }
@@ -327,10 +327,7 @@ pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Config, Strin
 /// `OSSVEND_SERVER_LISTEN=0.0.0.0:8000` sets `server.listen`, and so on for the
 /// `server`, `identity` and `sts` sections. Values are read as TOML when they
 /// parse as such (numbers, booleans) and as plain strings otherwise.
-fn apply_env_overrides(
-    doc: &mut toml::Table,
-    env: &BTreeMap<String, String>,
-) -> Result<(), String> {
+fn apply_env_overrides(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), String> {
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("OSSVEND_") else {
             continue;

@@ -67,10 +67,7 @@ fn check_server(config: &Config, p: &mut Problems) {
     if let Some(name) = &server.default_grant
         && !config.grants.iter().any(|g| &g.name == name)
     {
-        p.add(
-            "server.default_grant",
-            format!("no grant is named {name:?}"),
-        );
+        p.add("server.default_grant", format!("no grant is named {name:?}"));
     }
     if server.request_timeout.is_zero() {
         p.add("server.request_timeout", "must be greater than zero");
@@ -182,10 +179,7 @@ fn check_grants(config: &Config, p: &mut Problems) {
         {
             p.add(
                 at("name"),
-                format!(
-                    "{:?} must be 1-64 characters of letters, digits and ._-",
-                    g.name
-                ),
+                format!("{:?} must be 1-64 characters of letters, digits and ._-", g.name),
             );
         } else if !seen.insert(g.name.as_str()) {
             p.add(at("name"), format!("{:?} is used by another grant", g.name));
@@ -271,9 +265,7 @@ fn check_duration(path: &str, d: u32, config: &Config, p: &mut Problems) {
     if !(MIN_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&d) {
         p.add(
             path,
-            format!(
-                "{d} must be between {MIN_DURATION_SECONDS} and {MAX_DURATION_SECONDS} seconds"
-            ),
+            format!("{d} must be between {MIN_DURATION_SECONDS} and {MAX_DURATION_SECONDS} seconds"),
         );
         return;
     }
@@ -291,9 +283,8 @@ fn check_duration(path: &str, d: u32, config: &Config, p: &mut Problems) {
 }
 
 fn check_session_name(path: &str, s: &str, p: &mut Problems) {
-    let ok = (2..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".@_-".contains(c));
+    let ok =
+        (2..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || ".@_-".contains(c));
     if !ok {
         p.add(
             path,
@@ -384,11 +375,9 @@ pub fn check_region(r: &str) -> Result<(), &'static str> {
     let ok = parts.len() >= 2
         && parts[0].len() >= 2
         && parts[0].chars().all(|c| c.is_ascii_lowercase())
-        && parts[1..].iter().all(|s| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        });
+        && parts[1..]
+            .iter()
+            .all(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
     if ok {
         Ok(())
     } else {

@@ -63,12 +63,8 @@ impl UploadSettings {
             upload_expires: g.upload_expires,
             signing: g.signing,
             success_action_status: g.success_action_status,
-            path_style: g
-                .path_style
-                .unwrap_or_else(|| is_ip_or_localhost(&endpoint)),
-            s3_path_style: g
-                .path_style
-                .unwrap_or_else(|| is_ip_or_localhost(&s3_endpoint)),
+            path_style: g.path_style.unwrap_or_else(|| is_ip_or_localhost(&endpoint)),
+            s3_path_style: g.path_style.unwrap_or_else(|| is_ip_or_localhost(&s3_endpoint)),
             s3_endpoint,
         }
     }
@@ -128,9 +124,10 @@ impl Grants {
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Grant>, ApiError> {
-        self.by_name.get(name).cloned().ok_or_else(|| {
-            ApiError::not_found("unknown_grant", format!("no grant is named {name:?}"))
-        })
+        self.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("unknown_grant", format!("no grant is named {name:?}")))
     }
 
     /// The grant behind the seeds' legacy paths.
@@ -169,11 +166,7 @@ impl Issuer {
     }
 
     /// Temporary credentials narrowed to `grant`, handed to the caller.
-    pub async fn credentials(
-        &self,
-        grant: &Grant,
-        principal: &Principal,
-    ) -> Result<Lookup, ApiError> {
+    pub async fn credentials(&self, grant: &Grant, principal: &Principal) -> Result<Lookup, ApiError> {
         let lookup = self.lookup(grant).await?;
         // The one line per issued credential; never the secret or the token.
         info!(
@@ -192,10 +185,7 @@ impl Issuer {
 
     /// The credential that signs this grant's policies and URLs: the grant's
     /// narrowed role credential (default), or the identity's own AccessKey.
-    pub async fn signing_material(
-        &self,
-        grant: &Grant,
-    ) -> Result<upload::SigningMaterial, ApiError> {
+    pub async fn signing_material(&self, grant: &Grant) -> Result<upload::SigningMaterial, ApiError> {
         match grant.upload.signing {
             SigningSource::Sts => {
                 let lookup = self.lookup(grant).await?;

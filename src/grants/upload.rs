@@ -7,7 +7,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use super::Grant;
 use crate::config::{PostVersion, PresignScheme};
 use crate::error::ApiError;
-use crate::policy::{self, KeyCondition, KeyVars, PostPolicySpec};
+use crate::policy::{self, ContentTypeCondition, KeyCondition, KeyVars, PostPolicySpec};
 use crate::sign::oss_v4::V4Scope;
 use crate::sign::{self, AddressingStyle, Endpoint, RequestToSign, SignError, SigningCredentials};
 
@@ -66,11 +66,7 @@ pub struct Presigned {
 }
 
 /// Validity: the configured time, never past the signing credential, never over 7 days.
-fn validity(
-    grant: &Grant,
-    material: &SigningMaterial,
-    now: DateTime<Utc>,
-) -> Result<u64, ApiError> {
+fn validity(grant: &Grant, material: &SigningMaterial, now: DateTime<Utc>) -> Result<u64, ApiError> {
     let mut secs = grant.upload.upload_expires.as_secs().min(604_800);
     if let Some(exp) = material.expires {
         let left = (exp - now).num_seconds();
@@ -89,15 +85,13 @@ fn validity(
 fn check_content_type(grant: &Grant, ct: Option<&str>, required: bool) -> Result<(), ApiError> {
     let allowed = &grant.upload.content_types;
     match ct {
-        Some(ct) if !allowed.is_empty() && !allowed.iter().any(|a| a == ct) => {
-            Err(ApiError::bad_request(
-                "content_type_not_allowed",
-                format!(
-                    "content type {ct:?} is not allowed for this grant; allowed: {}",
-                    allowed.join(", ")
-                ),
-            ))
-        }
+        Some(ct) if !allowed.is_empty() && !allowed.iter().any(|a| a == ct) => Err(ApiError::bad_request(
+            "content_type_not_allowed",
+            format!(
+                "content type {ct:?} is not allowed for this grant; allowed: {}",
+                allowed.join(", ")
+            ),
+        )),
         Some(ct) if !crate::config::validate::is_media_type(ct) => Err(ApiError::bad_request(
             "invalid_content_type",
             format!("{ct:?} is not a media type like image/png"),
@@ -150,7 +144,9 @@ pub fn post_policy(
     req: &UploadRequest,
 ) -> Result<PostPolicy, ApiError> {
     let ct = req.content_type.as_deref();
-    check_content_type(grant, ct, false)?;
+    let version = grant.upload.post_version;
+    // S3 policies have no `in`: an allowlist binds the declared type exactly.
+    check_content_type(grant, ct, version == PostVersion::S3V4)?;
     let secs = validity(grant, material, now)?;
     let expires_at = now + TimeDelta::seconds(secs as i64);
     let expiration = expires_at.to_rfc3339_opts(SecondsFormat::Millis, true);
@@ -159,10 +155,7 @@ pub fn post_policy(
 
     // A filename means the server names the object; otherwise the client picks
     // a key under the prefix (the browser substitutes ${filename}).
-    let key = req
-        .filename
-        .as_deref()
-        .map(|f| new_key(grant, Some(f), now));
+    let key = req.filename.as_deref().map(|f| new_key(grant, Some(f), now));
     let key_field = key
         .clone()
         .unwrap_or_else(|| format!("{}${{filename}}", grant.prefix));
@@ -170,37 +163,45 @@ pub fn post_policy(
         Some(k) => KeyCondition::Exact(k),
         None => KeyCondition::Prefix(&grant.prefix),
     };
-    let required = match grant.upload.post_version {
-        PostVersion::V4 => {
-            sign::post::v4_required_conditions(&creds, &scope, now).map_err(sign_error)?
+    let required = match version {
+        PostVersion::V4 => sign::post::v4_required_conditions(&creds, &scope, now),
+        PostVersion::V1 => Ok(Vec::new()),
+        PostVersion::S3V4 => sign::s3::post_required_conditions(&creds, &grant.region, now),
+    }
+    .map_err(sign_error)?;
+    let content_type = match (version, ct) {
+        (PostVersion::S3V4, Some(ct)) if !grant.upload.content_types.is_empty() => {
+            ContentTypeCondition::Exact(ct)
         }
-        PostVersion::V1 => Vec::new(),
+        (PostVersion::S3V4, _) => ContentTypeCondition::Any,
+        _ if grant.upload.content_types.is_empty() => ContentTypeCondition::Any,
+        _ => ContentTypeCondition::OneOf(&grant.upload.content_types),
     };
     let policy_json = policy::post_policy_json(&PostPolicySpec {
         expiration: &expiration,
         bucket: &grant.bucket,
         key: key_condition,
         max_size_bytes: grant.upload.max_size_bytes,
-        content_types: &grant.upload.content_types,
+        content_type,
         success_action_status: grant.upload.success_action_status,
         required: &required,
     });
     let status = grant.upload.success_action_status.to_string();
-    let mut fields: Vec<(&str, &str)> =
-        vec![("key", &key_field), ("success_action_status", &status)];
+    let mut fields: Vec<(&str, &str)> = vec![("key", &key_field), ("success_action_status", &status)];
     if let Some(ct) = ct {
         fields.push(("Content-Type", ct));
     }
-    let form = match grant.upload.post_version {
+    let form = match version {
         PostVersion::V4 => sign::post::sign_v4(&creds, &scope, now, &policy_json, &fields),
         PostVersion::V1 => sign::post::sign_v1(&creds, &policy_json, &fields),
+        PostVersion::S3V4 => sign::s3::sign_post_policy(&creds, &grant.region, now, &policy_json, &fields),
     }
     .map_err(sign_error)?;
-    let host = sign::post::post_url(
-        &endpoint(&grant.endpoint, grant.upload.path_style),
-        &grant.bucket,
-    )
-    .map_err(sign_error)?;
+    let target = match version {
+        PostVersion::S3V4 => endpoint(&grant.upload.s3_endpoint, grant.upload.s3_path_style),
+        _ => endpoint(&grant.endpoint, grant.upload.path_style),
+    };
+    let host = sign::post::post_url(&target, &grant.bucket).map_err(sign_error)?;
     Ok(PostPolicy {
         host,
         dir: grant.prefix.clone(),
@@ -208,7 +209,7 @@ pub fn post_policy(
         fields: form.fields,
         policy_base64: form.policy_base64,
         signature: form.signature,
-        version: grant.upload.post_version,
+        version,
         expires_at,
     })
 }

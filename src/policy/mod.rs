@@ -39,11 +39,7 @@ struct Statement<'a> {
 }
 
 /// `Allow <actions> on acs:oss:*:*:<bucket>/<prefix>*`, as compact JSON.
-pub fn render_prefix_policy(
-    bucket: &str,
-    prefix: &str,
-    actions: &[String],
-) -> Result<String, PolicyError> {
+pub fn render_prefix_policy(bucket: &str, prefix: &str, actions: &[String]) -> Result<String, PolicyError> {
     let doc = Document {
         version: "1",
         statement: [Statement {
@@ -121,10 +117,7 @@ fn is_string_or_string_list(v: Option<&Value>) -> bool {
     match v {
         Some(Value::String(s)) => !s.is_empty(),
         Some(Value::Array(items)) => {
-            !items.is_empty()
-                && items
-                    .iter()
-                    .all(|i| i.as_str().is_some_and(|s| !s.is_empty()))
+            !items.is_empty() && items.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty()))
         }
         _ => false,
     }
@@ -197,9 +190,8 @@ pub fn sanitize_ext(filename: &str) -> String {
     let Some((stem, ext)) = filename.rsplit_once('.') else {
         return String::new();
     };
-    let ok = !stem.is_empty()
-        && (1..=10).contains(&ext.len())
-        && ext.chars().all(|c| c.is_ascii_alphanumeric());
+    let ok =
+        !stem.is_empty() && (1..=10).contains(&ext.len()) && ext.chars().all(|c| c.is_ascii_alphanumeric());
     if ok {
         format!(".{}", ext.to_ascii_lowercase())
     } else {
@@ -215,6 +207,15 @@ pub enum KeyCondition<'a> {
     Prefix(&'a str),
 }
 
+/// How a PostObject policy constrains the Content-Type form field.
+pub enum ContentTypeCondition<'a> {
+    Any,
+    /// `["in", "$content-type", [...]]` (OSS only; S3 has no `in`).
+    OneOf(&'a [String]),
+    /// `["eq", "$Content-Type", value]`.
+    Exact(&'a str),
+}
+
 /// Inputs of a PostObject policy document (spec §10.1).
 pub struct PostPolicySpec<'a> {
     /// `YYYY-MM-DDThh:mm:ss.000Z`
@@ -222,7 +223,7 @@ pub struct PostPolicySpec<'a> {
     pub bucket: &'a str,
     pub key: KeyCondition<'a>,
     pub max_size_bytes: u64,
-    pub content_types: &'a [String],
+    pub content_type: ContentTypeCondition<'a>,
     pub success_action_status: u16,
     /// Exact-match conditions the signature version requires (V4 auth fields,
     /// security token), in order.
@@ -233,11 +234,7 @@ pub struct PostPolicySpec<'a> {
 /// exact bytes (base64-encoded), so they are produced once and never re-serialized.
 pub fn post_policy_json(spec: &PostPolicySpec<'_>) -> String {
     use serde_json::json;
-    let mut conditions: Vec<Value> = spec
-        .required
-        .iter()
-        .map(|(k, v)| json!({ *k: v }))
-        .collect();
+    let mut conditions: Vec<Value> = spec.required.iter().map(|(k, v)| json!({ *k: v })).collect();
     conditions.push(json!({ "bucket": spec.bucket }));
     conditions.push(match spec.key {
         KeyCondition::Exact(k) => json!(["eq", "$key", k]),
@@ -249,8 +246,10 @@ pub fn post_policy_json(spec: &PostPolicySpec<'_>) -> String {
         "$success_action_status",
         spec.success_action_status.to_string()
     ]));
-    if !spec.content_types.is_empty() {
-        conditions.push(json!(["in", "$content-type", spec.content_types]));
+    match spec.content_type {
+        ContentTypeCondition::Any => {}
+        ContentTypeCondition::OneOf(list) => conditions.push(json!(["in", "$content-type", list])),
+        ContentTypeCondition::Exact(ct) => conditions.push(json!(["eq", "$Content-Type", ct])),
     }
     // "expiration" first, as in the documentation; a struct keeps the order.
     #[derive(Serialize)]
@@ -309,7 +308,7 @@ mod tests {
             bucket: "b",
             key: KeyCondition::Prefix("uploads/"),
             max_size_bytes: 10,
-            content_types: &["image/png".into()],
+            content_type: ContentTypeCondition::OneOf(&["image/png".into()]),
             success_action_status: 200,
             required: &req,
         });
@@ -321,8 +320,7 @@ mod tests {
 
     #[test]
     fn renders_compact_prefix_policy() {
-        let p =
-            render_prefix_policy("examplebucket", "uploads/", &["oss:PutObject".into()]).unwrap();
+        let p = render_prefix_policy("examplebucket", "uploads/", &["oss:PutObject".into()]).unwrap();
         assert_eq!(
             p,
             r#"{"Version":"1","Statement":[{"Effect":"Allow","Action":["oss:PutObject"],"Resource":["acs:oss:*:*:examplebucket/uploads/*"]}]}"#
@@ -336,10 +334,7 @@ mod tests {
         )
         .unwrap();
         assert!(!p.contains(' '));
-        assert!(matches!(
-            compact_explicit_policy("{"),
-            Err(PolicyError::Json(_))
-        ));
+        assert!(matches!(compact_explicit_policy("{"), Err(PolicyError::Json(_))));
         assert!(matches!(
             compact_explicit_policy(r#"{"Version":"2","Statement":[]}"#),
             Err(PolicyError::Shape(_))

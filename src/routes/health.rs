@@ -43,9 +43,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<ser
     };
     (
         status,
-        Json(
-            json!({ "status": if ready { "ready" } else { "unready" }, "identity": identity, "sts": sts }),
-        ),
+        Json(json!({ "status": if ready { "ready" } else { "unready" }, "identity": identity, "sts": sts })),
     )
 }
 

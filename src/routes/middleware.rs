@@ -39,9 +39,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
 
     if let Some(err) = resp.extensions_mut().remove::<ApiError>() {
         resp = err.render(&id);
-    } else if (resp.status().is_client_error() || resp.status().is_server_error())
-        && !is_json(&resp)
-    {
+    } else if (resp.status().is_client_error() || resp.status().is_server_error()) && !is_json(&resp) {
         // Errors raised by layers (timeout, body limit) arrive without a body.
         resp = status_error(resp.status()).render(&id);
     }
@@ -76,18 +74,14 @@ fn is_json(resp: &Response) -> bool {
 fn status_error(status: StatusCode) -> ApiError {
     let (code, message) = match status {
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
-            "this path does not accept that method",
-        ),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this path does not accept that method"),
         StatusCode::PAYLOAD_TOO_LARGE => (
             "payload_too_large",
             "the request body is larger than server.body_limit_bytes",
         ),
-        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => (
-            "timeout",
-            "the request took longer than server.request_timeout",
-        ),
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => {
+            ("timeout", "the request took longer than server.request_timeout")
+        }
         s if s.is_client_error() => ("bad_request", "the request was not understood"),
         _ => ("internal_error", "the server failed to handle the request"),
     };

@@ -41,10 +41,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/v1/grants/{grant}/presign",
             get(upload::presign_get).post(upload::presign_post),
         )
-        .route(
-            "/get_presigned_url_for_oss_upload",
-            get(upload::legacy_presign),
-        )
+        .route("/get_presigned_url_for_oss_upload", get(upload::legacy_presign))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .method_not_allowed_fallback(|| async {
@@ -55,9 +52,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             )
         });
     router = match static_dir {
-        Some(dir) => {
-            router.fallback_service(ServeDir::new(dir).fallback(axum::routing::any(not_found)))
-        }
+        Some(dir) => router.fallback_service(ServeDir::new(dir).fallback(axum::routing::any(not_found))),
         None => router.fallback(not_found),
     };
     router
@@ -65,9 +60,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             StatusCode::GATEWAY_TIMEOUT,
             state.config.server.request_timeout,
         ))
-        .layer(RequestBodyLimitLayer::new(
-            state.config.server.body_limit_bytes,
-        ))
+        .layer(RequestBodyLimitLayer::new(state.config.server.body_limit_bytes))
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(state)
 }

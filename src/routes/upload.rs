@@ -73,10 +73,10 @@ fn post_body(p: &PostPolicy) -> Map<String, Value> {
     body.insert("expires_at".into(), json!(format_expiration(p.expires_at)));
     body.insert(
         "version".into(),
-        json!(if p.version == PostVersion::V4 {
-            "v4"
-        } else {
-            "v1"
+        json!(match p.version {
+            PostVersion::V4 => "v4",
+            PostVersion::V1 => "v1",
+            PostVersion::S3V4 => "s3-v4",
         }),
     );
     body
@@ -123,11 +123,7 @@ pub async fn legacy_post_policy(
     Ok(no_store(Json(body).into_response()))
 }
 
-async fn make_presigned(
-    state: &AppState,
-    grant: &Grant,
-    req: &UploadRequest,
-) -> Result<Presigned, ApiError> {
+async fn make_presigned(state: &AppState, grant: &Grant, req: &UploadRequest) -> Result<Presigned, ApiError> {
     let principal = Principal::anonymous();
     let material = state.issuer.signing_material(grant).await?;
     let p = upload::presign(grant, &material, Utc::now(), req)?;

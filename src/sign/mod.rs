@@ -165,11 +165,7 @@ impl fmt::Display for SignError {
             InvalidQueryName => f.write_str("empty query parameter name"),
             DuplicateQueryParam(n) => write!(f, "query parameter {n:?} given more than once"),
             ReservedQueryParam(n) => write!(f, "query parameter {n:?} is set by the signer"),
-            ExpiresOutOfRange {
-                requested,
-                min,
-                max,
-            } => {
+            ExpiresOutOfRange { requested, min, max } => {
                 write!(f, "expiry {requested}s outside {min}..={max}s")
             }
             TimeOutOfRange => f.write_str("time outside years 1970..=9999"),
@@ -235,14 +231,8 @@ impl Location {
     /// The `host` header value as SigV4 signers compute it: the URL authority
     /// minus a default port (botocore does the same, and clients omit it).
     pub fn canonical_host(&self) -> &str {
-        let default = if self.scheme == "https" {
-            ":443"
-        } else {
-            ":80"
-        };
-        self.authority
-            .strip_suffix(default)
-            .unwrap_or(&self.authority)
+        let default = if self.scheme == "https" { ":443" } else { ":80" };
+        self.authority.strip_suffix(default).unwrap_or(&self.authority)
     }
 }
 
@@ -263,10 +253,9 @@ impl Endpoint<'_> {
             return Err(bad());
         }
         let (authority, path) = match self.style {
-            AddressingStyle::VirtualHosted => (
-                format!("{bucket}.{host}"),
-                format!("/{}", encode::pct_path(key)),
-            ),
+            AddressingStyle::VirtualHosted => {
+                (format!("{bucket}.{host}"), format!("/{}", encode::pct_path(key)))
+            }
             AddressingStyle::Path => (host, format!("/{bucket}/{}", encode::pct_path(key))),
         };
         Ok(Location {
@@ -364,11 +353,7 @@ pub(crate) fn check_expires(requested: u64, min: u64, max: u64) -> Result<(), Si
     if (min..=max).contains(&requested) {
         Ok(())
     } else {
-        Err(SignError::ExpiresOutOfRange {
-            requested,
-            min,
-            max,
-        })
+        Err(SignError::ExpiresOutOfRange { requested, min, max })
     }
 }
 
@@ -454,8 +439,8 @@ pub(crate) fn check_headers<'a>(
             return Err(SignError::InvalidHeaderName(name.to_string()));
         }
         let lower = name.to_ascii_lowercase();
-        let value_ok = value.chars().all(|c| c == '\t' || !c.is_control())
-            && value.trim_matches([' ', '\t']) == value;
+        let value_ok =
+            value.chars().all(|c| c == '\t' || !c.is_control()) && value.trim_matches([' ', '\t']) == value;
         if !value_ok {
             return Err(SignError::InvalidHeaderValue(name.to_string()));
         }
@@ -504,24 +489,16 @@ pub(crate) fn encode_query(pairs: &[(String, String)], empty_with_eq: bool) -> S
 }
 
 /// Checks caller form fields: token names, no duplicates, none the signer owns.
-pub(crate) fn check_form_fields(
-    fields: &[(&str, &str)],
-    reserved: &[&str],
-) -> Result<(), SignError> {
+pub(crate) fn check_form_fields(fields: &[(&str, &str)], reserved: &[&str]) -> Result<(), SignError> {
     for (i, &(name, _)) in fields.iter().enumerate() {
         if !is_token(name) {
             return Err(SignError::InvalidFormFieldName(name.to_string()));
         }
         // `file` must be last and is not ours to carry.
-        if name.eq_ignore_ascii_case("file")
-            || reserved.iter().any(|r| r.eq_ignore_ascii_case(name))
-        {
+        if name.eq_ignore_ascii_case("file") || reserved.iter().any(|r| r.eq_ignore_ascii_case(name)) {
             return Err(SignError::ReservedFormField(name.to_string()));
         }
-        if fields[..i]
-            .iter()
-            .any(|&(n, _)| n.eq_ignore_ascii_case(name))
-        {
+        if fields[..i].iter().any(|&(n, _)| n.eq_ignore_ascii_case(name)) {
             return Err(SignError::DuplicateFormField(name.to_string()));
         }
     }
@@ -531,11 +508,7 @@ pub(crate) fn check_form_fields(
 /// Cheap consistency check on policy text we cannot parse here: `"value"` must
 /// occur as a JSON string (`/` may be escaped as `\/`). It catches a policy
 /// built for another date, region or key — not a malformed policy.
-pub(crate) fn check_policy_has(
-    policy_json: &str,
-    what: &str,
-    value: &str,
-) -> Result<(), SignError> {
+pub(crate) fn check_policy_has(policy_json: &str, what: &str, value: &str) -> Result<(), SignError> {
     let plain = format!("\"{value}\"");
     let escaped = plain.replace('/', "\\/");
     if policy_json.contains(&plain) || policy_json.contains(&escaped) {
@@ -736,15 +709,8 @@ mod tests {
                                 let _ = oss_v1::sign_header(c, r, t);
                                 let _ = oss_v1::presign_url(c, r, e, t, exp);
                                 let _ = oss_v4::sign_header(c, r, &scope, &[x], t);
-                                let _ = oss_v4::presign_url(
-                                    c,
-                                    r,
-                                    &oss_v4::V4Scope::oss("cn-x"),
-                                    &[x],
-                                    e,
-                                    t,
-                                    exp,
-                                );
+                                let _ =
+                                    oss_v4::presign_url(c, r, &oss_v4::V4Scope::oss("cn-x"), &[x], e, t, exp);
                                 let _ = s3::presign_url(c, r, e, x, t, exp);
                             }
                             let _ = post::sign_v1(c, x, &[(x, x)]);

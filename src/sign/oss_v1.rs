@@ -7,9 +7,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    Endpoint, Header, HeaderSignature, PresignedUrl, RequestToSign, SignError, SigningCredentials,
-    b64, check_headers, check_method, check_query, encode_query, expiry, format_http_date,
-    hmac_sha1,
+    Endpoint, Header, HeaderSignature, PresignedUrl, RequestToSign, SignError, SigningCredentials, b64,
+    check_headers, check_method, check_query, encode_query, expiry, format_http_date, hmac_sha1,
 };
 
 /// Query parameters that are part of the V1 `CanonicalizedResource`: oss2 2.19.1's
@@ -111,12 +110,7 @@ pub fn is_sub_resource(name: &str) -> bool {
 /// Headers the V1 header signer owns.
 const RESERVED_HEADERS: &[&str] = &["authorization", "date", "x-oss-security-token"];
 /// For URLs the Date slot holds `Expires`, so `x-oss-date` would silently replace it.
-const RESERVED_URL_HEADERS: &[&str] = &[
-    "authorization",
-    "date",
-    "x-oss-date",
-    "x-oss-security-token",
-];
+const RESERVED_URL_HEADERS: &[&str] = &["authorization", "date", "x-oss-date", "x-oss-security-token"];
 const RESERVED_URL_QUERY: &[&str] = &["OSSAccessKeyId", "Expires", "Signature", "security-token"];
 
 /// `CanonicalizedResource`: `/`, `/<bucket>/` or `/<bucket>/<raw key>`, then the
@@ -130,9 +124,7 @@ pub fn canonicalized_resource(
     query: &[(&str, &str)],
 ) -> Result<String, SignError> {
     if key.contains('?') {
-        return Err(SignError::AmbiguousV1Resource(
-            "object key contains '?'".into(),
-        ));
+        return Err(SignError::AmbiguousV1Resource("object key contains '?'".into()));
     }
     let mut subs: Vec<(&str, &str)> = query
         .iter()
@@ -162,29 +154,18 @@ pub fn canonicalized_resource(
 
 /// `lowername:value\n` for every `x-oss-*` header, sorted by name.
 fn canonicalized_oss_headers(headers: &[(String, &str)]) -> String {
-    let mut oss: Vec<&(String, &str)> = headers
-        .iter()
-        .filter(|(n, _)| n.starts_with("x-oss-"))
-        .collect();
+    let mut oss: Vec<&(String, &str)> = headers.iter().filter(|(n, _)| n.starts_with("x-oss-")).collect();
     oss.sort_by(|a, b| a.0.cmp(&b.0));
     oss.iter().map(|(n, v)| format!("{n}:{v}\n")).collect()
 }
 
 fn header_value<'a>(headers: &[(String, &'a str)], lower: &str) -> &'a str {
-    headers
-        .iter()
-        .find(|(n, _)| n == lower)
-        .map_or("", |(_, v)| *v)
+    headers.iter().find(|(n, _)| n == lower).map_or("", |(_, v)| *v)
 }
 
 /// `VERB\nContent-MD5\nContent-Type\n<date slot>\n` + x-oss headers + resource.
 /// `headers` are (lower-case name, value) and include the token header if any.
-fn string_to_sign(
-    method: &str,
-    headers: &[(String, &str)],
-    date_slot: &str,
-    resource: &str,
-) -> String {
+fn string_to_sign(method: &str, headers: &[(String, &str)], date_slot: &str, resource: &str) -> String {
     format!(
         "{method}\n{}\n{}\n{date_slot}\n{}{resource}",
         header_value(headers, "content-md5"),
@@ -303,9 +284,7 @@ pub fn presign_url(
 
     let mut required: Vec<&Header<'_>> = headers
         .iter()
-        .filter(|h| {
-            h.lower.starts_with("x-oss-") || h.lower == "content-type" || h.lower == "content-md5"
-        })
+        .filter(|h| h.lower.starts_with("x-oss-") || h.lower == "content-type" || h.lower == "content-md5")
         .collect();
     required.sort_by(|a, b| a.lower.cmp(&b.lower));
     Ok(PresignedUrl {
@@ -421,10 +400,7 @@ mod tests {
         };
         let u = presign_url(&CREDS, &req("é/ü x", &[], &[]), &e, at(0), 60).unwrap();
         assert!(u.string_to_sign.ends_with("\n/b/é/ü x"));
-        assert!(
-            u.url
-                .starts_with("http://127.0.0.1:9000/b/%C3%A9/%C3%BC%20x?")
-        );
+        assert!(u.url.starts_with("http://127.0.0.1:9000/b/%C3%A9/%C3%BC%20x?"));
     }
 
     #[test]
@@ -441,10 +417,7 @@ mod tests {
         assert!(u.string_to_sign.ends_with("/b/k?security-token=a+b/c=="));
         assert!(u.url.contains("&security-token=a%2Bb%2Fc%3D%3D&"));
         let h = sign_header(&creds, &req("k", &[], &[]), at(0)).unwrap();
-        assert!(
-            h.string_to_sign
-                .contains("\nx-oss-security-token:a+b/c==\n/b/k")
-        );
+        assert!(h.string_to_sign.contains("\nx-oss-security-token:a+b/c==\n/b/k"));
         assert_eq!(
             h.headers_to_add[0],
             ("x-oss-security-token".into(), "a+b/c==".into())

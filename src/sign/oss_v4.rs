@@ -18,12 +18,7 @@ pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 /// `x-oss-expires` upper bound: 7 days.
 pub const MAX_PRESIGN_EXPIRES_SECS: u64 = 604_800;
 
-const RESERVED_HEADERS: &[&str] = &[
-    "authorization",
-    "date",
-    "x-oss-date",
-    "x-oss-security-token",
-];
+const RESERVED_HEADERS: &[&str] = &["authorization", "date", "x-oss-date", "x-oss-security-token"];
 const RESERVED_URL_HEADERS: &[&str] = &["authorization", "x-oss-date", "x-oss-security-token"];
 const RESERVED_URL_QUERY: &[&str] = &[
     "x-oss-signature-version",
@@ -85,11 +80,7 @@ pub fn signing_key(access_key_secret: &str, date: &str, scope: &V4Scope<'_>) -> 
 }
 
 /// `OSS4-HMAC-SHA256\n<iso basic>\n<scope>\nhex(sha256(canonical_request))`.
-pub fn string_to_sign(
-    iso_basic_time: &str,
-    credential_scope: &str,
-    canonical_request: &str,
-) -> String {
+pub fn string_to_sign(iso_basic_time: &str, credential_scope: &str, canonical_request: &str) -> String {
     format!(
         "{ALGORITHM}\n{iso_basic_time}\n{credential_scope}\n{}",
         sha256_hex(canonical_request.as_bytes())
@@ -141,10 +132,7 @@ fn is_default_signed(lower: &str) -> bool {
 
 /// Lower-cases, drops always-signed names, de-duplicates and sorts the requested
 /// additional headers; each must be present in the request.
-fn normalize_additional(
-    requested: &[&str],
-    headers: &[Header<'_>],
-) -> Result<Vec<String>, SignError> {
+fn normalize_additional(requested: &[&str], headers: &[Header<'_>]) -> Result<Vec<String>, SignError> {
     let mut out: Vec<String> = Vec::new();
     for name in requested {
         if !is_token(name) {
@@ -308,10 +296,7 @@ pub fn presign_url(
         .iter()
         .map(|h| (h.lower.clone(), h.value.to_string()))
         .collect();
-    let query_refs: Vec<(&str, &str)> = query
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let query_refs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let canonical_request = canonical_request(
         req.method,
         Some(bucket),
@@ -332,10 +317,7 @@ pub fn presign_url(
         encode_query(&query, false)
     );
 
-    let mut required: Vec<&&Header<'_>> = signed_headers
-        .iter()
-        .filter(|h| h.lower != "host")
-        .collect();
+    let mut required: Vec<&&Header<'_>> = signed_headers.iter().filter(|h| h.lower != "host").collect();
     required.sort_by(|a, b| a.lower.cmp(&b.lower));
     Ok(PresignedUrl {
         method: req.method.to_string(),
@@ -439,10 +421,7 @@ mod tests {
             "PUT\n/b/k\n\ncontent-type:text/plain\nrange:bytes=0-1\nx-oss-content-sha256:UNSIGNED-PAYLOAD\n"
         ));
         assert!(cr.ends_with("x-oss-meta-a:1\n\nrange\nUNSIGNED-PAYLOAD"));
-        assert!(
-            s.authorization
-                .contains(",AdditionalHeaders=range,Signature=")
-        );
+        assert!(s.authorization.contains(",AdditionalHeaders=range,Signature="));
         assert_eq!(
             sign_header(&CREDS, &req("k", &[]), &HZ, &["host"], at(0)),
             Err(SignError::MissingAdditionalHeader("host".into()))
@@ -452,12 +431,7 @@ mod tests {
     #[test]
     fn empty_and_unicode_keys() {
         let u = presign_url(&CREDS, &req("", &[]), &HZ, &[], &EP, at(0), 60).unwrap();
-        assert!(
-            u.canonical_request
-                .as_deref()
-                .unwrap()
-                .starts_with("PUT\n/b/\n")
-        );
+        assert!(u.canonical_request.as_deref().unwrap().starts_with("PUT\n/b/\n"));
         assert!(
             u.url
                 .starts_with("https://b.oss-cn-hangzhou.aliyuncs.com/?x-oss-signature-version=")
@@ -520,10 +494,7 @@ mod tests {
         ];
         let u = presign_url(&CREDS, &req("k", &h), &HZ, &["host"], &EP, at(0), 60).unwrap();
         assert!(u.url.contains("&x-oss-additional-headers=host&"));
-        assert_eq!(
-            u.required_headers,
-            vec![("Content-Type".into(), "a/b".into())]
-        );
+        assert_eq!(u.required_headers, vec![("Content-Type".into(), "a/b".into())]);
         assert!(
             u.canonical_request
                 .unwrap()

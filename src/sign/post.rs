@@ -13,12 +13,7 @@ use super::{
     check_policy_has, check_policy_shape, format_iso8601_basic, hmac_sha1, hmac_sha256,
 };
 
-const RESERVED_V1: &[&str] = &[
-    "OSSAccessKeyId",
-    "policy",
-    "Signature",
-    "x-oss-security-token",
-];
+const RESERVED_V1: &[&str] = &["OSSAccessKeyId", "policy", "Signature", "x-oss-security-token"];
 const RESERVED_V4: &[&str] = &[
     "policy",
     "x-oss-signature-version",
@@ -89,11 +84,7 @@ pub fn v4_required_conditions(
         ("x-oss-signature-version", ALGORITHM.to_string()),
         (
             "x-oss-credential",
-            format!(
-                "{}/{}",
-                creds.access_key_id,
-                scope.credential_scope(&iso[..8])
-            ),
+            format!("{}/{}", creds.access_key_id, scope.credential_scope(&iso[..8])),
         ),
     ];
     if let Some(token) = creds.security_token {

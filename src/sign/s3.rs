@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 
 use super::encode::pct;
 use super::{
-    Endpoint, PostForm, PresignedUrl, RequestToSign, SignError, SigningCredentials,
-    check_form_fields, check_headers, check_method, check_policy_has, check_policy_shape,
-    check_query, check_region, encode_query, expiry, format_iso8601_basic, hmac_sha256, sha256_hex,
+    Endpoint, PostForm, PresignedUrl, RequestToSign, SignError, SigningCredentials, check_form_fields,
+    check_headers, check_method, check_policy_has, check_policy_shape, check_query, check_region,
+    encode_query, expiry, format_iso8601_basic, hmac_sha256, sha256_hex,
 };
 
 /// The algorithm name in query parameters, form fields and string-to-sign.
@@ -54,21 +54,14 @@ pub fn credential_scope(date: &str, region: &str) -> String {
 /// SigV4 signing key: HMAC-SHA256 chain over `"AWS4"+secret`, `date`
 /// (`yyyymmdd`), region, `s3`, `"aws4_request"`.
 pub fn signing_key(secret_access_key: &str, date: &str, region: &str) -> [u8; 32] {
-    let k1 = hmac_sha256(
-        format!("AWS4{secret_access_key}").as_bytes(),
-        date.as_bytes(),
-    );
+    let k1 = hmac_sha256(format!("AWS4{secret_access_key}").as_bytes(), date.as_bytes());
     let k2 = hmac_sha256(&k1, region.as_bytes());
     let k3 = hmac_sha256(&k2, SERVICE.as_bytes());
     hmac_sha256(&k3, b"aws4_request")
 }
 
 /// `AWS4-HMAC-SHA256\n<iso basic>\n<scope>\nhex(sha256(canonical_request))`.
-pub fn string_to_sign(
-    iso_basic_time: &str,
-    credential_scope: &str,
-    canonical_request: &str,
-) -> String {
+pub fn string_to_sign(iso_basic_time: &str, credential_scope: &str, canonical_request: &str) -> String {
     format!(
         "{ALGORITHM}\n{iso_basic_time}\n{credential_scope}\n{}",
         sha256_hex(canonical_request.as_bytes())
@@ -137,8 +130,7 @@ pub fn presign_url(
         query.push(("X-Amz-Security-Token".into(), token.into()));
     }
 
-    let mut canonical_query: Vec<(String, String)> =
-        query.iter().map(|(k, v)| (pct(k), pct(v))).collect();
+    let mut canonical_query: Vec<(String, String)> = query.iter().map(|(k, v)| (pct(k), pct(v))).collect();
     canonical_query.sort();
     let canonical_query = canonical_query
         .iter()
@@ -193,11 +185,7 @@ pub fn post_required_conditions(
         ("x-amz-algorithm", ALGORITHM.to_string()),
         (
             "x-amz-credential",
-            format!(
-                "{}/{}",
-                creds.access_key_id,
-                credential_scope(&iso[..8], region)
-            ),
+            format!("{}/{}", creds.access_key_id, credential_scope(&iso[..8], region)),
         ),
         ("x-amz-date", iso),
     ];
@@ -317,14 +305,7 @@ mod tests {
                 .contains("&X-Amz-Security-Token=a%2Bb%2Fc%3D&X-Amz-Signature=")
         );
         assert!(matches!(
-            presign_url(
-                &CREDS,
-                &req("k", &[("Host", "x")]),
-                &e,
-                "cn-hangzhou",
-                at(0),
-                60
-            ),
+            presign_url(&CREDS, &req("k", &[("Host", "x")]), &e, "cn-hangzhou", at(0), 60),
             Err(SignError::ReservedHeader(_))
         ));
         assert!(matches!(

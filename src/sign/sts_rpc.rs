@@ -19,10 +19,7 @@ pub fn sign<'a, I>(method: &str, params: I, access_key_secret: &str) -> RpcSigna
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let mut pairs: Vec<(&str, &str)> = params
-        .into_iter()
-        .filter(|(k, _)| *k != "Signature")
-        .collect();
+    let mut pairs: Vec<(&str, &str)> = params.into_iter().filter(|(k, _)| *k != "Signature").collect();
     // Sorting by name in byte order; names are unique in a well-formed request.
     pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(b.1)));
     let canonicalized_query = pairs

@@ -122,10 +122,7 @@ struct Slot {
 
 impl Slot {
     fn current(&self) -> Option<Arc<Entry>> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -172,11 +169,7 @@ impl CredentialCache {
             .any(|(_, slot)| slot.current().is_some_and(|e| self.inner.servable(&e, now)))
     }
 
-    pub async fn get(
-        &self,
-        identity: &Credentials,
-        req: &AssumeRoleRequest,
-    ) -> Result<Lookup, StsError> {
+    pub async fn get(&self, identity: &Credentials, req: &AssumeRoleRequest) -> Result<Lookup, StsError> {
         let key = CacheKey::new(identity, req);
         let slot = self
             .inner
@@ -209,12 +202,7 @@ impl CredentialCache {
             {
                 return Ok(inner.lookup(entry, Outcome::Hit));
             }
-            if let Some(err) = slot
-                .last_error
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-            {
+            if let Some(err) = slot.last_error.read().unwrap_or_else(|e| e.into_inner()).clone() {
                 return Err(err);
             }
         }
@@ -229,10 +217,7 @@ impl CredentialCache {
         req: &AssumeRoleRequest,
         now: DateTime<Utc>,
     ) {
-        if let Some(not_before) = *slot
-            .retry_refresh_at
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        if let Some(not_before) = *slot.retry_refresh_at.read().unwrap_or_else(|e| e.into_inner())
             && now < not_before
         {
             return;
@@ -240,33 +225,23 @@ impl CredentialCache {
         if slot.refreshing.swap(true, Ordering::AcqRel) {
             return; // one refresh per key at a time
         }
-        let (this, slot, identity, req) =
-            (self.clone(), slot.clone(), identity.clone(), req.clone());
+        let (this, slot, identity, req) = (self.clone(), slot.clone(), identity.clone(), req.clone());
         tokio::spawn(async move {
             let inner = &this.inner;
             let _guard = slot.fetching.lock().await;
             // A synchronous miss may have replaced the entry while we waited.
-            let still_due = slot
-                .current()
-                .is_none_or(|e| inner.clock.now() >= e.refresh_at);
+            let still_due = slot.current().is_none_or(|e| inner.clock.now() >= e.refresh_at);
             if still_due {
                 match inner.fetch_into(&slot, &identity, &req).await {
                     Ok(_) => {
                         slot.refresh_failed.store(false, Ordering::Release);
-                        *slot
-                            .retry_refresh_at
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner()) = None;
+                        *slot.retry_refresh_at.write().unwrap_or_else(|e| e.into_inner()) = None;
                     }
                     Err(e) => {
                         let retry = inner.clock.now()
-                            + TimeDelta::from_std(inner.timings.refresh_retry_after)
-                                .unwrap_or_default();
+                            + TimeDelta::from_std(inner.timings.refresh_retry_after).unwrap_or_default();
                         slot.refresh_failed.store(true, Ordering::Release);
-                        *slot
-                            .retry_refresh_at
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner()) = Some(retry);
+                        *slot.retry_refresh_at.write().unwrap_or_else(|e| e.into_inner()) = Some(retry);
                         let left = slot
                             .current()
                             .map(|c| (c.creds.expiration - inner.clock.now()).num_seconds());
@@ -345,8 +320,7 @@ impl Inner {
     fn refresh_at(&self, creds: &TempCredentials) -> DateTime<Utc> {
         let base = self.timings.refresh_before;
         let jitter_ms = rand::rng().random_range(0..=base.as_millis() as u64 / 10);
-        let ahead =
-            TimeDelta::from_std(base + Duration::from_millis(jitter_ms)).unwrap_or_default();
+        let ahead = TimeDelta::from_std(base + Duration::from_millis(jitter_ms)).unwrap_or_default();
         creds.expiration - ahead
     }
 }
@@ -520,10 +494,7 @@ mod tests {
         assert_eq!(err.sts_code(), Some("ServiceUnavailable"));
         sts.fail.store(false, Ordering::SeqCst);
         let second = cache.get(&identity(), &req).await.unwrap();
-        assert_ne!(
-            first.credentials.access_key_id,
-            second.credentials.access_key_id
-        );
+        assert_ne!(first.credentials.access_key_id, second.credentials.access_key_id);
         assert!(second.credentials.expiration - clock.now() >= TimeDelta::minutes(15));
     }
 
@@ -543,17 +514,11 @@ mod tests {
         // 42 minutes in: 18 minutes left, inside refresh_before (20 min + jitter).
         clock.advance(Duration::from_secs(42 * 60));
         let during = cache.get(&identity(), &req).await.unwrap();
-        assert_eq!(
-            during.credentials.access_key_id,
-            first.credentials.access_key_id
-        );
+        assert_eq!(during.credentials.access_key_id, first.credentials.access_key_id);
         settle().await;
         assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
         let after = cache.get(&identity(), &req).await.unwrap();
-        assert_ne!(
-            after.credentials.access_key_id,
-            first.credentials.access_key_id
-        );
+        assert_ne!(after.credentials.access_key_id, first.credentials.access_key_id);
         assert_eq!(after.outcome, Outcome::Hit);
     }
 
@@ -568,10 +533,7 @@ mod tests {
         settle().await;
         let stale = cache.get(&identity(), &req).await.unwrap();
         assert_eq!(stale.outcome, Outcome::Stale);
-        assert_eq!(
-            stale.credentials.access_key_id,
-            first.credentials.access_key_id
-        );
+        assert_eq!(stale.credentials.access_key_id, first.credentials.access_key_id);
         // Failed refreshes are retried only after refresh_retry_after.
         assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
         clock.advance(Duration::from_secs(4 * 60)); // 14 minutes left
@@ -585,9 +547,6 @@ mod tests {
     async fn refresh_after_is_the_last_servable_moment() {
         let (cache, _, _) = setup(0);
         let l = cache.get(&identity(), &request("p")).await.unwrap();
-        assert_eq!(
-            l.credentials.expiration - l.refresh_after,
-            TimeDelta::minutes(15)
-        );
+        assert_eq!(l.credentials.expiration - l.refresh_after, TimeDelta::minutes(15));
     }
 }

@@ -101,12 +101,9 @@ impl StsError {
             StsError::Api { status, code, .. } => {
                 if code.starts_with("Throttling") {
                     StsErrorKind::Throttled
-                } else if code == "InternalError" || code == "ServiceUnavailable" || *status >= 500
-                {
+                } else if code == "InternalError" || code == "ServiceUnavailable" || *status >= 500 {
                     StsErrorKind::Unavailable
-                } else if code.starts_with("InvalidParameter")
-                    || code.starts_with("MissingParameter")
-                {
+                } else if code.starts_with("InvalidParameter") || code.starts_with("MissingParameter") {
                     StsErrorKind::InvalidRequest
                 } else {
                     StsErrorKind::Denied
@@ -121,10 +118,8 @@ impl StsError {
     /// Only throttling and server-side failures are worth another attempt;
     /// parameter and permission errors are permanent (spec §2).
     pub fn retryable(&self) -> bool {
-        matches!(
-            self.kind(),
-            StsErrorKind::Throttled | StsErrorKind::Unavailable
-        ) && !matches!(self, StsError::BadResponse(_))
+        matches!(self.kind(), StsErrorKind::Throttled | StsErrorKind::Unavailable)
+            && !matches!(self, StsError::BadResponse(_))
     }
 
     pub fn sts_code(&self) -> Option<&str> {

@@ -116,11 +116,7 @@ impl FakeSts {
             .send()
             .await
             .unwrap();
-        assert!(
-            r.status().is_success(),
-            "fake STS control {path}: {}",
-            r.status()
-        );
+        assert!(r.status().is_success(), "fake STS control {path}: {}", r.status());
         r.json().await.unwrap()
     }
 
