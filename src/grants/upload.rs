@@ -169,11 +169,11 @@ pub fn post_policy(
         PostVersion::S3V4 => sign::s3::post_required_conditions(&creds, &grant.region, now),
     }
     .map_err(sign_error)?;
+    // S3 requires a condition for every form field and has no `in`: a declared
+    // type is bound exactly. OSS takes the grant's allowlist with `in`.
     let content_type = match (version, ct) {
-        (PostVersion::S3V4, Some(ct)) if !grant.upload.content_types.is_empty() => {
-            ContentTypeCondition::Exact(ct)
-        }
-        (PostVersion::S3V4, _) => ContentTypeCondition::Any,
+        (PostVersion::S3V4, Some(ct)) => ContentTypeCondition::Exact(ct),
+        (PostVersion::S3V4, None) => ContentTypeCondition::Any,
         _ if grant.upload.content_types.is_empty() => ContentTypeCondition::Any,
         _ => ContentTypeCondition::OneOf(&grant.upload.content_types),
     };

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Serialize;
 use serde::ser::SerializeMap;
-use serde_json::{Map, Value, json};
 use tracing::info;
 
 use crate::auth::Principal;
@@ -58,28 +57,75 @@ async fn make_post_policy(
     Ok(p)
 }
 
-fn post_body(p: &PostPolicy) -> Map<String, Value> {
-    let mut body = Map::new();
-    body.insert("host".into(), json!(p.host));
-    body.insert("dir".into(), json!(p.dir));
-    if let Some(k) = &p.key {
-        body.insert("key".into(), json!(k));
-    }
-    body.insert(
-        "fields".into(),
-        serde_json::to_value(Ordered(&p.fields)).unwrap_or_default(),
-    );
-    body.insert("expire".into(), json!(p.expires_at.timestamp()));
-    body.insert("expires_at".into(), json!(format_expiration(p.expires_at)));
-    body.insert(
-        "version".into(),
-        json!(match p.version {
+/// The PostObject response. A struct, not a `serde_json::Value`: a `Value`
+/// map would sort `fields`, and their order is part of the contract.
+#[derive(Serialize)]
+struct PostBody<'a> {
+    host: &'a str,
+    dir: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    fields: Ordered<'a>,
+    expire: i64,
+    expires_at: String,
+    version: &'static str,
+    /// The seeds' web sample reads these flat fields (legacy route only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    legacy: Option<LegacyPostFields>,
+}
+
+#[derive(Serialize)]
+struct LegacyPostFields {
+    accessid: Option<String>,
+    #[serde(rename = "ossAccessKeyId")]
+    oss_access_key_id: Option<String>,
+    policy: String,
+    signature: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    security_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x_oss_signature_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x_oss_credential: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x_oss_date: Option<String>,
+}
+
+fn post_body(p: &PostPolicy, legacy: bool) -> PostBody<'_> {
+    let field = |name: &str| {
+        p.fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let legacy = legacy.then(|| {
+        let ak = field("OSSAccessKeyId")
+            .or_else(|| field("x-oss-credential").and_then(|c| c.split('/').next().map(str::to_owned)));
+        LegacyPostFields {
+            accessid: ak.clone(),
+            oss_access_key_id: ak,
+            policy: p.policy_base64.clone(),
+            signature: p.signature.clone(),
+            security_token: field("x-oss-security-token"),
+            x_oss_signature_version: field("x-oss-signature-version"),
+            x_oss_credential: field("x-oss-credential"),
+            x_oss_date: field("x-oss-date"),
+        }
+    });
+    PostBody {
+        host: &p.host,
+        dir: &p.dir,
+        key: p.key.as_deref(),
+        fields: Ordered(&p.fields),
+        expire: p.expires_at.timestamp(),
+        expires_at: format_expiration(p.expires_at),
+        version: match p.version {
             PostVersion::V4 => "v4",
             PostVersion::V1 => "v1",
             PostVersion::S3V4 => "s3-v4",
-        }),
-    );
-    body
+        },
+        legacy,
+    }
 }
 
 pub async fn post_policy(
@@ -89,7 +135,7 @@ pub async fn post_policy(
 ) -> Result<Response, ApiError> {
     let grant = state.grants.get(&grant)?;
     let p = make_post_policy(&state, &grant, &req).await?;
-    Ok(no_store(Json(post_body(&p)).into_response()))
+    Ok(no_store(Json(post_body(&p, false)).into_response()))
 }
 
 /// The seeds' web sample reads flat fields; they are added to the same body.
@@ -99,28 +145,7 @@ pub async fn legacy_post_policy(
 ) -> Result<Response, ApiError> {
     let grant = state.grants.default_grant()?;
     let p = make_post_policy(&state, &grant, &req).await?;
-    let mut body = post_body(&p);
-    let field = |name: &str| {
-        p.fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let ak = field("OSSAccessKeyId")
-        .or_else(|| field("x-oss-credential").and_then(|c| c.split('/').next().map(str::to_owned)));
-    body.insert("accessid".into(), json!(ak));
-    body.insert("ossAccessKeyId".into(), json!(ak));
-    body.insert("policy".into(), json!(p.policy_base64));
-    body.insert("signature".into(), json!(p.signature));
-    if let Some(t) = field("x-oss-security-token") {
-        body.insert("security_token".into(), json!(t));
-    }
-    for name in ["x-oss-signature-version", "x-oss-credential", "x-oss-date"] {
-        if let Some(v) = field(name) {
-            body.insert(name.replace('-', "_"), json!(v));
-        }
-    }
-    Ok(no_store(Json(body).into_response()))
+    Ok(no_store(Json(post_body(&p, true)).into_response()))
 }
 
 async fn make_presigned(state: &AppState, grant: &Grant, req: &UploadRequest) -> Result<Presigned, ApiError> {
@@ -135,20 +160,29 @@ async fn make_presigned(state: &AppState, grant: &Grant, req: &UploadRequest) ->
     Ok(p)
 }
 
-fn presign_body(p: &Presigned) -> Value {
-    let scheme = match p.scheme {
-        PresignScheme::OssV4 => "oss-v4",
-        PresignScheme::OssV1 => "oss-v1",
-        PresignScheme::S3V4 => "s3-v4",
-    };
-    json!({
-        "method": "PUT",
-        "url": p.url,
-        "headers": Ordered(&p.headers),
-        "key": p.key,
-        "expires_at": format_expiration(p.expires_at),
-        "scheme": scheme,
-    })
+#[derive(Serialize)]
+struct PresignBody<'a> {
+    method: &'static str,
+    url: &'a str,
+    headers: Ordered<'a>,
+    key: &'a str,
+    expires_at: String,
+    scheme: &'static str,
+}
+
+fn presign_body(p: &Presigned) -> PresignBody<'_> {
+    PresignBody {
+        method: "PUT",
+        url: &p.url,
+        headers: Ordered(&p.headers),
+        key: &p.key,
+        expires_at: format_expiration(p.expires_at),
+        scheme: match p.scheme {
+            PresignScheme::OssV4 => "oss-v4",
+            PresignScheme::OssV1 => "oss-v1",
+            PresignScheme::S3V4 => "s3-v4",
+        },
+    }
 }
 
 pub async fn presign_get(

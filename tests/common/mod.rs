@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod s3peer;
+
 /// The fake caller key the fake STS accepts. Obviously not a real credential.
 pub const CALLER_AK: &str = "LTAIfakeTestKeyId0001";
 pub const CALLER_SECRET: &str = "fakeTestSecretDoNotUse0001";
@@ -316,4 +318,125 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The Python interpreter of the test venv (made by `scripts/test-deps`).
+pub fn venv_python() -> PathBuf {
+    let p = repo_root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test-deps (scripts/test does) first",
+        p.display()
+    );
+    p
+}
+
+/// `tests/fakes/fake_oss.py` on an ephemeral port, looking up STS credentials
+/// at the fake STS; killed on drop.
+pub struct FakeOss {
+    child: Child,
+    pub endpoint: String,
+    pub output: Captured,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeOss {
+    /// `keys`: long-term AccessKey pairs it also accepts (for `signing = "access_key"`).
+    pub fn start(sts: &FakeSts, keys: &[(&str, &str)]) -> FakeOss {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(venv_python());
+        cmd.arg(repo_root().join("tests/fakes/fake_oss.py"))
+            .args(["--port", "0", "--sts", &sts.endpoint, "--data-dir"])
+            .arg(dir.path());
+        for (ak, sk) in keys {
+            cmd.args(["--key", &format!("{ak}:{sk}")]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let output = Captured::default();
+        let (tx, rx) = mpsc::channel();
+        output.spawn_reader(child.stdout.take().unwrap(), Some(("listening on ", tx)));
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("fake OSS did not start");
+        FakeOss {
+            child,
+            endpoint: format!("http://{addr}"),
+            output,
+            client: http(),
+            _dir: dir,
+        }
+    }
+
+    /// The stored bytes of an object, if it exists.
+    pub async fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let r = self
+            .client
+            .get(format!("{}/_fake/object/{bucket}/{key}", self.endpoint))
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            Some(r.bytes().await.unwrap().to_vec())
+        } else {
+            None
+        }
+    }
+
+    pub async fn objects(&self) -> Vec<Value> {
+        let v: Value = self
+            .client
+            .get(format!("{}/_fake/objects", self.endpoint))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["objects"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for FakeOss {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `fields` object of a JSON body, in document order (a `serde_json::Value`
+/// would sort it, and the order of form fields is part of the contract).
+pub fn ordered_fields(raw: &str) -> Vec<(String, String)> {
+    struct Fields(Vec<(String, String)>);
+    impl<'de> serde::Deserialize<'de> for Fields {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Fields;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object of strings")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(kv) = m.next_entry::<String, String>()? {
+                        out.push(kv);
+                    }
+                    Ok(Fields(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        fields: Fields,
+    }
+    serde_json::from_str::<Body>(raw)
+        .expect("a body with fields")
+        .fields
+        .0
 }

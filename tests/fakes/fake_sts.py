@@ -28,6 +28,13 @@ Test-only control API (JSON):
     POST /_fake/script  {"responses": [<behaviour>, ...]}  queued for the next AssumeRole
                         calls that pass verification, one per call, in order
     POST /_fake/mode    <behaviour>  used while the script queue is empty ({} = normal)
+    GET  /_fake/issued/<AccessKeyId>
+                        -> {"AccessKeySecret", "SecurityToken", "Expiration", "Policy"} for
+                        credentials this fake issued (Policy: the AssumeRole ``Policy``
+                        parameter as sent, a JSON string, or null), else 404.  Test-only:
+                        lets the fake OSS (fake_oss.py --sts URL) verify uploads signed with
+                        vended credentials and enforce their session policy.  Issued
+                        credentials survive /_fake/reset, as real ones outlive a test.
 A behaviour is an object with optional keys ``error`` (STS error Code), ``status``
 (HTTP status override), ``expires_in`` (seconds; Expiration = now + that),
 ``delay_ms`` (sleep before answering) and ``raw`` (text sent as the body, status 200
@@ -53,7 +60,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 BIND_HOST = "127.0.0.1"  # loopback only, by design: never expose the fake
 DEFAULT_KEY = "LTAIfakeTestKeyId0001:fakeTestSecretDoNotUse0001"
@@ -62,6 +69,7 @@ HOST_ID = "sts.aliyuncs.com"
 MIN_DURATION = 900
 MAX_POLICY_CHARS = 2048
 MAX_BODY_BYTES = 1 << 20  # real POP caps RPC bodies; this also bounds memory use
+MAX_ISSUED = 100_000      # issued credentials remembered for /_fake/issued (oldest dropped)
 
 # Code -> (typical HTTP status, message).  Texts follow the real POP gateway / STS.
 ERRORS: dict[str, tuple[int, str]] = {
@@ -340,6 +348,7 @@ class Answer:
     expiration: str | None = None
     delay_ms: int = 0
     note: str = ""            # extra diagnostic for the log line (never a secret)
+    credentials: dict | None = None  # the issued Credentials object, for /_fake/issued
 
 
 def json_bytes(obj) -> bytes:
@@ -361,7 +370,8 @@ def behaviour_answer(req: AssumeRoleRequest, b: dict, now: float) -> Answer:
         return error_answer(StsError(code, status=status), True, delay_ms=delay)
     body = success_body(req, now + b.get("expires_in", req.duration))
     creds = body["Credentials"]
-    return Answer(status or 200, json_bytes(body), "OK", True, creds["AccessKeyId"], creds["Expiration"], delay)
+    return Answer(status or 200, json_bytes(body), "OK", True, creds["AccessKeyId"], creds["Expiration"], delay,
+                  credentials=creds)
 
 
 # ---------------------------------------------------------------------------
@@ -380,6 +390,7 @@ class FakeSts:
         self._mode: dict = {}
         self._nonces: dict[str, float] = {}
         self._nonce_order: collections.deque[tuple[float, str]] = collections.deque()
+        self._issued: collections.OrderedDict[str, dict] = collections.OrderedDict()
 
     # -- control API -------------------------------------------------------
     def reset(self) -> None:
@@ -405,6 +416,20 @@ class FakeSts:
     def state(self) -> dict:
         with self._lock:
             return {"pending": list(self._script), "mode": dict(self._mode), "calls": len(self._calls)}
+
+    def issued(self, access_key_id: str) -> dict | None:
+        """What /_fake/issued/<ak> answers: the secret half of credentials we issued."""
+        with self._lock:
+            found = self._issued.get(access_key_id)
+            return dict(found) if found else None
+
+    def _remember_issued(self, creds: dict, policy: str | None) -> None:
+        with self._lock:
+            self._issued[creds["AccessKeyId"]] = {
+                "AccessKeySecret": creds["AccessKeySecret"], "SecurityToken": creds["SecurityToken"],
+                "Expiration": creds["Expiration"], "Policy": policy}
+            while len(self._issued) > MAX_ISSUED:
+                self._issued.popitem(last=False)
 
     def _next_behaviour(self) -> dict:
         with self._lock:
@@ -432,7 +457,10 @@ class FakeSts:
             return error_answer(mismatch.error, verified, mismatch.note)
         except StsError as err:
             return error_answer(err, verified)
-        return behaviour_answer(req, self._next_behaviour(), now)
+        answer = behaviour_answer(req, self._next_behaviour(), now)
+        if answer.credentials:
+            self._remember_issued(answer.credentials, params.get("Policy"))
+        return answer
 
     @staticmethod
     def _route(params: dict[str, str]) -> None:
@@ -587,6 +615,12 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(200, json_bytes({"calls": self.fake.calls()}))
             if route == ("GET", "/_fake/state"):
                 return self._send(200, json_bytes(self.fake.state()))
+            if self.command == "GET" and path.startswith("/_fake/issued/"):
+                ak = unquote(path[len("/_fake/issued/"):])
+                found = self.fake.issued(ak)
+                if found is None:
+                    return self._send(404, json_bytes({"error": f"no credentials issued for {ak}"}))
+                return self._send(200, json_bytes(found))
             if route == ("POST", "/_fake/reset"):
                 self.fake.reset()
                 self.log("control: reset")
@@ -778,6 +812,11 @@ def selftest_pipeline(check) -> None:
           a.outcome == "OK" and tok.startswith("CAIS") and len(tok) > 1000 and all(c in tok for c in "+/=")
           and creds.get("AccessKeyId", "").startswith("STS.") and creds.get("Expiration") == iso_utc(now + 3600),
           a.outcome)
+    check("pipeline: issued credentials recorded for /_fake/issued",
+          fake.issued(creds.get("AccessKeyId", "")) == {
+              "AccessKeySecret": creds.get("AccessKeySecret"), "SecurityToken": tok,
+              "Expiration": creds.get("Expiration"), "Policy": None}
+          and fake.issued("STS.neverIssued") is None)
     replay = fake.handle("POST", sign_params("POST", p, secret), now)
     check("pipeline: replayed nonce rejected", replay.outcome == "SignatureNonceUsed", replay.outcome)
     cases = [
@@ -798,6 +837,10 @@ def selftest_pipeline(check) -> None:
     for over, want in cases:
         _, a = call(**over)
         check(f"pipeline: {over} -> {want}", a.outcome == want, f"got {a.outcome}")
+    policy = '{"Version":"1","Statement":[{"Effect":"Allow","Action":"oss:PutObject","Resource":"*"}]}'
+    _, a = call(Policy=policy)
+    issued = fake.issued(a.issued_ak or "") or {}
+    check("pipeline: issued credentials keep the Policy parameter", issued.get("Policy") == policy)
 
 
 # ---------------------------------------------------------------------------

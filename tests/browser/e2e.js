@@ -1,0 +1,193 @@
+#!/usr/bin/env node
+// Real-browser end-to-end test of the demo page (static/index.html + app.js).
+//
+// Drives Debian's Chromium through playwright-core: opens the page served by
+// ossvend, uploads with each of the three methods to the fake OSS (another
+// origin, so CORS is real), then checks through the fake's control API that the
+// stored bytes are the uploaded ones, and that refused uploads show their error
+// code on the page and store nothing.
+//
+// usage: node e2e.js --ossvend URL --oss URL [--grant NAME] [--artifacts DIR]
+//   (or OSSVEND_URL, FAKE_OSS_URL, GRANT, ARTIFACTS_DIR; CHROMIUM overrides /usr/bin/chromium)
+// The grant must allow image/png only and cap PostObject uploads below 8 KiB.
+// Prints one line per case and "browser: N passed, M failed"; exits 1 on any failure.
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const { chromium } = require('playwright-core');
+
+function args() {
+  const out = {
+    ossvend: process.env.OSSVEND_URL,
+    oss: process.env.FAKE_OSS_URL,
+    grant: process.env.GRANT || 'browser-upload',
+    artifacts: process.env.ARTIFACTS_DIR || 'test-artifacts',
+  };
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i += 2) {
+    const name = argv[i].replace(/^--/, '');
+    if (!(name in out) || argv[i + 1] === undefined) {
+      console.error(`unknown or incomplete argument ${argv[i]}`);
+      process.exit(2);
+    }
+    out[name] = argv[i + 1];
+  }
+  if (!out.ossvend || !out.oss) {
+    console.error('usage: node e2e.js --ossvend URL --oss URL [--grant NAME] [--artifacts DIR]');
+    process.exit(2);
+  }
+  out.ossvend = out.ossvend.replace(/\/$/, '');
+  out.oss = out.oss.replace(/\/$/, '');
+  return out;
+}
+
+// Bytes that start like a PNG (signature + IHDR) with a per-case tail, so each stored object is distinct.
+function pngLike(label, size) {
+  const head = Buffer.from('89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489', 'hex');
+  const tail = Buffer.from(`ossvend browser e2e: ${label}\n`);
+  const buf = Buffer.alloc(Math.max(size, head.length + tail.length), 0x2e);
+  head.copy(buf, 0);
+  tail.copy(buf, head.length);
+  return buf;
+}
+
+async function fakeObjects(oss) {
+  const r = await fetch(`${oss}/_fake/objects`);
+  if (!r.ok) throw new Error(`GET /_fake/objects -> ${r.status}`);
+  return (await r.json()).objects;
+}
+
+async function storedBytes(oss, bucket, key) {
+  const r = await fetch(`${oss}/_fake/object/${bucket}/${key.split('/').map(encodeURIComponent).join('/')}`);
+  if (!r.ok) throw new Error(`GET /_fake/object/${bucket}/${key} -> ${r.status}`);
+  return Buffer.from(await r.arrayBuffer());
+}
+
+const METHODS = ['sts', 'post', 'presign'];
+
+async function main() {
+  const opt = args();
+  fs.mkdirSync(opt.artifacts, { recursive: true });
+  const results = [];
+  const record = (name, ok, detail = '') => {
+    results.push(ok);
+    console.log(`${ok ? 'ok  ' : 'FAIL'} ${name}${detail ? ` — ${detail}` : ''}`);
+  };
+
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking'],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 900, height: 900 } });
+    const pageLog = [];
+    page.on('console', (m) => pageLog.push(`[console.${m.type()}] ${m.text()}`));
+    page.on('pageerror', (e) => pageLog.push(`[pageerror] ${e.message}`));
+
+    const pageUrl = `${opt.ossvend}/?grant=${encodeURIComponent(opt.grant)}`;
+    const resp = await page.goto(pageUrl);
+    const title = await page.title();
+    record('page loads from ossvend', resp.ok() && /ossvend/.test(title) &&
+      (await page.inputValue('#grant')) === opt.grant, `${resp.status()} "${title}"`);
+
+    // Chooses a file, clicks a method, waits for the page to finish this attempt.
+    async function uploadVia(method, file) {
+      await page.setInputFiles('#file', file);
+      const before = Number(await page.getAttribute('#result', 'data-attempt'));
+      await page.click(`#upload-${method}`);
+      const done = `#result[data-attempt="${before + 1}"]:not([data-status="busy"])`;
+      await page.waitForSelector(done, { timeout: 30000 });
+      const r = await page.$eval('#result', (e) => ({
+        status: e.dataset.status, key: e.dataset.key || '', code: e.dataset.code || '', text: e.innerText,
+      }));
+      r.steps = await page.$eval('#steps', (e) => e.innerText);
+      return r;
+    }
+
+    const stored = [];
+    for (const method of METHODS) {
+      const name = `upload via ${method}`;
+      try {
+        const bytes = pngLike(method, 1500);
+        const r = await uploadVia(method, { name: `pixel-${method}.png`, mimeType: 'image/png', buffer: bytes });
+        const shownKey = await page.$eval('#result', (e) => e.querySelector('#result-key')?.textContent || '');
+        if (r.status !== 'ok' || !r.key || shownKey !== r.key) {
+          record(name, false, `page says ${r.status}: ${r.text.replace(/\s+/g, ' ')}\n${r.steps}`);
+          continue;
+        }
+        // The object is listed by the fake, under the key the page shows, with the exact bytes.
+        const obj = (await fakeObjects(opt.oss)).find((o) => o.key === r.key);
+        if (!obj) { record(name, false, `page shows ${r.key} but the fake OSS has no such object`); continue; }
+        const got = await storedBytes(opt.oss, obj.bucket, r.key);
+        const same = got.equals(bytes);
+        record(name, same, same ? `${obj.bucket}/${r.key} (${got.length} bytes, identical)` :
+          `stored ${got.length} bytes differ from the ${bytes.length} uploaded`);
+        if (same) stored.push(r.key);
+        if (method === METHODS[METHODS.length - 1] && same) {
+          const shot = path.join(opt.artifacts, 'demo-upload.png');
+          await page.screenshot({ path: shot, fullPage: true });
+          console.log(`     screenshot: ${path.resolve(shot)}`);
+        }
+      } catch (e) {
+        record(name, false, String(e && e.stack || e));
+      }
+    }
+
+    // Refusals: the page shows the code (from OSS or ossvend) and nothing is stored.
+    const refusals = [
+      { name: 'too large via post → EntityTooLarge', method: 'post', code: 'EntityTooLarge',
+        file: { name: 'big.png', mimeType: 'image/png', buffer: pngLike('too large', 8192) } },
+      { name: 'disallowed type via post → content_type_not_allowed', method: 'post', code: 'content_type_not_allowed',
+        file: { name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('not an image\n') } },
+      { name: 'disallowed type via presign → content_type_not_allowed', method: 'presign',
+        code: 'content_type_not_allowed',
+        file: { name: 'page.html', mimeType: 'text/html', buffer: Buffer.from('<p>not an image</p>\n') } },
+    ];
+    for (const c of refusals) {
+      try {
+        const before = (await fakeObjects(opt.oss)).length;
+        const r = await uploadVia(c.method, c.file);
+        const shownCode = await page.$eval('#result', (e) => e.querySelector('#result-code')?.textContent || '');
+        const after = await fakeObjects(opt.oss);
+        const leaked = after.filter((o) => !stored.includes(o.key));
+        const ok = r.status === 'error' && r.code === c.code && shownCode === c.code && r.text.includes(c.code) &&
+          after.length === before && leaked.length === 0;
+        if (c.code === 'EntityTooLarge') {
+          await page.screenshot({ path: path.join(opt.artifacts, 'demo-error.png'), fullPage: true });
+        }
+        record(c.name, ok, ok ? `page shows ${c.code}` :
+          `page says ${r.status} code=${r.code}: ${r.text.replace(/\s+/g, ' ')}; objects ${before} -> ${after.length}` +
+          (leaked.length ? `; unexpected: ${leaked.map((o) => o.key).join(', ')}` : ''));
+      } catch (e) {
+        record(c.name, false, String(e && e.stack || e));
+      }
+    }
+
+    // A grant that does not exist: ossvend's JSON error code reaches the page.
+    try {
+      await page.fill('#grant', 'no-such-grant');
+      const r = await uploadVia('sts', { name: 'x.png', mimeType: 'image/png', buffer: pngLike('unknown', 100) });
+      record('unknown grant → unknown_grant', r.status === 'error' && r.code === 'unknown_grant',
+        `page says ${r.status} code=${r.code}`);
+      await page.fill('#grant', opt.grant);
+    } catch (e) {
+      record('unknown grant → unknown_grant', false, String(e && e.stack || e));
+    }
+
+    if (results.includes(false) && pageLog.length) console.log(`page log:\n  ${pageLog.join('\n  ')}`);
+  } finally {
+    await browser.close();
+  }
+  const passed = results.filter(Boolean).length;
+  const failed = results.length - passed;
+  console.log(`browser: ${passed} passed, ${failed} failed`);
+  process.exitCode = failed ? 1 : 0;
+}
+
+main().catch((e) => {
+  console.error('browser: aborted:', e && e.stack || e);
+  console.log('browser: 0 passed, 1 failed');
+  process.exit(1);
+});
