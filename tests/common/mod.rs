@@ -79,6 +79,15 @@ impl Captured {
     }
 }
 
+/// GETs a fake's control endpoint and returns the array under `field`.
+async fn json_list(client: &reqwest::Client, url: String, field: &str) -> Vec<Value> {
+    let v: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+    v[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} array in {v}"))
+        .clone()
+}
+
 /// `tests/fakes/fake_sts.py` on an ephemeral port; killed on drop.
 pub struct FakeSts {
     child: Child,
@@ -124,16 +133,7 @@ impl FakeSts {
 
     /// Every AssumeRole request received so far.
     pub async fn calls(&self) -> Vec<Value> {
-        let v: Value = self
-            .client
-            .get(format!("{}/_fake/calls", self.endpoint))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["calls"].as_array().unwrap().clone()
+        json_list(&self.client, format!("{}/_fake/calls", self.endpoint), "calls").await
     }
 
     pub async fn call_count(&self) -> usize {
@@ -388,16 +388,12 @@ impl FakeOss {
     }
 
     pub async fn objects(&self) -> Vec<Value> {
-        let v: Value = self
-            .client
-            .get(format!("{}/_fake/objects", self.endpoint))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["objects"].as_array().unwrap().clone()
+        json_list(
+            &self.client,
+            format!("{}/_fake/objects", self.endpoint),
+            "objects",
+        )
+        .await
     }
 }
 
