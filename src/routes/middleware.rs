@@ -5,22 +5,18 @@ use std::time::Instant;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::ApiError;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The id of the current request, for handlers that want it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
 /// Gives every request an id (kept from `X-Request-Id` when it is a safe token,
 /// so ids follow a call across proxies), runs it inside a span carrying that id
 /// so every log line has it, writes one access-log line, and makes sure every
 /// error response has the JSON error body with the id in it.
-pub async fn request_context(mut req: Request, next: Next) -> Response {
+pub async fn request_context(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -28,7 +24,6 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .filter(|v| is_safe_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     // The path only: query strings may carry tickets or filenames.
     let path = req.uri().path().to_owned();
@@ -86,10 +81,4 @@ fn status_error(status: StatusCode) -> ApiError {
         _ => ("internal_error", "the server failed to handle the request"),
     };
     ApiError::new(status, code, message)
-}
-
-impl IntoResponse for RequestId {
-    fn into_response(self) -> Response {
-        self.0.into_response()
-    }
 }

@@ -2,7 +2,6 @@
 //! jittered exponential backoff, and the STS call budget.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -242,5 +241,3 @@ struct ErrorBody {
     #[serde(rename = "RequestId")]
     request_id: Option<String>,
 }
-
-pub type SharedAssumeRole = Arc<dyn AssumeRole>;
