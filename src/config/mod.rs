@@ -28,7 +28,145 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub sts: StsConfig,
     #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub cors: CorsConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
     pub grants: Vec<GrantConfig>,
+}
+
+/// How callers prove who they are. Each grant lists the methods it accepts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API keys, stored as SHA-256 digests (`ossvend hash-key` prints one).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub jwt: Option<JwtConfig>,
+    #[serde(default)]
+    pub tickets: TicketConfig,
+    /// Pattern a value substituted into a template must match, per placeholder
+    /// (`subject`, `claim.tenant`, ...); default `[A-Za-z0-9._@-]{1,64}`.
+    #[serde(default)]
+    pub placeholders: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The caller's subject (used in templates, logs and session names).
+    pub id: String,
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+    /// Grants this key may use; empty = every grant that accepts api_key.
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Where the issuer publishes its keys (https, or http on loopback).
+    pub jwks_url: String,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (one must match).
+    pub audience: Vec<String>,
+    /// Allowed algorithms: RS256, RS384, RS512, PS256, ES256, ES384, EdDSA. Never `none` or HS*.
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Claim that names the caller.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// Claims templates may use as `{claim.NAME}`.
+    #[serde(default)]
+    pub template_claims: Vec<String>,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// How long fetched keys are trusted before a refetch.
+    #[serde(default = "default_jwks_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Minimum time between refetches triggered by an unknown `kid`.
+    #[serde(default = "default_refetch_cooldown", with = "humantime_serde")]
+    pub refetch_cooldown: Duration,
+}
+
+fn default_jwt_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_refetch_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Short-lived signed tickets for clients that cannot send headers (the OSS
+/// mobile SDKs' auth-server providers), minted by `POST /v1/tickets`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketConfig {
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Environment variable holding the HMAC key (at least 32 bytes). Unset:
+    /// a random key per process (tickets then do not survive a restart and are
+    /// not valid across replicas).
+    pub secret_env: Option<String>,
+}
+
+impl Default for TicketConfig {
+    fn default() -> Self {
+        TicketConfig {
+            ttl: Duration::from_secs(300),
+            secret_env: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins, e.g. `https://app.example.com`.
+    pub allowed_origins: Vec<String>,
+    /// Origins by pattern: `https://*.example.com` (one leading `*.` label).
+    pub allowed_origin_patterns: Vec<String>,
+    /// `*`: every origin. Refused on routes that return credentials unless
+    /// `allow_any_origin_for_credentials` is also set.
+    pub allow_any_origin: bool,
+    pub allow_any_origin_for_credentials: bool,
+    #[serde(with = "humantime_serde::option")]
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests per minute per authenticated subject, per grant (0 = off).
+    pub per_subject_per_minute: u32,
+    /// Requests per minute per client IP, per grant (0 = off).
+    pub per_ip_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs). Empty: the
+    /// header is ignored and the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Append one JSON line per issuance to this file; unset: the log
+    /// (target `ossvend::audit`).
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +363,40 @@ pub struct GrantConfig {
     /// default: path-style only for IP-address and localhost endpoints.
     #[serde(default)]
     pub path_style: Option<bool>,
+    /// Authentication methods this grant accepts: `api_key`, `jwt`, `ticket`,
+    /// `none`. Default `["none"]` (anonymous; loopback only unless
+    /// `server.allow_anonymous`).
+    #[serde(default = "default_grant_auth")]
+    pub auth: Vec<AuthMethod>,
+    /// Overrides `[rate_limit]` for this grant.
+    #[serde(default)]
+    pub per_subject_per_minute: Option<u32>,
+    #[serde(default)]
+    pub per_ip_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ApiKey,
+    Jwt,
+    Ticket,
+    None,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ApiKey => "api_key",
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::Ticket => "ticket",
+            AuthMethod::None => "none",
+        }
+    }
+}
+
+fn default_grant_auth() -> Vec<AuthMethod> {
+    vec![AuthMethod::None]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
