@@ -27,6 +27,15 @@ enum Command {
         #[arg(long, env = "OSSVEND_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print the SHA-256 digest of an API key read from stdin, for [[auth.api_keys]];
+    /// with --generate, make a new random key and print both.
+    HashKey {
+        #[arg(long)]
+        generate: bool,
+        /// The subject the key stands for (used in the printed config snippet).
+        #[arg(long, default_value = "my-backend")]
+        id: String,
+    },
     /// Offline signer for debugging SignatureDoesNotMatch (explicit --at, --explain).
     #[command(subcommand)]
     Sign(ossvend::signcli::SignCommand),
@@ -36,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: BTreeMap<String, String> = std::env::vars().collect();
     match cli.command {
+        Command::HashKey { generate, id } => hash_key(generate, &id),
         Command::Sign(cmd) => match ossvend::signcli::run(&cmd) {
             Ok(out) => {
                 print!("{out}");
@@ -99,6 +109,28 @@ fn load_checked(
             .map(|p| format!("{}: {p}", path.display()))
             .collect())
     }
+}
+
+/// Keys are read from stdin, never from the command line (shell history).
+fn hash_key(generate: bool, id: &str) -> ExitCode {
+    use ossvend::auth::api_key;
+    let key = if generate {
+        api_key::generate_key()
+    } else {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+            return report(&["pipe the API key on stdin, or use --generate".into()]);
+        }
+        line.trim().to_string()
+    };
+    if generate {
+        println!("key (give it to the client; it is not stored anywhere): {key}");
+    }
+    println!(
+        "[[auth.api_keys]]\nid = {id:?}\nsha256 = {:?}",
+        api_key::hash_key(&key)
+    );
+    ExitCode::SUCCESS
 }
 
 fn report(problems: &[String]) -> ExitCode {

@@ -8,15 +8,23 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::audit::Audit;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::grants::{Grants, Issuer};
 use crate::identity::{self, CredentialProvider, key_id_prefix};
+use crate::ratelimit::Limits;
 use crate::sts::{CacheTimings, CredentialCache, StsClient, SystemClock};
 
 pub struct AppState {
     pub config: Config,
     pub grants: Grants,
     pub issuer: Issuer,
+    pub auth: Authenticator,
+    pub limits: Limits,
+    pub audit: Audit,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl AppState {
@@ -35,9 +43,26 @@ impl AppState {
         let cache = CredentialCache::new(sts, Arc::new(SystemClock), timings);
         let grants = Grants::from_config(&config)?;
         let identity: Arc<dyn CredentialProvider> = Arc::new(provider);
+        let auth = Authenticator::from_config(&config, env)?;
+        let limits = Limits::new(grants.iter());
+        let audit = Audit::open(&config.audit)?;
+        let trusted_proxies = config
+            .rate_limit
+            .trusted_proxies
+            .iter()
+            .filter_map(|t| {
+                t.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| t.parse::<std::net::IpAddr>().ok().map(Into::into))
+            })
+            .collect();
         Ok(Arc::new(AppState {
             grants,
             issuer: Issuer { identity, cache },
+            auth,
+            limits,
+            audit,
+            trusted_proxies,
             config,
         }))
     }

@@ -1,22 +1,214 @@
-//! Who is asking. For now every caller is anonymous: client authentication
-//! (API keys, JWT, tickets) is its own issue. The config refuses a non-loopback
-//! listener without `server.allow_anonymous`, so anonymous is only ever served
-//! where that was chosen explicitly.
+//! Who is asking: turns a request's credentials into a [`Principal`], or a
+//! 401 (missing or invalid credentials) / 403 (a valid caller this grant does
+//! not accept). Knows nothing about OSS.
+//!
+//! Methods, per grant: `api_key` (`X-Api-Key` or `Authorization: ApiKey …`),
+//! `jwt` (`Authorization: Bearer …`, verified against the issuer's JWKS),
+//! `ticket` (`?ticket=…`, minted by `POST /v1/tickets` for clients that cannot
+//! send headers) and `none` (anonymous).
 
-/// The authenticated caller a grant is issued to.
+pub mod api_key;
+pub mod error;
+pub mod jwt;
+pub mod ticket;
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use chrono::{DateTime, Utc};
+use tracing::warn;
+
+pub use error::AuthError;
+
+use crate::config::{AuthMethod, Config};
+use crate::error::ApiError;
+use crate::policy::template::Placeholders;
+
+/// The caller a grant is issued to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// `None` for an anonymous caller.
     pub subject: Option<String>,
+    /// Claims templates may use as `{claim.NAME}`.
+    pub claims: BTreeMap<String, String>,
+    pub method: AuthMethod,
 }
 
 impl Principal {
     pub fn anonymous() -> Self {
-        Principal { subject: None }
+        Principal {
+            subject: None,
+            claims: BTreeMap::new(),
+            method: AuthMethod::None,
+        }
     }
 
     /// For logs: the subject, or `anonymous`.
     pub fn display(&self) -> &str {
         self.subject.as_deref().unwrap_or("anonymous")
     }
+}
+
+/// The credentials a request carries, before any is checked.
+#[derive(Debug, Default)]
+pub struct Presented<'a> {
+    pub bearer: Option<&'a str>,
+    pub api_key: Option<&'a str>,
+    pub ticket: Option<String>,
+}
+
+impl<'a> Presented<'a> {
+    pub fn from_request(headers: &'a HeaderMap, query: Option<&str>) -> Self {
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let scheme = |name: &str| {
+            authorization.and_then(|a| {
+                let (s, rest) = a.split_once(' ')?;
+                s.eq_ignore_ascii_case(name).then(|| rest.trim())
+            })
+        };
+        let ticket = query.and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "ticket")
+                .map(|(_, v)| v.into_owned())
+        });
+        Presented {
+            bearer: scheme("Bearer"),
+            api_key: headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| scheme("ApiKey")),
+            ticket,
+        }
+    }
+}
+
+pub struct Authenticator {
+    api_keys: api_key::ApiKeys,
+    jwt: Option<jwt::JwtVerifier>,
+    pub tickets: ticket::Tickets,
+    pub placeholders: Placeholders,
+}
+
+impl Authenticator {
+    pub fn from_config(cfg: &Config, env: &BTreeMap<String, String>) -> Result<Self, String> {
+        Ok(Authenticator {
+            api_keys: api_key::ApiKeys::new(&cfg.auth.api_keys)?,
+            jwt: cfg.auth.jwt.as_ref().map(jwt::JwtVerifier::new).transpose()?,
+            tickets: ticket::Tickets::from_config(&cfg.auth.tickets, env)?,
+            placeholders: Placeholders::new(&cfg.auth.placeholders)?,
+        })
+    }
+
+    /// Who is calling `grant` (named `grant_name`, accepting `methods`).
+    /// Credentials that are presented are always checked, even on a grant that
+    /// also accepts anonymous callers: a bad token is an error, not a downgrade.
+    pub async fn authenticate(
+        &self,
+        grant_name: &str,
+        methods: &[AuthMethod],
+        presented: &Presented<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, ApiError> {
+        let accepts = |m| methods.contains(&m);
+        let fail = |method: AuthMethod, e: AuthError| {
+            warn!(
+                grant = grant_name,
+                method = method.as_str(),
+                reason = e.reason(),
+                "authentication failed"
+            );
+            auth_error(methods, method, e)
+        };
+        if let Some(t) = &presented.ticket {
+            if !accepts(AuthMethod::Ticket) {
+                return Err(not_accepted(grant_name, AuthMethod::Ticket));
+            }
+            let c = self
+                .tickets
+                .verify(t, grant_name, now)
+                .map_err(|e| fail(AuthMethod::Ticket, e))?;
+            return Ok(Principal {
+                subject: Some(c.subject),
+                claims: c.claims,
+                method: AuthMethod::Ticket,
+            });
+        }
+        if let Some(k) = presented.api_key {
+            if !accepts(AuthMethod::ApiKey) {
+                return Err(not_accepted(grant_name, AuthMethod::ApiKey));
+            }
+            let key = self.api_keys.verify(k).map_err(|e| fail(AuthMethod::ApiKey, e))?;
+            if !key.grants.is_empty() && !key.grants.iter().any(|g| g == grant_name) {
+                warn!(grant = grant_name, subject = %key.id, "API key not allowed on this grant");
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "grant_not_allowed",
+                    format!("this API key may not use grant {grant_name:?}"),
+                ));
+            }
+            return Ok(Principal {
+                subject: Some(key.id.clone()),
+                claims: BTreeMap::new(),
+                method: AuthMethod::ApiKey,
+            });
+        }
+        if let Some(token) = presented.bearer {
+            let verifier = match (&self.jwt, accepts(AuthMethod::Jwt)) {
+                (Some(v), true) => v,
+                _ => return Err(not_accepted(grant_name, AuthMethod::Jwt)),
+            };
+            let v = verifier
+                .verify(token)
+                .await
+                .map_err(|e| fail(AuthMethod::Jwt, e))?;
+            return Ok(Principal {
+                subject: Some(v.subject),
+                claims: v.claims,
+                method: AuthMethod::Jwt,
+            });
+        }
+        if accepts(AuthMethod::None) {
+            return Ok(Principal::anonymous());
+        }
+        Err(auth_error(methods, AuthMethod::None, AuthError::Missing))
+    }
+}
+
+fn not_accepted(grant: &str, m: AuthMethod) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "auth_method_not_allowed",
+        format!("grant {grant:?} does not accept {} authentication", m.as_str()),
+    )
+}
+
+/// 401 with a `WWW-Authenticate` challenge for each method the grant accepts
+/// (RFC 6750 error attributes for a rejected bearer token).
+fn auth_error(methods: &[AuthMethod], failed: AuthMethod, e: AuthError) -> ApiError {
+    let (status, code) = match e {
+        AuthError::WrongGrant => (StatusCode::FORBIDDEN, "wrong_grant"),
+        AuthError::KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable"),
+        AuthError::Missing => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        _ => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+    };
+    let mut challenges = Vec::new();
+    for m in methods {
+        match m {
+            AuthMethod::Jwt if failed == AuthMethod::Jwt && e != AuthError::Missing => {
+                challenges.push(format!(
+                    "Bearer realm=\"ossvend\", error=\"invalid_token\", error_description=\"{}\"",
+                    e.reason()
+                ))
+            }
+            AuthMethod::Jwt => challenges.push("Bearer realm=\"ossvend\"".into()),
+            AuthMethod::ApiKey => challenges.push("ApiKey realm=\"ossvend\"".into()),
+            AuthMethod::Ticket => challenges.push("Ticket realm=\"ossvend\"".into()),
+            AuthMethod::None => {}
+        }
+    }
+    let mut err = ApiError::new(status, code, e.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        err.www_authenticate = Some(challenges.join(", "));
+    }
+    err
 }

@@ -42,8 +42,16 @@ pub fn validate(config: &Config, env: &BTreeMap<String, String>) -> Vec<Problem>
     check_server(config, &mut p);
     check_identity(config, env, &mut p);
     check_sts(config, &mut p);
+    check_auth(config, &mut p);
     check_grants(config, &mut p);
     p.0
+}
+
+fn anonymous_grants(config: &Config) -> bool {
+    config
+        .grants
+        .iter()
+        .any(|g| g.auth.contains(&super::AuthMethod::None))
 }
 
 fn check_server(config: &Config, p: &mut Problems) {
@@ -53,13 +61,15 @@ fn check_server(config: &Config, p: &mut Problems) {
             "server.listen",
             format!("{:?} is not an address like 127.0.0.1:8000", server.listen),
         ),
-        // No client authentication exists yet, so every caller is anonymous.
-        Some(addr) if !addr.ip().is_loopback() && !server.allow_anonymous => p.add(
+        // A grant that accepts anonymous callers hands credentials to anyone
+        // who can reach the port.
+        Some(addr) if !addr.ip().is_loopback() && !server.allow_anonymous && anonymous_grants(config) => p.add(
             "server.listen",
             format!(
-                "{addr} is not a loopback address and no client authentication is configured; \
-                 anyone who can reach it could obtain upload credentials. Listen on 127.0.0.1, \
-                 or set server.allow_anonymous = true if a gateway in front authenticates callers"
+                "{addr} is not a loopback address and a grant accepts anonymous callers (auth = [\"none\"], \
+                 the default); anyone who can reach it could obtain upload credentials. Configure \
+                 authentication on every grant, listen on 127.0.0.1, or set server.allow_anonymous = true \
+                 if a gateway in front authenticates callers"
             ),
         ),
         Some(_) => {}
@@ -193,7 +203,9 @@ fn check_grants(config: &Config, p: &mut Problems) {
         if let Some(ep) = &g.endpoint {
             check_endpoint(&at("endpoint"), ep, p);
         }
-        if let Err(why) = check_prefix(&g.prefix) {
+        // Placeholders are checked here; the literal text around them like a plain prefix.
+        check_template(&at("prefix"), &g.prefix, &["subject", "date"], config, p);
+        if let Err(why) = check_prefix(&literal_text(&g.prefix)) {
             p.add(at("prefix"), format!("{:?} {why}", g.prefix));
         }
         if g.actions.is_empty() {
@@ -217,8 +229,25 @@ fn check_grants(config: &Config, p: &mut Problems) {
             check_duration(&at("duration_seconds"), d, config, p);
         }
         if let Some(s) = &g.session_name {
-            check_session_name(&at("session_name"), s, p);
+            check_template(&at("session_name"), s, &["subject"], config, p);
+            // A rendered name is sanitised; the literal part must already be valid.
+            let lit = literal_text(s);
+            if !lit
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".@_-".contains(c))
+                || (lit == *s && s.len() < 2)
+                || lit.len() > 64
+            {
+                p.add(
+                    at("session_name"),
+                    format!("{s:?} must be 2-64 characters of letters, digits and .@_- (plus placeholders)"),
+                );
+            }
         }
+        if let Some(t) = &g.policy {
+            check_template(&at("policy"), t, &["subject", "date"], config, p);
+        }
+        check_grant_auth(i, g, config, p);
         if let Some(ep) = &g.s3_endpoint {
             check_endpoint(&at("s3_endpoint"), ep, p);
         }
@@ -239,6 +268,13 @@ fn check_grants(config: &Config, p: &mut Problems) {
         if let Err(why) = crate::policy::check_key_template(&g.key_template) {
             p.add(at("key_template"), why);
         }
+        check_template(
+            &at("key_template"),
+            &g.key_template,
+            &["prefix", "uuid", "date", "ext", "subject"],
+            config,
+            p,
+        );
         let expires = g.upload_expires.as_secs();
         if !(1..=604_800).contains(&expires) {
             p.add(at("upload_expires"), "must be between 1 second and 7 days");
@@ -253,11 +289,222 @@ fn check_grants(config: &Config, p: &mut Problems) {
 }
 
 /// The session policy a grant sends to STS (explicit, or rendered from its
-/// bucket, prefix and actions).
+/// bucket, prefix and actions), with every caller placeholder filled with a
+/// 64-character value: the longest the default pattern admits, so a policy
+/// that passes here fits the 2048-character limit for any caller.
 pub fn render_grant_policy(g: &GrantConfig) -> Result<String, policy::PolicyError> {
+    let worst = "x".repeat(64);
+    let fill = |t: &str| -> String {
+        let mut out = t.to_string();
+        for name in crate::policy::template::placeholder_names(t).unwrap_or_default() {
+            let value = if name == "date" {
+                "20260101"
+            } else {
+                worst.as_str()
+            };
+            out = out.replace(&format!("{{{name}}}"), value);
+        }
+        out
+    };
     match &g.policy {
-        Some(text) => policy::compact_explicit_policy(text),
-        None => policy::render_prefix_policy(&g.bucket, &g.prefix, &g.actions),
+        Some(text) => policy::compact_explicit_policy(&fill(text)),
+        None => policy::render_prefix_policy(&g.bucket, &fill(&g.prefix), &g.actions),
+    }
+}
+
+/// `t` without its `{placeholders}`.
+fn literal_text(t: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in t.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every placeholder of `t` must be in `allowed`, or `claim.NAME` with NAME
+/// listed in `auth.jwt.template_claims`.
+fn check_template(path: &str, t: &str, allowed: &[&str], config: &Config, p: &mut Problems) {
+    let names = match crate::policy::template::placeholder_names(t) {
+        Ok(n) => n,
+        Err(e) => return p.add(path, e),
+    };
+    let claims = config
+        .auth
+        .jwt
+        .as_ref()
+        .map(|j| j.template_claims.as_slice())
+        .unwrap_or_default();
+    for name in names {
+        let ok = allowed.contains(&name)
+            || name
+                .strip_prefix("claim.")
+                .is_some_and(|c| claims.iter().any(|x| x == c));
+        if !ok {
+            let hint = if name.starts_with("claim.") {
+                " (list the claim in auth.jwt.template_claims)"
+            } else {
+                ""
+            };
+            p.add(
+                path,
+                format!("unknown placeholder {{{name}}}; allowed: {allowed:?} and {{claim.NAME}}{hint}"),
+            );
+        }
+    }
+}
+
+fn uses_caller_values(g: &GrantConfig) -> bool {
+    [
+        Some(&g.prefix),
+        g.session_name.as_ref(),
+        g.policy.as_ref(),
+        Some(&g.key_template),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|t| t.contains("{subject}") || t.contains("{claim."))
+}
+
+fn check_grant_auth(i: usize, g: &GrantConfig, config: &Config, p: &mut Problems) {
+    use super::AuthMethod;
+    let at = format!("grants[{i}].auth");
+    if g.auth.is_empty() {
+        p.add(&at, "must list at least one method: api_key, jwt, ticket or none");
+    }
+    let only_methods_without_subject = g.auth.iter().all(|m| *m == AuthMethod::None);
+    if only_methods_without_subject && uses_caller_values(g) {
+        p.add(
+            &at,
+            "the grant's templates use {subject} or {claim.*} but it only accepts anonymous callers",
+        );
+    }
+    for m in &g.auth {
+        match m {
+            AuthMethod::ApiKey if config.auth.api_keys.is_empty() => {
+                p.add(&at, "accepts api_key but [[auth.api_keys]] lists no key")
+            }
+            AuthMethod::Jwt if config.auth.jwt.is_none() => p.add(&at, "accepts jwt but [auth.jwt] is not configured"),
+            AuthMethod::Ticket if !g.auth.iter().any(|m| matches!(m, AuthMethod::ApiKey | AuthMethod::Jwt)) => p.add(
+                &at,
+                "accepts ticket, but tickets are minted by callers authenticated with api_key or jwt on this grant",
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn check_auth(config: &Config, p: &mut Problems) {
+    let auth = &config.auth;
+    let mut ids = HashSet::new();
+    for (i, k) in auth.api_keys.iter().enumerate() {
+        let ok = k.sha256.len() == 64
+            && k.sha256
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+        if !ok {
+            p.add(
+                format!("auth.api_keys[{i}].sha256"),
+                "must be 64 lower-case hex digits (ossvend hash-key prints it)",
+            );
+        }
+        if !crate::policy::template::Placeholders::default().allows("subject", &k.id) {
+            p.add(
+                format!("auth.api_keys[{i}].id"),
+                format!("{:?} must match [A-Za-z0-9._@-]{{1,64}}", k.id),
+            );
+        }
+        if !ids.insert(k.id.as_str()) {
+            p.add(
+                format!("auth.api_keys[{i}].id"),
+                format!("{:?} is used by another key", k.id),
+            );
+        }
+        for (j, g) in k.grants.iter().enumerate() {
+            if !config.grants.iter().any(|x| &x.name == g) {
+                p.add(
+                    format!("auth.api_keys[{i}].grants[{j}]"),
+                    format!("no grant is named {g:?}"),
+                );
+            }
+        }
+    }
+    if let Some(j) = &auth.jwt {
+        check_endpoint("auth.jwt.jwks_url", &j.jwks_url, p);
+        if j.issuer.is_empty() {
+            p.add("auth.jwt.issuer", "must not be empty");
+        }
+        if j.audience.is_empty() {
+            p.add("auth.jwt.audience", "must list at least one audience");
+        }
+        const ALLOWED: &[&str] = &[
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+        ];
+        for (k, a) in j.algorithms.iter().enumerate() {
+            if !ALLOWED.contains(&a.as_str()) {
+                p.add(
+                    format!("auth.jwt.algorithms[{k}]"),
+                    format!("{a:?} is not allowed; use asymmetric algorithms only: {ALLOWED:?}"),
+                );
+            }
+        }
+        if j.algorithms.is_empty() {
+            p.add("auth.jwt.algorithms", "must list at least one algorithm");
+        }
+    }
+    if let Err(e) = crate::policy::template::Placeholders::new(&auth.placeholders) {
+        p.add("auth.placeholders", e);
+    }
+    if let Some(var) = &auth.tickets.secret_env
+        && var.is_empty()
+    {
+        p.add("auth.tickets.secret_env", "must name an environment variable");
+    }
+    if auth.tickets.ttl.is_zero() || auth.tickets.ttl.as_secs() > 3600 {
+        p.add("auth.tickets.ttl", "must be between 1 second and 1 hour");
+    }
+    let cors = &config.cors;
+    for (i, o) in cors.allowed_origins.iter().enumerate() {
+        if o == "*"
+            || url::Url::parse(o)
+                .map(|u| u.origin().ascii_serialization() != *o)
+                .unwrap_or(true)
+        {
+            p.add(
+                format!("cors.allowed_origins[{i}]"),
+                format!("{o:?} is not an origin like https://app.example.com (use allow_any_origin for *)"),
+            );
+        }
+    }
+    for (i, o) in cors.allowed_origin_patterns.iter().enumerate() {
+        let ok = o.split_once("://*.").is_some_and(|(scheme, rest)| {
+            (scheme == "https" || scheme == "http") && !rest.is_empty() && !rest.contains(['*', '/'])
+        });
+        if !ok {
+            p.add(
+                format!("cors.allowed_origin_patterns[{i}]"),
+                format!("{o:?} must look like https://*.example.com"),
+            );
+        }
+    }
+    if cors.allow_any_origin_for_credentials && !cors.allow_any_origin {
+        p.add(
+            "cors.allow_any_origin_for_credentials",
+            "only means something with cors.allow_any_origin = true",
+        );
+    }
+    for (i, t) in config.rate_limit.trusted_proxies.iter().enumerate() {
+        if t.parse::<ipnet::IpNet>().is_err() && t.parse::<std::net::IpAddr>().is_err() {
+            p.add(
+                format!("rate_limit.trusted_proxies[{i}]"),
+                format!("{t:?} is not an IP address or CIDR"),
+            );
+        }
     }
 }
 

@@ -18,6 +18,10 @@ pub struct ApiError {
     pub message: String,
     pub sts_code: Option<String>,
     pub sts_request_id: Option<String>,
+    /// Challenge for 401 responses.
+    pub www_authenticate: Option<String>,
+    /// Seconds, for 429 responses.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +32,8 @@ impl ApiError {
             message: message.into(),
             sts_code: None,
             sts_request_id: None,
+            www_authenticate: None,
+            retry_after: None,
         }
     }
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
@@ -81,6 +87,8 @@ impl From<StsError> for ApiError {
             message: message.into(),
             sts_code: e.sts_code().map(str::to_owned),
             sts_request_id: e.sts_request_id().map(str::to_owned),
+            www_authenticate: None,
+            retry_after: None,
         }
     }
 }

@@ -5,33 +5,111 @@ pub mod upload;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-
-use tracing::info;
-
-use crate::auth::Principal;
 use std::time::Duration;
 
-use crate::config::{
-    Config, GrantConfig, PostVersion, PresignScheme, SigningSource, validate::render_grant_policy,
-};
-use crate::error::ApiError;
-use crate::identity::{CredentialProvider, key_id_prefix};
-use crate::policy;
-use crate::sts::{AssumeRoleRequest, CredentialCache, Lookup, StsError, format_expiration};
+use chrono::{DateTime, Utc};
 
-/// One grant, resolved from config: every value it needs at request time.
+use crate::auth::Principal;
+use crate::config::{AuthMethod, Config, GrantConfig, PostVersion, PresignScheme, SigningSource};
+use crate::error::ApiError;
+use crate::identity::CredentialProvider;
+use crate::policy::template::{self, Placeholders, TemplateError};
+use crate::policy::{self, PolicyError};
+use crate::sts::{AssumeRoleRequest, CredentialCache, Lookup, StsError};
+
+/// One grant from config. Its prefix, session name and explicit policy may be
+/// templates (`users/{subject}/`), resolved per caller by [`Grant::resolve`].
 #[derive(Debug, Clone)]
 pub struct Grant {
     pub name: String,
     pub bucket: String,
     pub region: String,
     pub endpoint: String,
+    /// Prefix template, e.g. `uploads/` or `users/{subject}/`.
+    pub prefix: String,
+    pub actions: Vec<String>,
+    /// Explicit policy template, instead of the one rendered from prefix and actions.
+    pub policy: Option<String>,
+    pub session_name: String,
+    pub role_arn: String,
+    pub duration_seconds: u32,
+    pub external_id: Option<String>,
+    /// Authentication methods accepted.
+    pub auth: Vec<AuthMethod>,
+    pub per_subject_per_minute: u32,
+    pub per_ip_per_minute: u32,
+    pub upload: UploadSettings,
+}
+
+/// A grant as it applies to one caller: the exact prefix, policy and
+/// AssumeRole parameters. Two callers with different prefixes get different
+/// policies, hence different cache keys and different credentials.
+#[derive(Debug, Clone)]
+pub struct Resolved {
     pub prefix: String,
     /// Compact policy JSON sent to STS; its hash is part of the cache key.
     pub policy: String,
     pub policy_sha256: String,
     pub request: AssumeRoleRequest,
-    pub upload: UploadSettings,
+}
+
+impl Grant {
+    pub fn resolve(
+        &self,
+        principal: &Principal,
+        placeholders: &Placeholders,
+        now: DateTime<Utc>,
+    ) -> Result<Resolved, ApiError> {
+        let date = now.format("%Y%m%d").to_string();
+        let server = [("date", date.as_str())];
+        let values = template::Values {
+            subject: principal.subject.as_deref(),
+            claims: &principal.claims,
+            server: &server,
+            placeholders,
+        };
+        let prefix = template::render(&self.prefix, &values).map_err(invalid_principal)?;
+        let policy = match &self.policy {
+            Some(t) => {
+                let text = template::render(t, &values).map_err(invalid_principal)?;
+                policy::compact_explicit_policy(&text)
+            }
+            None => policy::render_prefix_policy(&self.bucket, &prefix, &self.actions),
+        }
+        .map_err(policy_error)?;
+        let session_name = template::session_name(
+            &template::render(&self.session_name, &values).map_err(invalid_principal)?,
+        );
+        Ok(Resolved {
+            policy_sha256: policy::policy_sha256(&policy),
+            request: AssumeRoleRequest {
+                role_arn: self.role_arn.clone(),
+                session_name,
+                duration_seconds: self.duration_seconds,
+                policy: Some(policy.clone()),
+                external_id: self.external_id.clone(),
+            },
+            prefix,
+            policy,
+        })
+    }
+}
+
+fn invalid_principal(e: TemplateError) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "invalid_principal",
+        e.to_string(),
+    )
+}
+
+/// A rendered policy that STS would refuse (too long after substitution).
+fn policy_error(e: PolicyError) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "invalid_principal",
+        format!("the policy for this caller is unusable: {e}"),
+    )
 }
 
 /// How a grant's PostObject policies and presigned URLs are made.
@@ -89,30 +167,30 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// Resolves every grant; the config must already have passed validation.
+    /// Builds every grant; the config must already have passed validation.
     pub fn from_config(cfg: &Config) -> Result<Self, String> {
         let mut by_name = HashMap::new();
         for g in &cfg.grants {
-            let policy = render_grant_policy(g).map_err(|e| format!("grant {}: {e}", g.name))?;
-            let request = AssumeRoleRequest {
-                role_arn: cfg.sts.role_arn.clone(),
-                session_name: g
-                    .session_name
-                    .clone()
-                    .unwrap_or_else(|| cfg.sts.session_name.clone()),
-                duration_seconds: g.duration_seconds.unwrap_or(cfg.sts.duration_seconds),
-                policy: Some(policy.clone()),
-                external_id: cfg.sts.external_id.clone(),
-            };
             let grant = Grant {
                 name: g.name.clone(),
                 bucket: g.bucket.clone(),
                 region: g.region.clone(),
                 endpoint: g.endpoint(),
                 prefix: g.prefix.clone(),
-                policy_sha256: policy::policy_sha256(&policy),
-                policy,
-                request,
+                actions: g.actions.clone(),
+                policy: g.policy.clone(),
+                session_name: g
+                    .session_name
+                    .clone()
+                    .unwrap_or_else(|| cfg.sts.session_name.clone()),
+                role_arn: cfg.sts.role_arn.clone(),
+                duration_seconds: g.duration_seconds.unwrap_or(cfg.sts.duration_seconds),
+                external_id: cfg.sts.external_id.clone(),
+                auth: g.auth.clone(),
+                per_subject_per_minute: g
+                    .per_subject_per_minute
+                    .unwrap_or(cfg.rate_limit.per_subject_per_minute),
+                per_ip_per_minute: g.per_ip_per_minute.unwrap_or(cfg.rate_limit.per_ip_per_minute),
                 upload: UploadSettings::from_config(g),
             };
             by_name.insert(g.name.clone(), Arc::new(grant));
@@ -141,6 +219,10 @@ impl Grants {
         }
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Grant> {
+        self.by_name.values().map(|g| g.as_ref())
+    }
+
     pub fn names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         v.sort_unstable();
@@ -155,40 +237,26 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    /// The grant's narrowed role credential, from cache or one STS call.
-    async fn lookup(&self, grant: &Grant) -> Result<Lookup, ApiError> {
+    /// The caller's narrowed role credential, from cache or one STS call.
+    pub async fn credentials(&self, resolved: &Resolved) -> Result<Lookup, ApiError> {
         let identity = self
             .identity
             .credentials()
             .await
             .map_err(|e| ApiError::from(StsError::Identity(e.to_string())))?;
-        Ok(self.cache.get(&identity, &grant.request).await?)
+        Ok(self.cache.get(&identity, &resolved.request).await?)
     }
 
-    /// Temporary credentials narrowed to `grant`, handed to the caller.
-    pub async fn credentials(&self, grant: &Grant, principal: &Principal) -> Result<Lookup, ApiError> {
-        let lookup = self.lookup(grant).await?;
-        // The one line per issued credential; never the secret or the token.
-        info!(
-            kind = "credentials",
-            grant = %grant.name,
-            subject = %principal.display(),
-            session_name = %grant.request.session_name,
-            access_key_id = %key_id_prefix(&lookup.credentials.access_key_id),
-            expiration = %format_expiration(lookup.credentials.expiration),
-            cache = lookup.outcome.as_str(),
-            policy_sha256 = %grant.policy_sha256,
-            "issued credentials"
-        );
-        Ok(lookup)
-    }
-
-    /// The credential that signs this grant's policies and URLs: the grant's
+    /// The credential that signs this grant's policies and URLs: the caller's
     /// narrowed role credential (default), or the identity's own AccessKey.
-    pub async fn signing_material(&self, grant: &Grant) -> Result<upload::SigningMaterial, ApiError> {
+    pub async fn signing_material(
+        &self,
+        grant: &Grant,
+        resolved: &Resolved,
+    ) -> Result<upload::SigningMaterial, ApiError> {
         match grant.upload.signing {
             SigningSource::Sts => {
-                let lookup = self.lookup(grant).await?;
+                let lookup = self.credentials(resolved).await?;
                 let c = &lookup.credentials;
                 Ok(upload::SigningMaterial {
                     access_key_id: c.access_key_id.clone(),

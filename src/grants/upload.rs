@@ -5,9 +5,11 @@
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use super::Grant;
+use crate::auth::Principal;
 use crate::config::{PostVersion, PresignScheme};
 use crate::error::ApiError;
-use crate::policy::{self, ContentTypeCondition, KeyCondition, KeyVars, PostPolicySpec};
+use crate::policy::template::{self, Placeholders};
+use crate::policy::{self, ContentTypeCondition, KeyCondition, PostPolicySpec};
 use crate::sign::oss_v4::V4Scope;
 use crate::sign::{self, AddressingStyle, Endpoint, RequestToSign, SignError, SigningCredentials};
 
@@ -107,19 +109,42 @@ fn check_content_type(grant: &Grant, ct: Option<&str>, required: bool) -> Result
     }
 }
 
-fn new_key(grant: &Grant, filename: Option<&str>, now: DateTime<Utc>) -> String {
+/// Whose upload this is: the grant's prefix as resolved for this caller, and
+/// what key templates may use.
+pub struct Target<'a> {
+    pub prefix: &'a str,
+    pub principal: &'a Principal,
+    pub placeholders: &'a Placeholders,
+}
+
+fn new_key(
+    grant: &Grant,
+    target: &Target<'_>,
+    filename: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<String, ApiError> {
     let uuid = uuid::Uuid::new_v4().simple().to_string();
     let date = now.format("%Y%m%d").to_string();
     let ext = filename.map(policy::sanitize_ext).unwrap_or_default();
-    policy::render_key_template(
-        &grant.upload.key_template,
-        &KeyVars {
-            prefix: &grant.prefix,
-            uuid: &uuid,
-            date: &date,
-            ext: &ext,
-        },
-    )
+    let server = [
+        ("prefix", target.prefix),
+        ("uuid", uuid.as_str()),
+        ("date", date.as_str()),
+        ("ext", ext.as_str()),
+    ];
+    let values = template::Values {
+        subject: target.principal.subject.as_deref(),
+        claims: &target.principal.claims,
+        server: &server,
+        placeholders: target.placeholders,
+    };
+    template::render(&grant.upload.key_template, &values).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "invalid_principal",
+            e.to_string(),
+        )
+    })
 }
 
 fn endpoint<'a>(base: &'a str, path_style: bool) -> Endpoint<'a> {
@@ -139,6 +164,7 @@ fn sign_error(e: SignError) -> ApiError {
 
 pub fn post_policy(
     grant: &Grant,
+    target: &Target<'_>,
     material: &SigningMaterial,
     now: DateTime<Utc>,
     req: &UploadRequest,
@@ -155,13 +181,17 @@ pub fn post_policy(
 
     // A filename means the server names the object; otherwise the client picks
     // a key under the prefix (the browser substitutes ${filename}).
-    let key = req.filename.as_deref().map(|f| new_key(grant, Some(f), now));
+    let key = req
+        .filename
+        .as_deref()
+        .map(|f| new_key(grant, target, Some(f), now))
+        .transpose()?;
     let key_field = key
         .clone()
-        .unwrap_or_else(|| format!("{}${{filename}}", grant.prefix));
+        .unwrap_or_else(|| format!("{}${{filename}}", target.prefix));
     let key_condition = match &key {
         Some(k) => KeyCondition::Exact(k),
-        None => KeyCondition::Prefix(&grant.prefix),
+        None => KeyCondition::Prefix(target.prefix),
     };
     let required = match version {
         PostVersion::V4 => sign::post::v4_required_conditions(&creds, &scope, now),
@@ -197,14 +227,14 @@ pub fn post_policy(
         PostVersion::S3V4 => sign::s3::sign_post_policy(&creds, &grant.region, now, &policy_json, &fields),
     }
     .map_err(sign_error)?;
-    let target = match version {
+    let form_endpoint = match version {
         PostVersion::S3V4 => endpoint(&grant.upload.s3_endpoint, grant.upload.s3_path_style),
         _ => endpoint(&grant.endpoint, grant.upload.path_style),
     };
-    let host = sign::post::post_url(&target, &grant.bucket).map_err(sign_error)?;
+    let host = sign::post::post_url(&form_endpoint, &grant.bucket).map_err(sign_error)?;
     Ok(PostPolicy {
         host,
-        dir: grant.prefix.clone(),
+        dir: target.prefix.to_string(),
         key,
         fields: form.fields,
         policy_base64: form.policy_base64,
@@ -216,6 +246,7 @@ pub fn post_policy(
 
 pub fn presign(
     grant: &Grant,
+    target: &Target<'_>,
     material: &SigningMaterial,
     now: DateTime<Utc>,
     req: &UploadRequest,
@@ -223,7 +254,7 @@ pub fn presign(
     let ct = req.content_type.as_deref();
     check_content_type(grant, ct, true)?;
     let secs = validity(grant, material, now)?;
-    let key = new_key(grant, req.filename.as_deref(), now);
+    let key = new_key(grant, target, req.filename.as_deref(), now)?;
     let headers: Vec<(&str, &str)> = ct.map(|c| vec![("Content-Type", c)]).unwrap_or_default();
     let to_sign = RequestToSign {
         method: "PUT",

@@ -1,6 +1,10 @@
 //! Request id, access log, and JSON bodies for every error response.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
+
+use axum::extract::{ConnectInfo, State};
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -9,14 +13,56 @@ use axum::response::Response;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::ApiError;
+use crate::server::AppState;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Per-request facts the handlers and the audit trail need.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub request_id: String,
+    /// The TCP peer, or the client named by `X-Forwarded-For` when the peer is
+    /// a trusted proxy. `None` when the server runs without connect info (tests
+    /// calling the router directly).
+    pub client_ip: Option<IpAddr>,
+}
+
+impl RequestCtx {
+    pub fn ip_string(&self) -> String {
+        self.client_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "-".into())
+    }
+}
+
+/// Walks `X-Forwarded-For` from the right, skipping trusted proxies; the first
+/// untrusted address is the client. Only consulted when the peer is trusted.
+fn client_ip(peer: Option<IpAddr>, xff: Option<&str>, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer = peer?;
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for hop in xff.unwrap_or("").rsplit(',').map(str::trim) {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
 
 /// Gives every request an id (kept from `X-Request-Id` when it is a safe token,
 /// so ids follow a call across proxies), runs it inside a span carrying that id
 /// so every log line has it, writes one access-log line, and makes sure every
 /// error response has the JSON error body with the id in it.
-pub async fn request_context(req: Request, next: Next) -> Response {
+pub async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -24,6 +70,16 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         .filter(|v| is_safe_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ctx = RequestCtx {
+        request_id: id.clone(),
+        client_ip: client_ip(peer, xff, &state.trusted_proxies),
+    };
+    req.extensions_mut().insert(ctx);
     let method = req.method().clone();
     // The path only: query strings may carry tickets or filenames.
     let path = req.uri().path().to_owned();
@@ -81,4 +137,31 @@ fn status_error(status: StatusCode) -> ApiError {
         _ => ("internal_error", "the server failed to handle the request"),
     };
     ApiError::new(status, code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| Some(s.parse().unwrap());
+        // Untrusted peer: the header is ignored.
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), Some("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
+        // Trusted peer: the rightmost untrusted hop is the client.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some("1.2.3.4, 198.51.100.7, 10.0.0.5"), &trusted),
+            ip("198.51.100.7")
+        );
+        // Garbage in the header stops the walk.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some("nonsense"), &trusted),
+            ip("10.0.0.2")
+        );
+        assert_eq!(client_ip(None, Some("1.2.3.4"), &trusted), None);
+    }
 }

@@ -1,24 +1,31 @@
-//! HTTP surface: the router, thin handlers and the request-id middleware.
-//! Handlers extract, call `grants`, and format; no signing or policy logic here.
+//! HTTP surface: the router, thin handlers and the request middleware.
+//! Handlers extract, authenticate, call `grants`, and format; no signing or
+//! policy logic here.
 
 mod credentials;
 mod health;
 mod middleware;
+mod tickets;
 mod upload;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
+use axum::routing::{get, post};
+use chrono::Utc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::auth::{Presented, Principal};
+use crate::config::CorsConfig;
 use crate::error::ApiError;
+use crate::grants::{Grant, Resolved};
 use crate::server::AppState;
 
-pub use middleware::REQUEST_ID_HEADER;
+pub use middleware::{REQUEST_ID_HEADER, RequestCtx};
 
 /// The whole application; shared by `main` and the tests.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -42,6 +49,8 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(upload::presign_get).post(upload::presign_post),
         )
         .route("/get_presigned_url_for_oss_upload", get(upload::legacy_presign))
+        .route("/v1/grants/{grant}/explain", get(credentials::explain))
+        .route("/v1/tickets", post(tickets::mint))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .method_not_allowed_fallback(|| async {
@@ -55,16 +64,141 @@ pub fn app(state: Arc<AppState>) -> Router {
         Some(dir) => router.fallback_service(ServeDir::new(dir).fallback(axum::routing::any(not_found))),
         None => router.fallback(not_found),
     };
-    router
+    let router = router
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             state.config.server.request_timeout,
         ))
-        .layer(RequestBodyLimitLayer::new(state.config.server.body_limit_bytes))
-        .layer(axum::middleware::from_fn(middleware::request_context))
+        .layer(RequestBodyLimitLayer::new(state.config.server.body_limit_bytes));
+    let router = match cors_layer(&state.config.cors) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_context,
+        ))
         .with_state(state)
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such route")
+}
+
+/// Routes whose response carries a secret.
+fn returns_credentials(path: &str) -> bool {
+    path.ends_with("/credentials") || path == "/get_sts_token_for_oss_upload"
+}
+
+/// CORS from config: explicit origins or `https://*.example.com` patterns;
+/// `*` only when configured, and never on credential routes unless that is
+/// configured too. No cookies are used, so credentials mode is never allowed.
+fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
+    if cfg.allowed_origins.is_empty() && cfg.allowed_origin_patterns.is_empty() && !cfg.allow_any_origin {
+        return None;
+    }
+    let exact: Vec<String> = cfg.allowed_origins.clone();
+    let patterns: Vec<(String, String)> = cfg
+        .allowed_origin_patterns
+        .iter()
+        .filter_map(|p| {
+            p.split_once("://*.")
+                .map(|(scheme, suffix)| (format!("{scheme}://"), format!(".{suffix}")))
+        })
+        .collect();
+    let (any, any_for_credentials) = (cfg.allow_any_origin, cfg.allow_any_origin_for_credentials);
+    let allow = AllowOrigin::predicate(move |origin: &HeaderValue, parts: &Parts| {
+        let Ok(origin) = origin.to_str() else { return false };
+        let listed = exact.iter().any(|o| o == origin)
+            || patterns.iter().any(|(scheme, suffix)| {
+                origin.strip_prefix(scheme.as_str()).is_some_and(|host| {
+                    host.ends_with(suffix.as_str())
+                        && host.len() > suffix.len()
+                        && !host[..host.len() - suffix.len()].contains(['/', '@'])
+                })
+            });
+        listed || (any && (any_for_credentials || !returns_credentials(parts.uri.path())))
+    });
+    let mut layer = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            "x-api-key".parse().unwrap(),
+            "x-request-id".parse().unwrap(),
+        ])
+        .expose_headers(["x-request-id".parse().unwrap()]);
+    if let Some(age) = cfg.max_age {
+        layer = layer.max_age(age);
+    }
+    Some(layer)
+}
+
+/// What every grant route does first: who is calling, are they within their
+/// rate limits, and what does the grant mean for them.
+pub(crate) struct Caller {
+    pub principal: Principal,
+    pub resolved: Resolved,
+}
+
+impl Caller {
+    pub fn target<'a>(
+        &'a self,
+        placeholders: &'a crate::policy::template::Placeholders,
+    ) -> crate::grants::upload::Target<'a> {
+        crate::grants::upload::Target {
+            prefix: &self.resolved.prefix,
+            principal: &self.principal,
+            placeholders,
+        }
+    }
+
+    /// The audit record of a signed upload (PostObject policy or presigned URL).
+    #[allow(clippy::too_many_arguments)]
+    pub fn audit(
+        &self,
+        state: &AppState,
+        grant: &Grant,
+        ctx: &RequestCtx,
+        kind: &str,
+        material: &crate::grants::upload::SigningMaterial,
+        expires_at: chrono::DateTime<Utc>,
+        key: &str,
+    ) {
+        state.audit.record(&crate::audit::Record {
+            time: crate::sts::format_expiration(Utc::now()),
+            request_id: &ctx.request_id,
+            client_ip: &ctx.ip_string(),
+            subject: self.principal.display(),
+            auth: self.principal.method.as_str(),
+            grant: &grant.name,
+            kind,
+            policy_sha256: &self.resolved.policy_sha256,
+            session_name: &self.resolved.request.session_name,
+            access_key_id: &crate::identity::key_id_prefix(&material.access_key_id),
+            expiration: &crate::sts::format_expiration(expires_at),
+            cache: None,
+            key: Some(key),
+        });
+    }
+}
+
+pub(crate) async fn authorize(
+    state: &AppState,
+    grant: &Grant,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    ctx: &RequestCtx,
+) -> Result<Caller, ApiError> {
+    let now = Utc::now();
+    let presented = Presented::from_request(headers, query);
+    let principal = state
+        .auth
+        .authenticate(&grant.name, &grant.auth, &presented, now)
+        .await?;
+    state.limits.check(grant, &principal, ctx.client_ip)?;
+    let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
+    Ok(Caller { principal, resolved })
 }

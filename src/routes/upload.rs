@@ -5,20 +5,18 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, header};
+use axum::extract::{Extension, Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Serialize;
 use serde::ser::SerializeMap;
-use tracing::info;
 
-use crate::auth::Principal;
+use super::{RequestCtx, authorize};
 use crate::config::{PostVersion, PresignScheme};
 use crate::error::ApiError;
 use crate::grants::Grant;
 use crate::grants::upload::{self, PostPolicy, Presigned, UploadRequest};
-use crate::identity::key_id_prefix;
 use crate::server::AppState;
 use crate::sts::format_expiration;
 
@@ -44,15 +42,23 @@ fn no_store(mut resp: Response) -> Response {
 async fn make_post_policy(
     state: &AppState,
     grant: &Grant,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+    query: Option<&str>,
     req: &UploadRequest,
 ) -> Result<PostPolicy, ApiError> {
-    let principal = Principal::anonymous();
-    let material = state.issuer.signing_material(grant).await?;
-    let p = upload::post_policy(grant, &material, Utc::now(), req)?;
-    info!(
-        kind = "post-policy", grant = %grant.name, subject = %principal.display(),
-        key = p.key.as_deref().unwrap_or(&p.dir), access_key_id = %key_id_prefix(&material.access_key_id),
-        expires_at = %format_expiration(p.expires_at), "issued upload policy"
+    let caller = authorize(state, grant, headers, query, ctx).await?;
+    let material = state.issuer.signing_material(grant, &caller.resolved).await?;
+    let target = caller.target(&state.auth.placeholders);
+    let p = upload::post_policy(grant, &target, &material, Utc::now(), req)?;
+    caller.audit(
+        state,
+        grant,
+        ctx,
+        "post-policy",
+        &material,
+        p.expires_at,
+        p.key.as_deref().unwrap_or(&p.dir),
     );
     Ok(p)
 }
@@ -131,32 +137,42 @@ fn post_body(p: &PostPolicy, legacy: bool) -> PostBody<'_> {
 pub async fn post_policy(
     State(state): State<Arc<AppState>>,
     Path(grant): Path<String>,
+    Extension(ctx): Extension<RequestCtx>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
 ) -> Result<Response, ApiError> {
     let grant = state.grants.get(&grant)?;
-    let p = make_post_policy(&state, &grant, &req).await?;
+    let p = make_post_policy(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
     Ok(no_store(Json(post_body(&p, false)).into_response()))
 }
 
 /// The seeds' web sample reads flat fields; they are added to the same body.
 pub async fn legacy_post_policy(
     State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<RequestCtx>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
 ) -> Result<Response, ApiError> {
     let grant = state.grants.default_grant()?;
-    let p = make_post_policy(&state, &grant, &req).await?;
+    let p = make_post_policy(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
     Ok(no_store(Json(post_body(&p, true)).into_response()))
 }
 
-async fn make_presigned(state: &AppState, grant: &Grant, req: &UploadRequest) -> Result<Presigned, ApiError> {
-    let principal = Principal::anonymous();
-    let material = state.issuer.signing_material(grant).await?;
-    let p = upload::presign(grant, &material, Utc::now(), req)?;
-    info!(
-        kind = "presign", grant = %grant.name, subject = %principal.display(), key = %p.key,
-        access_key_id = %key_id_prefix(&material.access_key_id), expires_at = %format_expiration(p.expires_at),
-        "issued presigned URL"
-    );
+async fn make_presigned(
+    state: &AppState,
+    grant: &Grant,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    req: &UploadRequest,
+) -> Result<Presigned, ApiError> {
+    let caller = authorize(state, grant, headers, query, ctx).await?;
+    let material = state.issuer.signing_material(grant, &caller.resolved).await?;
+    let target = caller.target(&state.auth.placeholders);
+    let p = upload::presign(grant, &target, &material, Utc::now(), req)?;
+    caller.audit(state, grant, ctx, "presign", &material, p.expires_at, &p.key);
     Ok(p)
 }
 
@@ -188,30 +204,39 @@ fn presign_body(p: &Presigned) -> PresignBody<'_> {
 pub async fn presign_get(
     State(state): State<Arc<AppState>>,
     Path(grant): Path<String>,
+    Extension(ctx): Extension<RequestCtx>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
 ) -> Result<Response, ApiError> {
     let grant = state.grants.get(&grant)?;
-    let p = make_presigned(&state, &grant, &req).await?;
+    let p = make_presigned(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
     Ok(no_store(Json(presign_body(&p)).into_response()))
 }
 
 pub async fn presign_post(
     State(state): State<Arc<AppState>>,
     Path(grant): Path<String>,
+    Extension(ctx): Extension<RequestCtx>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     body: Option<Json<UploadRequest>>,
 ) -> Result<Response, ApiError> {
     let grant = state.grants.get(&grant)?;
     let req = body.map(|Json(b)| b).unwrap_or_default();
-    let p = make_presigned(&state, &grant, &req).await?;
+    let p = make_presigned(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
     Ok(no_store(Json(presign_body(&p)).into_response()))
 }
 
 /// The seeds return the URL as plain text.
 pub async fn legacy_presign(
     State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<RequestCtx>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
 ) -> Result<Response, ApiError> {
     let grant = state.grants.default_grant()?;
-    let p = make_presigned(&state, &grant, &req).await?;
+    let p = make_presigned(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
     Ok(no_store(p.url.into_response()))
 }

@@ -1,0 +1,75 @@
+//! The audit trail: one record per issuance (credentials, PostObject policy,
+//! presigned URL, ticket), to the log (target `ossvend::audit`) and, when
+//! `audit.file` is set, as a JSON line appended to that file. Records carry
+//! AccessKey id prefixes and policy hashes, never a secret or a token.
+
+use std::io::Write as _;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::config::AuditConfig;
+
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    pub time: String,
+    pub request_id: &'a str,
+    pub client_ip: &'a str,
+    pub subject: &'a str,
+    /// How the caller authenticated.
+    pub auth: &'a str,
+    pub grant: &'a str,
+    /// `credentials`, `post-policy`, `presign` or `ticket`.
+    pub kind: &'a str,
+    pub policy_sha256: &'a str,
+    pub session_name: &'a str,
+    /// Prefix only.
+    pub access_key_id: &'a str,
+    pub expiration: &'a str,
+    /// Cache outcome for credentials: `hit`, `miss`, `stale`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'a str>,
+    /// The object key or prefix a signed upload is bound to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+}
+
+pub struct Audit {
+    file: Option<Mutex<std::fs::File>>,
+}
+
+impl Audit {
+    pub fn open(cfg: &AuditConfig) -> Result<Self, String> {
+        let file = match &cfg.file {
+            Some(path) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("audit.file: cannot open {}: {e}", path.display()))?,
+            )),
+            None => None,
+        };
+        Ok(Audit { file })
+    }
+
+    pub fn record(&self, r: &Record<'_>) {
+        info!(
+            target: "ossvend::audit",
+            kind = r.kind, grant = r.grant, subject = r.subject, auth = r.auth, client_ip = r.client_ip,
+            session_name = r.session_name, access_key_id = r.access_key_id, expiration = r.expiration,
+            cache = r.cache.unwrap_or("-"), key = r.key.unwrap_or("-"), policy_sha256 = r.policy_sha256,
+            "issued {}", r.kind
+        );
+        if let Some(f) = &self.file {
+            let mut line = serde_json::to_vec(r).unwrap_or_default();
+            line.push(b'\n');
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            // One write per record keeps lines whole even with concurrent writers.
+            if let Err(e) = f.write_all(&line) {
+                warn!(error = %e, "cannot write the audit file");
+            }
+        }
+    }
+}
