@@ -78,7 +78,9 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener) -> std::io::Result
         sts_endpoint = %state.config.sts.endpoint,
         "ossvend listening on http://{addr}"
     );
-    axum::serve(listener, crate::routes::app(state))
+    // Connect info gives the rate limits and the audit trail the client's address.
+    let app = crate::routes::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     info!("ossvend stopped");

@@ -188,3 +188,86 @@ fn env_overrides_apply_to_sections() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sts.duration_seconds:"));
 }
+
+#[test]
+fn auth_and_template_mistakes_are_reported() {
+    let cfg = ISSUE_EXAMPLE.replace("127.0.0.1:8000", "0.0.0.0:8000").replace(
+        r#"actions = ["oss:PutObject"]"#,
+        r#"actions = ["oss:PutObject"]
+auth = ["jwt", "ticket"]
+
+[[grants]]
+name = "anon-user"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "users/{subject}/"
+
+[[grants]]
+name = "typo"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "users/{subjet}/{claim.team}/"
+auth = ["api_key"]
+
+[[auth.api_keys]]
+id = "bad id with spaces"
+sha256 = "nothex"
+
+[auth.jwt]
+jwks_url = "http://idp.example.com/jwks.json"
+issuer = "https://idp.example.com/"
+audience = []
+algorithms = ["HS256", "none"]
+"#,
+    );
+    let out = run(&cfg, &["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "server.listen:",  // anon-user accepts anonymous callers on 0.0.0.0
+        "grants[1].auth:", // {subject} on an anonymous-only grant
+        "grants[2].prefix: unknown placeholder {subjet}",
+        "grants[2].prefix: unknown placeholder {claim.team}",
+        "auth.api_keys[0].sha256:",
+        "auth.api_keys[0].id:",
+        "auth.jwt.jwks_url:", // plain http off loopback
+        "auth.jwt.audience:",
+        "auth.jwt.algorithms[0]:",
+        "auth.jwt.algorithms[1]:",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn a_public_address_is_fine_when_every_grant_authenticates() {
+    let key = ossvend::auth::api_key::hash_key("ovk_example");
+    let cfg = ISSUE_EXAMPLE.replace("127.0.0.1:8000", "0.0.0.0:8000").replace(
+        r#"actions = ["oss:PutObject"]"#,
+        &format!("actions = [\"oss:PutObject\"]\nauth = [\"api_key\"]\n\n[[auth.api_keys]]\nid = \"backend\"\nsha256 = \"{key}\""),
+    );
+    let out = run(&cfg, &["check-config"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn hash_key_prints_a_config_entry_and_reads_the_key_from_stdin() {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ossvend"))
+        .args(["hash-key", "--id", "web"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ovk_example\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("id = \"web\""), "{text}");
+    assert!(text.contains(&ossvend::auth::api_key::hash_key("ovk_example")));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ossvend"))
+        .args(["hash-key", "--generate"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ovk_") && text.contains("sha256 = "), "{text}");
+}

@@ -1,0 +1,633 @@
+//! Who is asking, against the running server: API keys, JWTs verified against a
+//! JWKS server run by the test (keys made here), tickets, per-user templates and
+//! the injection table, CORS, rate limits and the audit trail.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://issuer.test/";
+const BACKEND_KEY: &str = "ovk_test-backend-key-not-a-secret";
+const LIMITED_KEY: &str = "ovk_test-limited-key-not-a-secret";
+
+/// A signing key and its public JWK.
+struct TestKey {
+    kid: String,
+    alg: Algorithm,
+    enc: EncodingKey,
+    jwk: Value,
+}
+
+fn es256(kid: &str) -> TestKey {
+    use p256::pkcs8::EncodePrivateKey as _;
+    let sk = p256::ecdsa::SigningKey::random(&mut rsa::rand_core::OsRng);
+    let enc = EncodingKey::from_ec_der(sk.to_pkcs8_der().unwrap().as_bytes());
+    let mut jwk =
+        serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(&enc, Algorithm::ES256).unwrap())
+            .unwrap();
+    jwk["kid"] = json!(kid);
+    TestKey {
+        kid: kid.into(),
+        alg: Algorithm::ES256,
+        enc,
+        jwk,
+    }
+}
+
+fn ed25519(kid: &str) -> TestKey {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let mut seed = [0u8; 32];
+    rsa::rand_core::RngCore::fill_bytes(&mut rsa::rand_core::OsRng, &mut seed);
+    let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let enc = EncodingKey::from_ed_der(sk.to_pkcs8_der().unwrap().as_bytes());
+    let x = URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
+    TestKey {
+        kid: kid.into(),
+        alg: Algorithm::EdDSA,
+        enc,
+        jwk: json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid}),
+    }
+}
+
+impl TestKey {
+    fn sign(&self, claims: &Value) -> String {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&h, claims, &self.enc).unwrap()
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn claims(sub: &str) -> Value {
+    json!({ "iss": ISSUER, "aud": "ossvend", "sub": sub, "exp": now() + 600, "iat": now() })
+}
+
+/// The issuer's JWKS endpoint, run inside the test; counts fetches, keys swappable.
+struct Jwks {
+    url: String,
+    keys: Arc<Mutex<Vec<Value>>>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn start_jwks(keys: Vec<Value>) -> Jwks {
+    let keys = Arc::new(Mutex::new(keys));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (k, h) = (keys.clone(), hits.clone());
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let (k, h) = (k.clone(), h.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                axum::Json(json!({ "keys": *k.lock().unwrap() }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Jwks { url, keys, hits }
+}
+
+fn auth_config(sts: &FakeSts, jwks: &Jwks, audit_file: &std::path::Path) -> String {
+    use ossvend::auth::api_key::hash_key;
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+default_grant = "users"
+
+[identity]
+source = "env"
+
+[sts]
+endpoint = "{sts}"
+role_arn = "{ROLE_ARN}"
+retry_base_delay = "10ms"
+
+[auth.jwt]
+jwks_url = "{jwks}"
+issuer = "{ISSUER}"
+audience = ["ossvend"]
+template_claims = ["tenant"]
+leeway = "5s"
+refetch_cooldown = "1s"
+
+[auth.tickets]
+ttl = "2s"
+
+[[auth.api_keys]]
+id = "backend"
+sha256 = "{backend}"
+
+[[auth.api_keys]]
+id = "limited"
+sha256 = "{limited}"
+grants = ["public"]
+
+[cors]
+allowed_origins = ["http://app.test"]
+allowed_origin_patterns = ["https://*.example.com"]
+max_age = "60s"
+
+[audit]
+file = "{audit}"
+
+[[grants]]
+name = "users"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "users/{{subject}}/"
+session_name = "u-{{subject}}"
+auth = ["jwt", "api_key", "ticket"]
+
+[[grants]]
+name = "users2"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "u2/{{subject}}/"
+auth = ["api_key", "ticket"]
+
+[[grants]]
+name = "tenants"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "t/{{claim.tenant}}/{{subject}}/"
+auth = ["jwt"]
+
+[[grants]]
+name = "public"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "pub/"
+auth = ["none", "api_key"]
+per_ip_per_minute = 120
+
+[[grants]]
+name = "limited"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "lim/"
+auth = ["api_key"]
+per_subject_per_minute = 120
+"#,
+        sts = sts.endpoint,
+        jwks = jwks.url,
+        backend = hash_key(BACKEND_KEY),
+        limited = hash_key(LIMITED_KEY),
+        audit = audit_file.display(),
+    )
+}
+
+struct Env {
+    sts: FakeSts,
+    server: Server,
+    jwks: Jwks,
+    key: TestKey,
+    audit: tempfile::NamedTempFile,
+}
+
+async fn start() -> Env {
+    let key = es256("k1");
+    let jwks = start_jwks(vec![key.jwk.clone()]).await;
+    let sts = FakeSts::start();
+    let audit = tempfile::NamedTempFile::new().unwrap();
+    let server = Server::start(auth_config(&sts, &jwks, audit.path()));
+    Env {
+        sts,
+        server,
+        jwks,
+        key,
+        audit,
+    }
+}
+
+async fn get(url: String, auth: Option<(&str, &str)>) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = http().get(url);
+    if let Some((k, v)) = auth {
+        req = req.header(k, v);
+    }
+    let r = req.send().await.unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    let text = r.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn bearer(token: &str) -> Option<(&'static str, String)> {
+    Some(("authorization", format!("Bearer {token}")))
+}
+
+async fn get_as(url: String, auth: Option<(&str, String)>) -> (u16, reqwest::header::HeaderMap, Value) {
+    get(url, auth.as_ref().map(|(k, v)| (*k, v.as_str()))).await
+}
+
+#[tokio::test]
+async fn each_user_gets_only_their_own_prefix_and_credential() {
+    let e = start().await;
+    let url = e.server.url("/v1/grants/users/credentials");
+    let (s, _, alice) = get_as(url.clone(), bearer(&e.key.sign(&claims("alice")))).await;
+    assert_eq!(s, 200, "{alice}");
+    let (s, _, bob) = get_as(url.clone(), bearer(&e.key.sign(&claims("bob")))).await;
+    assert_eq!(s, 200, "{bob}");
+    assert_eq!(alice["Prefix"], "users/alice/");
+    assert_eq!(bob["Prefix"], "users/bob/");
+    assert_ne!(alice["AccessKeyId"], bob["AccessKeyId"]);
+    // Alice again: her own cached credential, never Bob's.
+    let (_, _, again) = get_as(url, bearer(&e.key.sign(&claims("alice")))).await;
+    assert_eq!(again["AccessKeyId"], alice["AccessKeyId"]);
+
+    let calls = e.sts.calls().await;
+    assert_eq!(calls.len(), 2);
+    for (call, user) in calls.iter().zip(["alice", "bob"]) {
+        let policy: Value = serde_json::from_str(call["params"]["Policy"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            policy["Statement"][0]["Resource"],
+            json!([format!("acs:oss:*:*:examplebucket/users/{user}/*")])
+        );
+        assert_eq!(call["params"]["RoleSessionName"], format!("u-{user}"));
+    }
+    // The audit trail: one record per issuance, who and what, never a secret.
+    let audit = std::fs::read_to_string(e.audit.path()).unwrap();
+    let records: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0]["subject"], "alice");
+    assert_eq!(records[0]["auth"], "jwt");
+    assert_eq!(records[0]["kind"], "credentials");
+    assert_eq!(records[0]["session_name"], "u-alice");
+    assert_eq!(records[0]["client_ip"], "127.0.0.1");
+    assert_eq!(records[2]["cache"], "hit");
+    for field in [
+        "time",
+        "request_id",
+        "grant",
+        "policy_sha256",
+        "access_key_id",
+        "expiration",
+    ] {
+        assert!(records[0][field].is_string(), "audit record lacks {field}");
+    }
+    for secret in [
+        &alice["AccessKeySecret"],
+        &alice["SecurityToken"],
+        &bob["AccessKeySecret"],
+    ] {
+        assert!(!audit.contains(secret.as_str().unwrap()));
+        assert!(!e.server.logs.text().contains(secret.as_str().unwrap()));
+    }
+    assert!(
+        !audit.contains(alice["AccessKeyId"].as_str().unwrap()),
+        "full AccessKeyId in the audit"
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_are_401_with_a_challenge_and_cost_no_sts_call() {
+    let e = start().await;
+    let url = e.server.url("/v1/grants/users/credentials");
+    let other = es256("k1"); // same kid, different key: a forged signature
+    let mut wrong_aud = claims("alice");
+    wrong_aud["aud"] = json!("someone-else");
+    let mut wrong_iss = claims("alice");
+    wrong_iss["iss"] = json!("https://evil.test/");
+    let mut expired = claims("alice");
+    expired["exp"] = json!(now() - 120);
+    let mut not_yet = claims("alice");
+    not_yet["nbf"] = json!(now() + 600);
+    let alg_none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#),
+        URL_SAFE_NO_PAD.encode(claims("alice").to_string())
+    );
+    let cases = [
+        ("expired", e.key.sign(&expired)),
+        ("not yet valid", e.key.sign(&not_yet)),
+        ("wrong audience", e.key.sign(&wrong_aud)),
+        ("wrong issuer", e.key.sign(&wrong_iss)),
+        ("bad signature", other.sign(&claims("alice"))),
+        ("alg none", alg_none),
+        ("garbage", "not.a.jwt".into()),
+    ];
+    for (name, token) in cases {
+        let (s, h, body) = get_as(url.clone(), bearer(&token)).await;
+        assert_eq!(s, 401, "{name}: {body}");
+        assert_eq!(body["code"], "invalid_credentials", "{name}");
+        let challenge = h["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.contains("Bearer realm=\"ossvend\", error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+    }
+    // No credentials at all on a grant that needs them.
+    let (s, h, body) = get(url, None).await;
+    assert_eq!((s, body["code"].as_str().unwrap()), (401, "unauthenticated"));
+    let challenge = h["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("Bearer") && challenge.contains("ApiKey") && challenge.contains("Ticket"),
+        "{challenge}"
+    );
+    assert_eq!(e.sts.call_count().await, 0);
+    // A bad token is an error even where anonymous callers are welcome.
+    let (s, _, _) = get_as(e.server.url("/v1/grants/public/credentials"), bearer("not.a.jwt")).await;
+    assert_eq!(
+        s, 403,
+        "a bearer token on a grant that does not accept jwt is refused, not ignored"
+    );
+    let logs = e.server.logs.text();
+    assert!(logs.contains("authentication failed"));
+    assert!(
+        !logs.contains(&e.key.sign(&claims("alice"))[..40]),
+        "a token reached the logs"
+    );
+}
+
+#[tokio::test]
+async fn unknown_kid_refetches_once_then_key_rotation_is_picked_up() {
+    let e = start().await;
+    let url = e.server.url("/v1/grants/users/credentials");
+    assert_eq!(
+        get_as(url.clone(), bearer(&e.key.sign(&claims("alice")))).await.0,
+        200
+    );
+    let fetches = e.jwks.hits.load(Ordering::SeqCst);
+    assert_eq!(fetches, 1);
+
+    // A token from a key the issuer has not published: one refetch (once the
+    // cooldown since the last fetch has passed), then 401.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let new_key = ed25519("k2");
+    let (s, _, body) = get_as(url.clone(), bearer(&new_key.sign(&claims("alice")))).await;
+    assert_eq!(s, 401, "{body}");
+    assert_eq!(e.jwks.hits.load(Ordering::SeqCst), 2);
+    // Within the cooldown, more unknown kids do not hammer the issuer.
+    for _ in 0..5 {
+        assert_eq!(
+            get_as(url.clone(), bearer(&new_key.sign(&claims("alice"))))
+                .await
+                .0,
+            401
+        );
+    }
+    assert_eq!(e.jwks.hits.load(Ordering::SeqCst), 2);
+
+    // The issuer rotates: k2 published, k1 retired. After the cooldown k2 works.
+    *e.jwks.keys.lock().unwrap() = vec![new_key.jwk.clone()];
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, _, body) = get_as(url.clone(), bearer(&new_key.sign(&claims("alice")))).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["Prefix"], "users/alice/");
+}
+
+#[tokio::test]
+async fn api_keys_are_checked_and_bound_to_their_grants() {
+    let e = start().await;
+    let key = |k: &'static str| Some(("x-api-key", k));
+    let (s, _, body) = get(e.server.url("/v1/grants/users/credentials"), key(BACKEND_KEY)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["Prefix"], "users/backend/");
+    let (s, _, body) = get(
+        e.server.url("/v1/grants/users/credentials"),
+        Some(("authorization", "ApiKey ovk_wrong")),
+    )
+    .await;
+    assert_eq!((s, body["code"].as_str().unwrap()), (401, "invalid_credentials"));
+    // A valid key outside its allowed grants.
+    let (s, _, body) = get(e.server.url("/v1/grants/users/credentials"), key(LIMITED_KEY)).await;
+    assert_eq!((s, body["code"].as_str().unwrap()), (403, "grant_not_allowed"));
+    assert_eq!(
+        get(e.server.url("/v1/grants/public/credentials"), key(LIMITED_KEY))
+            .await
+            .0,
+        200
+    );
+    // A valid key on a grant that does not accept API keys.
+    let (s, _, body) = get(e.server.url("/v1/grants/tenants/credentials"), key(BACKEND_KEY)).await;
+    assert_eq!(
+        (s, body["code"].as_str().unwrap()),
+        (403, "auth_method_not_allowed")
+    );
+}
+
+async fn mint(e: &Env, grant: &str, auth: Option<(&str, &str)>) -> (u16, Value) {
+    let mut req = http()
+        .post(e.server.url("/v1/tickets"))
+        .json(&json!({ "grant": grant }));
+    if let Some((k, v)) = auth {
+        req = req.header(k, v);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn tickets_are_bound_to_subject_grant_and_expiry() {
+    let e = start().await;
+    let (s, t) = mint(&e, "users", Some(("x-api-key", BACKEND_KEY))).await;
+    assert_eq!(s, 201, "{t}");
+    let ticket = t["ticket"].as_str().unwrap().to_string();
+    assert!(
+        t["credentials_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("/v1/grants/users/credentials?ticket=")
+    );
+
+    // What a mobile SDK does: a plain GET of the URL, no headers.
+    let (s, _, body) = get(e.server.url(t["credentials_url"].as_str().unwrap()), None).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["Prefix"], "users/backend/");
+    assert_eq!(body["StatusCode"], 200);
+    // Another grant that accepts tickets: this one was not issued for it.
+    let (s, _, body) = get(
+        e.server
+            .url(&format!("/v1/grants/users2/credentials?ticket={ticket}")),
+        None,
+    )
+    .await;
+    assert_eq!((s, body["code"].as_str().unwrap()), (403, "wrong_grant"));
+    // A tampered ticket.
+    let mut tampered = ticket.clone();
+    tampered.insert(3, if tampered.as_bytes()[3] == b'A' { 'B' } else { 'A' });
+    let (s, _, _) = get(
+        e.server
+            .url(&format!("/v1/grants/users/credentials?ticket={tampered}")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+    // Minting needs an authenticated caller, and a grant that takes tickets.
+    assert_eq!(mint(&e, "users", None).await.0, 401);
+    assert_eq!(mint(&e, "public", Some(("x-api-key", BACKEND_KEY))).await.0, 403);
+    // Replay after expiry (ttl 2 s).
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (s, _, body) = get(
+        e.server
+            .url(&format!("/v1/grants/users/credentials?ticket={ticket}")),
+        None,
+    )
+    .await;
+    assert_eq!((s, body["code"].as_str().unwrap()), (401, "invalid_credentials"));
+    assert!(
+        !e.server.logs.text().contains(&ticket),
+        "a ticket reached the logs"
+    );
+}
+
+/// Subjects and claims that must never reach a policy, and ones that must,
+/// verbatim. Printed as a table for the issue note.
+#[tokio::test]
+async fn injection_table() {
+    let e = start().await;
+    let long65 = "a".repeat(65);
+    let long64 = "b".repeat(64);
+    let refused = [
+        "*", "a*", "../x", "a/b", "\"", "%2F", "a?b", "a b", "tab\tx", "аlice", /* Cyrillic а */
+        "ａlice", /* fullwidth */ &long65, "", "a..b", "x}{y",
+    ];
+    println!("| subject | credentials | explain |");
+    for sub in refused {
+        let token = e.key.sign(&claims(sub));
+        let (s1, _, b1) = get_as(e.server.url("/v1/grants/users/credentials"), bearer(&token)).await;
+        let (s2, _, b2) = get_as(e.server.url("/v1/grants/users/explain"), bearer(&token)).await;
+        println!("| {sub:?} | {s1} {} | {s2} {} |", b1["code"], b2["code"]);
+        // An empty subject is no subject at all (401); every other value is 403.
+        let expected = if sub.is_empty() { 401 } else { 403 };
+        assert_eq!(s1, expected, "{sub:?}: {b1}");
+        assert_eq!(s2, expected, "{sub:?}: {b2}");
+        if !sub.is_empty() {
+            assert_eq!(b1["code"], "invalid_principal", "{sub:?}");
+        }
+    }
+    // The same through a claim.
+    for tenant in ["*", "a/b", "../t"] {
+        let mut c = claims("alice");
+        c["tenant"] = json!(tenant);
+        let (s, _, b) = get_as(
+            e.server.url("/v1/grants/tenants/credentials"),
+            bearer(&e.key.sign(&c)),
+        )
+        .await;
+        println!("| tenant {tenant:?} | {s} {} | |", b["code"]);
+        assert_eq!(
+            (s, b["code"].as_str().unwrap()),
+            (403, "invalid_principal"),
+            "tenant {tenant:?}"
+        );
+    }
+    assert_eq!(
+        e.sts.call_count().await,
+        0,
+        "a refused caller must cost no STS call"
+    );
+
+    for sub in ["alice", "a.b-c_d@e.f", long64.as_str()] {
+        let (s, _, b) = get_as(
+            e.server.url("/v1/grants/users/explain"),
+            bearer(&e.key.sign(&claims(sub))),
+        )
+        .await;
+        println!("| {sub:?} | | {s} {} |", b["policy"]["Statement"][0]["Resource"]);
+        assert_eq!(s, 200, "{sub:?}: {b}");
+        assert_eq!(
+            b["policy"]["Statement"][0]["Resource"],
+            json!([format!("acs:oss:*:*:examplebucket/users/{sub}/*")])
+        );
+        assert_eq!(b["prefix"], format!("users/{sub}/"));
+        assert_eq!(
+            b["session_name"],
+            format!("u-{sub}").chars().take(64).collect::<String>()
+        );
+    }
+    let mut c = claims("alice");
+    c["tenant"] = json!("acme");
+    let (s, _, b) = get_as(
+        e.server.url("/v1/grants/tenants/explain"),
+        bearer(&e.key.sign(&c)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b["policy"]["Statement"][0]["Resource"],
+        json!(["acs:oss:*:*:examplebucket/t/acme/alice/*"])
+    );
+    assert_eq!(e.sts.call_count().await, 0, "explain never calls STS");
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_only_configured_origins() {
+    let e = start().await;
+    let preflight = |origin: &'static str| {
+        http()
+            .request(
+                reqwest::Method::OPTIONS,
+                e.server.url("/v1/grants/users/credentials"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    for origin in ["http://app.test", "https://shop.example.com"] {
+        let r = preflight(origin).await.unwrap();
+        assert!(r.status().is_success(), "{origin}: {}", r.status());
+        assert_eq!(r.headers()["access-control-allow-origin"], origin);
+        assert!(
+            r.headers()["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains("authorization")
+        );
+        assert_eq!(r.headers()["access-control-max-age"], "60");
+        assert!(r.headers().get("access-control-allow-credentials").is_none());
+    }
+    for origin in [
+        "http://evil.test",
+        "https://example.com.evil.test",
+        "https://example.com",
+    ] {
+        let r = preflight(origin).await.unwrap();
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{origin} was allowed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_then_recover() {
+    let e = start().await;
+    // 120 per minute: a burst of 120, then one more every half second. The loop
+    // bound is generous so a slow machine (refills while it loops) still gets there.
+    for (grant, auth) in [("limited", Some(("x-api-key", BACKEND_KEY))), ("public", None)] {
+        let url = e.server.url(&format!("/v1/grants/{grant}/explain"));
+        let mut limited = None;
+        for i in 0..2000 {
+            let (s, h, body) = get(url.clone(), auth).await;
+            if s == 429 {
+                assert_eq!(body["code"], "rate_limited");
+                limited = Some((i, h["retry-after"].to_str().unwrap().parse::<u64>().unwrap()));
+                break;
+            }
+            assert_eq!(s, 200, "{grant}: {body}");
+        }
+        let (at, retry_after) = limited.unwrap_or_else(|| panic!("{grant}: never limited"));
+        assert!(at >= 100, "{grant}: limited after only {at} requests");
+        assert!(retry_after >= 1);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(get(url, auth).await.0, 200, "{grant}: did not recover");
+    }
+}
