@@ -1,6 +1,6 @@
 //! ossvend: vends short-lived, least-privilege upload rights for Alibaba Cloud OSS.
 //!
-//! See `design.md` for how the modules fit: `config` → `identity` → `sts`
+//! The design notes (`../shared/design.md` beside the repository) say how the modules fit: `config` → `identity` → `sts`
 //! (client + cache) → `policy` → `sign` → `grants` → `routes`.
 
 // `ApiError` is large and only travels on the error path, where boxing it would

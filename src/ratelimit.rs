@@ -45,36 +45,40 @@ impl Limits {
         Limits { by_grant }
     }
 
-    pub fn check(&self, grant: &Grant, principal: &Principal, ip: Option<IpAddr>) -> Result<(), ApiError> {
-        let Some(l) = self.by_grant.get(&grant.name) else {
-            return Ok(());
-        };
-        if let (Some(lim), Some(ip)) = (&l.per_ip, ip) {
-            if lim.len() > MAX_KEYS {
-                lim.retain_recent();
-            }
-            if let Err(not_until) = lim.check_key(&ip) {
-                return Err(limited(
-                    grant,
-                    "client IP",
-                    not_until.wait_time_from(DefaultClock::default().now()),
-                ));
-            }
+    /// Per client IP: checked before authentication, so that a flood of bad
+    /// credentials is throttled too.
+    pub fn check_ip(&self, grant: &Grant, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        match (self.by_grant.get(&grant.name).and_then(|l| l.per_ip.as_ref()), ip) {
+            (Some(lim), Some(ip)) => take(lim, &ip, grant, "client IP"),
+            _ => Ok(()),
         }
-        if let (Some(lim), Some(subject)) = (&l.per_subject, &principal.subject) {
-            if lim.len() > MAX_KEYS {
-                lim.retain_recent();
-            }
-            if let Err(not_until) = lim.check_key(subject) {
-                return Err(limited(
-                    grant,
-                    "subject",
-                    not_until.wait_time_from(DefaultClock::default().now()),
-                ));
-            }
-        }
-        Ok(())
     }
+
+    /// Per authenticated subject: checked once the caller is known.
+    pub fn check_subject(&self, grant: &Grant, principal: &Principal) -> Result<(), ApiError> {
+        match (
+            self.by_grant
+                .get(&grant.name)
+                .and_then(|l| l.per_subject.as_ref()),
+            &principal.subject,
+        ) {
+            (Some(lim), Some(subject)) => take(lim, subject, grant, "subject"),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn take<K: std::hash::Hash + Eq + Clone>(
+    lim: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    grant: &Grant,
+    by: &str,
+) -> Result<(), ApiError> {
+    if lim.len() > MAX_KEYS {
+        lim.retain_recent();
+    }
+    lim.check_key(key)
+        .map_err(|not_until| limited(grant, by, not_until.wait_time_from(DefaultClock::default().now())))
 }
 
 fn limited(grant: &Grant, by: &str, wait: std::time::Duration) -> ApiError {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::grants::{Grants, Issuer};
-use crate::identity::{self, CredentialProvider, key_id_prefix};
+use crate::identity::{self, RefreshTimings};
 use crate::ratelimit::Limits;
 use crate::sts::{CacheTimings, CredentialCache, StsClient, SystemClock};
 
@@ -29,11 +29,37 @@ pub struct AppState {
 
 impl AppState {
     /// `env` is the process environment (identity variables are read from it).
-    pub async fn build(config: Config, env: &BTreeMap<String, String>) -> Result<Arc<Self>, String> {
-        let provider = identity::from_config(&config.identity, env).map_err(|e| e.to_string())?;
-        let id = provider.credentials().await.map_err(|e| e.to_string())?;
-        info!(source = provider.source_name(), access_key_id = %key_id_prefix(&id.access_key_id), "server identity loaded");
+    ///
+    /// Configuration problems of the identity (a missing variable, secret file
+    /// or profile) stop start-up. A temporary identity whose first fetch fails
+    /// remotely (metadata service or STS down) does not: the server starts
+    /// unready and keeps retrying in the background.
+    pub async fn build(mut config: Config, env: &BTreeMap<String, String>) -> Result<Arc<Self>, String> {
+        // Region/VPC defaults from the environment are resolved once, here.
+        config.sts.endpoint = Some(
+            config
+                .sts
+                .resolve_endpoint(env)
+                .map_err(|e| format!("sts: {e}"))?,
+        );
         let sts = Arc::new(StsClient::new(&config.sts)?);
+        let deps = identity::Deps {
+            sts: sts.clone(),
+            clock: Arc::new(SystemClock),
+            timings: RefreshTimings::default(),
+        };
+        let identity = identity::from_config(&config.identity, env, &deps).map_err(|e| e.to_string())?;
+        // Success is logged by the provider ("server identity loaded", with the source).
+        if let Err(e) = identity.credentials().await {
+            if e.is_fatal_at_startup() {
+                return Err(e.to_string());
+            }
+            warn!(
+                source = identity.source_name(), error = %e,
+                "starting without a server identity; /readyz stays 503 until a background retry succeeds"
+            );
+        }
+        identity.start();
         let timings = CacheTimings {
             min_remaining: config.sts.min_remaining,
             refresh_before: config.sts.refresh_before,
@@ -42,7 +68,6 @@ impl AppState {
         };
         let cache = CredentialCache::new(sts, Arc::new(SystemClock), timings);
         let grants = Grants::from_config(&config)?;
-        let identity: Arc<dyn CredentialProvider> = Arc::new(provider);
         let auth = Authenticator::from_config(&config, env)?;
         let limits = Limits::new(grants.iter());
         let audit = Audit::open(&config.audit)?;
@@ -75,7 +100,8 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener) -> std::io::Result
         listen = %addr,
         grants = ?state.grants.names(),
         default_grant = state.config.server.default_grant.as_deref().unwrap_or("-"),
-        sts_endpoint = %state.config.sts.endpoint,
+        sts_endpoint = %state.config.sts.endpoint(),
+        identity_source = state.issuer.identity.source_name(),
         "ossvend listening on http://{addr}"
     );
     // Connect info gives the rate limits and the audit trail the client's address.

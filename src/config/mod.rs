@@ -208,35 +208,214 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where ossvend's own credentials come from (`[identity]`). Which keys a
+/// source reads is listed in [`IdentityConfig::keys_used_by`]; the rest must be
+/// left unset (check-config says so).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
-    /// Where ossvend's own credentials come from. Only `env` for now.
+    /// `env`, `static`, `profile`, `ecs_ram_role`, `oidc`, `credentials_uri`,
+    /// `ram_role_arn` or `chain` (default).
     pub source: String,
-    /// Key id given in the file (the secret still comes from the environment
-    /// unless `allow_inline_secret` is set).
+    /// `static` (and, kept from issue 2, `env`): the key id written in the file.
     pub access_key_id: Option<String>,
+    /// `static`: the environment variable that holds the secret.
+    pub secret_env: Option<String>,
+    /// `static`: a file holding the secret (a mounted Kubernetes secret); read at
+    /// start-up and on every reload, trailing newline trimmed.
+    pub secret_file: Option<PathBuf>,
+    /// Inline secret: refused unless `allow_inline_secret`.
     pub access_key_secret: Option<SecretString>,
     /// Opt-in for a secret written in the file; off because config files leak.
     pub allow_inline_secret: bool,
+    /// `profile`: profile name (default env `ALIBABA_CLOUD_PROFILE`, else the
+    /// CLI file's `current`, else `default`).
+    pub profile: Option<String>,
+    /// `profile`: the Alibaba Cloud CLI file (default env `ALIBABA_CLOUD_CONFIG_FILE`,
+    /// else `~/.aliyun/config.json`).
+    pub cli_config_file: Option<PathBuf>,
+    /// `profile`: the credentials-SDK ini file (default env
+    /// `ALIBABA_CLOUD_CREDENTIALS_FILE`, else `~/.alibabacloud/credentials`, then
+    /// `~/.alibabacloud/credentials.ini`).
+    pub credentials_file: Option<PathBuf>,
+    /// `ecs_ram_role`: the instance's RAM role (default env
+    /// `ALIBABA_CLOUD_ECS_METADATA`, else discovered from the metadata service).
+    pub role_name: Option<String>,
+    /// Instance metadata service (default `http://100.100.100.200`).
+    pub metadata_endpoint: Option<String>,
+    /// Fall back to reads without a metadata token when the token request fails.
+    /// Off: hardened (token) mode only.
+    pub imds_v1_fallback: bool,
+    /// `oidc` (default env `ALIBABA_CLOUD_ROLE_ARN`) and `ram_role_arn`: the role to assume.
+    pub role_arn: Option<String>,
+    /// `oidc`: default env `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`.
+    pub oidc_provider_arn: Option<String>,
+    /// `oidc`: the projected service-account token, re-read on every refresh
+    /// (default env `ALIBABA_CLOUD_OIDC_TOKEN_FILE`).
+    pub oidc_token_file: Option<PathBuf>,
+    /// `oidc`, `ram_role_arn`: default env `ALIBABA_CLOUD_ROLE_SESSION_NAME`, else
+    /// `ossvend-<unix-seconds>`.
+    pub role_session_name: Option<String>,
+    /// `oidc`, `ram_role_arn`: lifetime of the identity's own credential (default 3600).
+    pub duration_seconds: Option<u32>,
+    /// `credentials_uri`: default env `ALIBABA_CLOUD_CREDENTIALS_URI`.
+    pub credentials_uri: Option<String>,
+    /// `ram_role_arn`: ExternalId of the intermediate role's trust policy.
+    pub external_id: Option<String>,
+    /// `ram_role_arn`: the provider whose credentials sign that AssumeRole.
+    pub base: Option<Box<IdentityConfig>>,
 }
+
+/// Every identity source, in the order the docs list them.
+pub const IDENTITY_SOURCES: &[&str] = &[
+    "env",
+    "static",
+    "profile",
+    "ecs_ram_role",
+    "oidc",
+    "credentials_uri",
+    "ram_role_arn",
+    "chain",
+];
+
+/// Default instance metadata endpoint (plain http, link-local to the instance).
+pub const DEFAULT_METADATA_ENDPOINT: &str = "http://100.100.100.200";
+
+/// Default lifetime of the identity's own STS credentials (oidc, ram_role_arn).
+pub const DEFAULT_IDENTITY_DURATION_SECONDS: u32 = 3600;
 
 impl Default for IdentityConfig {
     fn default() -> Self {
         IdentityConfig {
-            source: "env".into(),
+            source: "chain".into(),
             access_key_id: None,
+            secret_env: None,
+            secret_file: None,
             access_key_secret: None,
             allow_inline_secret: false,
+            profile: None,
+            cli_config_file: None,
+            credentials_file: None,
+            role_name: None,
+            metadata_endpoint: None,
+            imds_v1_fallback: false,
+            role_arn: None,
+            oidc_provider_arn: None,
+            oidc_token_file: None,
+            role_session_name: None,
+            duration_seconds: None,
+            credentials_uri: None,
+            external_id: None,
+            base: None,
         }
+    }
+}
+
+impl IdentityConfig {
+    pub fn metadata_endpoint(&self) -> &str {
+        self.metadata_endpoint
+            .as_deref()
+            .unwrap_or(DEFAULT_METADATA_ENDPOINT)
+    }
+
+    pub fn duration_seconds(&self) -> u32 {
+        self.duration_seconds.unwrap_or(DEFAULT_IDENTITY_DURATION_SECONDS)
+    }
+
+    /// The keys `source` reads (besides `source` and `allow_inline_secret`), or
+    /// `None` for an unknown source.
+    pub fn keys_used_by(source: &str) -> Option<&'static [&'static str]> {
+        const ECS: [&str; 3] = ["role_name", "metadata_endpoint", "imds_v1_fallback"];
+        Some(match source {
+            "env" => &["access_key_id", "access_key_secret"],
+            "static" => &["access_key_id", "secret_env", "secret_file", "access_key_secret"],
+            // A profile may be in EcsRamRole, RamRoleArn or OIDC mode.
+            "profile" => &[
+                "profile",
+                "cli_config_file",
+                "credentials_file",
+                ECS[1],
+                ECS[2],
+                "role_session_name",
+                "duration_seconds",
+            ],
+            "ecs_ram_role" => &ECS,
+            "oidc" => &[
+                "role_arn",
+                "oidc_provider_arn",
+                "oidc_token_file",
+                "role_session_name",
+                "duration_seconds",
+            ],
+            "credentials_uri" => &["credentials_uri"],
+            "ram_role_arn" => &[
+                "role_arn",
+                "external_id",
+                "role_session_name",
+                "duration_seconds",
+                "base",
+            ],
+            // The chain's members take their settings from the environment; these
+            // keys tune them (profile files, the metadata service, OIDC session).
+            "chain" => &[
+                "profile",
+                "cli_config_file",
+                "credentials_file",
+                ECS[0],
+                ECS[1],
+                ECS[2],
+                "role_session_name",
+                "duration_seconds",
+                "credentials_uri",
+            ],
+            _ => return None,
+        })
+    }
+
+    /// The keys set in this table (other than `source` and `allow_inline_secret`).
+    pub fn keys_set(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut add = |set: bool, name: &'static str| {
+            if set {
+                out.push(name);
+            }
+        };
+        add(self.access_key_id.is_some(), "access_key_id");
+        add(self.secret_env.is_some(), "secret_env");
+        add(self.secret_file.is_some(), "secret_file");
+        add(self.access_key_secret.is_some(), "access_key_secret");
+        add(self.profile.is_some(), "profile");
+        add(self.cli_config_file.is_some(), "cli_config_file");
+        add(self.credentials_file.is_some(), "credentials_file");
+        add(self.role_name.is_some(), "role_name");
+        add(self.metadata_endpoint.is_some(), "metadata_endpoint");
+        add(self.imds_v1_fallback, "imds_v1_fallback");
+        add(self.role_arn.is_some(), "role_arn");
+        add(self.oidc_provider_arn.is_some(), "oidc_provider_arn");
+        add(self.oidc_token_file.is_some(), "oidc_token_file");
+        add(self.role_session_name.is_some(), "role_session_name");
+        add(self.duration_seconds.is_some(), "duration_seconds");
+        add(self.credentials_uri.is_some(), "credentials_uri");
+        add(self.external_id.is_some(), "external_id");
+        add(self.base.is_some(), "base");
+        out
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StsConfig {
-    #[serde(default = "default_sts_endpoint")]
-    pub endpoint: String,
+    /// Explicit STS endpoint; wins over `region`/`vpc`. Unset: see [`StsConfig::resolve_endpoint`].
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Regional endpoint `https://sts.<region>.aliyuncs.com` (default env
+    /// `ALIBABA_CLOUD_STS_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// VPC endpoint `https://sts-vpc.<region>.aliyuncs.com`; needs a region
+    /// (default env `ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED=true`).
+    #[serde(default)]
+    pub vpc: Option<bool>,
     pub role_arn: String,
     #[serde(default = "default_session_name")]
     pub session_name: String,
@@ -269,9 +448,47 @@ pub struct StsConfig {
     pub cache_capacity: u64,
 }
 
-fn default_sts_endpoint() -> String {
-    "https://sts.aliyuncs.com".into()
+/// The global endpoint, default of every credentials SDK (spec §1.1).
+pub const DEFAULT_STS_ENDPOINT: &str = "https://sts.aliyuncs.com";
+
+impl StsConfig {
+    /// The endpoint from this table alone: explicit `endpoint`, else built from
+    /// `region`/`vpc`, else the global endpoint. After start-up the server has
+    /// stored the environment-resolved value in `endpoint`, so this is what it uses.
+    pub fn endpoint(&self) -> String {
+        self.resolve_endpoint(&BTreeMap::new())
+            .unwrap_or_else(|_| DEFAULT_STS_ENDPOINT.to_string())
+    }
+
+    /// Spec §1.1: explicit `endpoint` wins; otherwise `region` (default env
+    /// `ALIBABA_CLOUD_STS_REGION`) gives `https://sts.<region>.aliyuncs.com`, and
+    /// `vpc` (default env `ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED=true`) gives
+    /// `https://sts-vpc.<region>.aliyuncs.com`; neither: `https://sts.aliyuncs.com`.
+    pub fn resolve_endpoint(&self, env: &BTreeMap<String, String>) -> Result<String, String> {
+        if let Some(e) = &self.endpoint {
+            return Ok(e.clone());
+        }
+        let region = self
+            .region
+            .clone()
+            .or_else(|| env.get("ALIBABA_CLOUD_STS_REGION").cloned())
+            .filter(|r| !r.is_empty());
+        let vpc = self.vpc.unwrap_or_else(|| {
+            env.get("ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        });
+        match (region, vpc) {
+            (Some(r), true) => Ok(format!("https://sts-vpc.{r}.aliyuncs.com")),
+            (Some(r), false) => Ok(format!("https://sts.{r}.aliyuncs.com")),
+            (None, true) => Err(
+                "the VPC endpoint needs a region: set sts.region (or ALIBABA_CLOUD_STS_REGION), or sts.endpoint"
+                    .into(),
+            ),
+            (None, false) => Ok(DEFAULT_STS_ENDPOINT.to_string()),
+        }
+    }
 }
+
 fn default_session_name() -> String {
     "ossvend".into()
 }

@@ -15,14 +15,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the server has an identity and can get credentials: STS answers
-/// a TCP connect, or a cached credential is still valid (stale-if-error keeps
-/// serving through a short STS outage).
+/// Ready when the server holds a currently valid identity (asked without I/O:
+/// the identity refreshes itself in the background) and can get credentials:
+/// STS answers a TCP connect, or a cached credential is still valid
+/// (stale-if-error keeps serving through a short STS outage).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
-    let identity = match state.issuer.identity.credentials().await {
-        Ok(_) => Ok(state.issuer.identity.source_name()),
-        Err(e) => Err(e.to_string()),
-    };
+    let status = state.issuer.identity.status();
     let cached = state.issuer.cache.has_servable();
     let sts = if cached {
         "cached credential valid"
@@ -31,24 +29,33 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<ser
     } else {
         "unreachable"
     };
-    let ready = identity.is_ok() && sts != "unreachable";
-    let status = if ready {
+    let ready = status.valid && sts != "unreachable";
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let identity = match identity {
-        Ok(source) => json!({ "ok": true, "source": source }),
-        Err(e) => json!({ "ok": false, "error": e }),
-    };
+    let mut identity = json!({ "ok": status.valid, "source": status.source });
+    if let Some(w) = status.chain_winner {
+        identity["chain_winner"] = json!(w);
+    }
+    if let Some(k) = &status.access_key_id {
+        identity["access_key_id"] = json!(k);
+    }
+    if let Some(e) = &status.expiration {
+        identity["expiration"] = json!(e);
+    }
+    if let Some(e) = &status.last_error {
+        identity["error"] = json!(e);
+    }
     (
-        status,
+        code,
         Json(json!({ "status": if ready { "ready" } else { "unready" }, "identity": identity, "sts": sts })),
     )
 }
 
 async fn sts_reachable(state: &AppState) -> bool {
-    let Ok(url) = url::Url::parse(&state.config.sts.endpoint) else {
+    let Ok(url) = url::Url::parse(&state.config.sts.endpoint()) else {
         return false;
     };
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {

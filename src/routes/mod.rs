@@ -193,12 +193,13 @@ pub(crate) async fn authorize(
     ctx: &RequestCtx,
 ) -> Result<Caller, ApiError> {
     let now = Utc::now();
+    state.limits.check_ip(grant, ctx.client_ip)?;
     let presented = Presented::from_request(headers, query);
     let principal = state
         .auth
         .authenticate(&grant.name, &grant.auth, &presented, now)
         .await?;
-    state.limits.check(grant, &principal, ctx.client_ip)?;
+    state.limits.check_subject(grant, &principal)?;
     let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
     Ok(Caller { principal, resolved })
 }

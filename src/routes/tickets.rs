@@ -53,6 +53,7 @@ pub async fn mint(
         .filter(|m| matches!(m, AuthMethod::ApiKey | AuthMethod::Jwt))
         .collect();
     let now = Utc::now();
+    state.limits.check_ip(&grant, ctx.client_ip)?;
     let presented = Presented {
         ticket: None,
         ..Presented::from_request(&headers, None)
@@ -61,7 +62,7 @@ pub async fn mint(
         .auth
         .authenticate(&grant.name, &minters, &presented, now)
         .await?;
-    state.limits.check(&grant, &principal, ctx.client_ip)?;
+    state.limits.check_subject(&grant, &principal)?;
     // The ticket must be usable: resolve the grant for this caller now.
     let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
     let subject = principal.subject.as_deref().unwrap_or_default();

@@ -2,6 +2,7 @@
 //! jittered exponential backoff, and the STS call budget.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -10,7 +11,9 @@ use rand::Rng as _;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::{AssumeRoleRequest, StsError, TempCredentials};
+use secrecy::ExposeSecret as _;
+
+use super::{AssumeRoleRequest, OidcRequest, StsError, TempCredentials};
 use crate::config::StsConfig;
 use crate::identity::{Credentials, key_id_prefix};
 use crate::sign::sts_rpc;
@@ -33,18 +36,51 @@ pub struct StsClient {
     retry_base: Duration,
     /// Every HTTP attempt (retries included) takes a token; cache hits never get here.
     budget: DefaultDirectRateLimiter,
+    stamp: Arc<dyn Fn() -> Stamp + Send + Sync>,
+}
+
+/// The `Timestamp` and `SignatureNonce` of one attempt. Fresh for every attempt
+/// (STS rejects a reused nonce); injectable so that tests can reproduce the
+/// official SDKs' requests byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub timestamp: String,
+    pub nonce: String,
+}
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        Stamp {
+            timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+}
+
+/// STS answers are small; anything bigger is not an STS answer.
+const MAX_STS_BODY: usize = 1024 * 1024;
+
+/// What the retry loop logs about a call.
+struct CallInfo<'a> {
+    action: &'static str,
+    role_arn: &'a str,
+    session_name: &'a str,
+    caller: String,
 }
 
 impl StsClient {
+    /// Uses `cfg.endpoint()`: the server resolves the environment defaults
+    /// (region, VPC) into `cfg.endpoint` before building the client.
     pub fn new(cfg: &StsConfig) -> Result<Self, String> {
         install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.timeout)
             .user_agent(concat!("ossvend/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the STS HTTP client: {e}"))?;
-        let endpoint = url::Url::parse(&cfg.endpoint).map_err(|e| format!("sts.endpoint: {e}"))?;
+        let endpoint = url::Url::parse(&cfg.endpoint()).map_err(|e| format!("sts.endpoint: {e}"))?;
         let rate = NonZeroU32::new(cfg.max_calls_per_second).unwrap_or(NonZeroU32::MIN);
         Ok(StsClient {
             http,
@@ -52,7 +88,18 @@ impl StsClient {
             max_retries: cfg.max_retries,
             retry_base: cfg.retry_base_delay,
             budget: RateLimiter::direct(Quota::per_second(rate)),
+            stamp: Arc::new(Stamp::now),
         })
+    }
+
+    /// Replaces the source of timestamps and nonces (tests only need this).
+    pub fn with_stamp(mut self, stamp: impl Fn() -> Stamp + Send + Sync + 'static) -> Self {
+        self.stamp = Arc::new(stamp);
+        self
+    }
+
+    pub fn endpoint(&self) -> &url::Url {
+        &self.endpoint
     }
 
     async fn attempt(
@@ -61,8 +108,7 @@ impl StsClient {
         req: &AssumeRoleRequest,
     ) -> Result<TempCredentials, StsError> {
         // A fresh nonce and timestamp per attempt: STS rejects a reused nonce.
-        let timestamp = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
-        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let Stamp { timestamp, nonce } = (self.stamp)();
         let duration = req.duration_seconds.to_string();
         let mut params: Vec<(&str, &str)> = vec![
             ("Action", "AssumeRole"),
@@ -88,30 +134,83 @@ impl StsClient {
         }
         let sig = sts_rpc::sign("POST", params.iter().copied(), identity.secret());
         params.push(("Signature", &sig.signature));
-
-        self.budget.until_ready().await;
         // Everything goes in the form body: the policy and tokens stay out of URLs and access logs.
-        let resp = self
+        let request = self.http.post(self.endpoint.clone()).form(&params);
+        self.exchange(request, Some(&sig.string_to_sign), identity.token())
+            .await
+    }
+
+    /// `AssumeRoleWithOIDC` (spec §3): anonymous, so nothing is signed. Like
+    /// credentials-go: POST with `Action/Format/Version/Timestamp` (and a
+    /// `SignatureNonce`, as tea-openapi sends) in the query and the rest, the
+    /// JWT included, as a form body, so the token stays out of URLs and logs.
+    /// Same retries, budget and error mapping as AssumeRole.
+    pub async fn assume_role_with_oidc(&self, req: &OidcRequest) -> Result<TempCredentials, StsError> {
+        let info = CallInfo {
+            action: "AssumeRoleWithOIDC",
+            role_arn: &req.role_arn,
+            session_name: &req.session_name,
+            caller: "oidc".into(),
+        };
+        self.retrying(info, || self.oidc_attempt(req)).await
+    }
+
+    async fn oidc_attempt(&self, req: &OidcRequest) -> Result<TempCredentials, StsError> {
+        let Stamp { timestamp, nonce } = (self.stamp)();
+        let mut url = self.endpoint.clone();
+        url.query_pairs_mut()
+            .append_pair("Action", "AssumeRoleWithOIDC")
+            .append_pair("Format", "JSON")
+            .append_pair("Version", "2015-04-01")
+            .append_pair("Timestamp", &timestamp)
+            .append_pair("SignatureNonce", &nonce);
+        let duration = req.duration_seconds.to_string();
+        let mut form: Vec<(&str, &str)> = vec![
+            ("RoleArn", &req.role_arn),
+            ("OIDCProviderArn", &req.oidc_provider_arn),
+            ("OIDCToken", req.oidc_token.expose_secret()),
+            ("RoleSessionName", &req.session_name),
+            ("DurationSeconds", &duration),
+        ];
+        if let Some(policy) = &req.policy {
+            form.push(("Policy", policy));
+        }
+        let request = self
             .http
-            .post(self.endpoint.clone())
-            .form(&params)
-            .send()
+            .post(url)
+            .header("x-acs-action", "AssumeRoleWithOIDC")
+            .header("x-acs-version", "2015-04-01")
+            .form(&form);
+        self.exchange(request, None, Some(req.oidc_token.expose_secret()))
             .await
-            .map_err(|e| {
-                let what = if e.is_timeout() {
-                    "timed out"
-                } else if e.is_connect() {
-                    "connection failed"
-                } else {
-                    "request failed"
-                };
-                StsError::Transport(format!("{what}: {}", without_url(&e)))
-            })?;
+    }
+
+    /// Sends one attempt (after taking a budget token) and maps the answer.
+    /// `string_to_sign` is ours, logged next to STS's on `SignatureDoesNotMatch`.
+    /// `secret` (the caller's security token, or the OIDC token) is blanked out
+    /// of everything logged or returned: STS echoes its string-to-sign, which
+    /// contains it.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        string_to_sign: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<TempCredentials, StsError> {
+        self.budget.until_ready().await;
+        let resp = request.send().await.map_err(|e| {
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "connection failed"
+            } else {
+                "request failed"
+            };
+            StsError::Transport(format!("{what}: {}", without_url(&e)))
+        })?;
         let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
+        let body = read_capped(resp, MAX_STS_BODY)
             .await
-            .map_err(|e| StsError::Transport(format!("reading body: {}", without_url(&e))))?;
+            .map_err(|e| StsError::Transport(format!("reading body: {e}")))?;
         if status == 200 {
             let ok: SuccessBody = serde_json::from_slice(&body).map_err(|e| {
                 StsError::BadResponse(format!("HTTP 200 body is not an AssumeRole result: {e}"))
@@ -128,10 +227,13 @@ impl StsClient {
                 request_id: ok.request_id.unwrap_or_default(),
             });
         }
-        let err: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
-        if err.code == "SignatureDoesNotMatch" {
+        let mut err: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        err.message = redact(&err.message, secret);
+        if err.code == "SignatureDoesNotMatch"
+            && let Some(ours) = string_to_sign
+        {
             // STS appends its string-to-sign; comparing it with ours finds encoding bugs at once.
-            warn!(ours = %sig.string_to_sign, theirs = %err.message, "STS says the AssumeRole signature does not match");
+            warn!(ours = %redact(ours, secret), theirs = %err.message, "STS says the AssumeRole signature does not match");
         }
         Err(StsError::Api {
             status,
@@ -143,6 +245,49 @@ impl StsClient {
             message: err.message,
             request_id: err.request_id,
         })
+    }
+
+    /// Runs `attempt` until it succeeds, fails permanently, or the retries are spent.
+    async fn retrying<F, Fut>(
+        &self,
+        info: CallInfo<'_>,
+        mut attempt_fn: F,
+    ) -> Result<TempCredentials, StsError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<TempCredentials, StsError>>,
+    {
+        let CallInfo {
+            action,
+            role_arn,
+            session_name,
+            caller,
+        } = info;
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let result = attempt_fn().await;
+            let latency_ms = started.elapsed().as_millis() as u64;
+            match &result {
+                Ok(c) => info!(
+                    sts_request_id = %c.request_id, role_arn = %role_arn, session_name = %session_name,
+                    caller = %caller, issued = %key_id_prefix(&c.access_key_id),
+                    expiration = %super::format_expiration(c.expiration), latency_ms, attempt, "{action} succeeded"
+                ),
+                Err(e) => warn!(
+                    sts_request_id = e.sts_request_id().unwrap_or("-"), sts_code = e.sts_code().unwrap_or("-"),
+                    role_arn = %role_arn, session_name = %session_name, latency_ms, attempt,
+                    error = %e, "{action} failed"
+                ),
+            }
+            match result {
+                Err(e) if e.retryable() && attempt < self.max_retries => {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -163,36 +308,50 @@ impl AssumeRole for StsClient {
         identity: &Credentials,
         req: &AssumeRoleRequest,
     ) -> Result<TempCredentials, StsError> {
-        let mut attempt = 0;
-        loop {
-            let started = Instant::now();
-            let result = self.attempt(identity, req).await;
-            let latency_ms = started.elapsed().as_millis() as u64;
-            match &result {
-                Ok(c) => info!(
-                    sts_request_id = %c.request_id, role_arn = %req.role_arn, session_name = %req.session_name,
-                    caller = %key_id_prefix(&identity.access_key_id), issued = %key_id_prefix(&c.access_key_id),
-                    expiration = %super::format_expiration(c.expiration), latency_ms, attempt, "AssumeRole succeeded"
-                ),
-                Err(e) => warn!(
-                    sts_request_id = e.sts_request_id().unwrap_or("-"), sts_code = e.sts_code().unwrap_or("-"),
-                    role_arn = %req.role_arn, session_name = %req.session_name, latency_ms, attempt,
-                    error = %e, "AssumeRole failed"
-                ),
-            }
-            match result {
-                Err(e) if e.retryable() && attempt < self.max_retries => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        let info = CallInfo {
+            action: "AssumeRole",
+            role_arn: &req.role_arn,
+            session_name: &req.session_name,
+            caller: key_id_prefix(&identity.access_key_id),
+        };
+        self.retrying(info, || self.attempt(identity, req)).await
     }
 }
 
-/// reqwest errors print the URL; ours has no secrets in it, but keep logs short.
-fn without_url(e: &reqwest::Error) -> String {
+/// `text` with `secret` blanked out, raw and in its single and double
+/// percent-encoded forms (a string-to-sign encodes values twice).
+fn redact(text: &str, secret: Option<&str>) -> String {
+    let Some(secret) = secret.filter(|s| s.len() >= 4) else {
+        return text.to_string();
+    };
+    let once = crate::sign::encode::pct(secret);
+    let twice = crate::sign::encode::pct(&once);
+    let mut out = text.to_string();
+    for form in [twice, once, secret.to_string()] {
+        out = out.replace(&form, "[redacted]");
+    }
+    out
+}
+
+/// Reads a response body, refusing more than `cap` bytes (a broken or hostile
+/// peer must not make us buffer without bound).
+pub(crate) async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(format!("the body is larger than {cap} bytes"));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| without_url(&e))? {
+        if out.len() + chunk.len() > cap {
+            return Err(format!("the body is larger than {cap} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// reqwest errors print the URL; keep it out of logs (short, and a credentials
+/// URI may carry a secret in its query).
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     let mut msg = String::new();
     let mut cur: Option<&dyn std::error::Error> = e.source();
@@ -203,7 +362,24 @@ fn without_url(e: &reqwest::Error) -> String {
         msg.push_str(&s.to_string());
         cur = s.source();
     }
-    if msg.is_empty() { e.to_string() } else { msg }
+    if !msg.is_empty() {
+        return msg;
+    }
+    // reqwest's own Display names the URL; describe the kind instead.
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_redirect() {
+        "redirect refused"
+    } else if e.is_body() || e.is_decode() {
+        "broken response body"
+    } else if e.is_status() {
+        "unexpected status"
+    } else {
+        "request failed"
+    };
+    what.to_string()
 }
 
 /// reqwest is built without a bundled crypto provider (no OpenSSL, no aws-lc);
@@ -240,4 +416,28 @@ struct ErrorBody {
     message: String,
     #[serde(rename = "RequestId")]
     request_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_covers_every_encoding_of_the_token() {
+        let token = "CAIS+ab/c=d";
+        let sts = sts_rpc::sign(
+            "POST",
+            [("SecurityToken", token), ("Action", "AssumeRole")],
+            "secret",
+        );
+        let echoed = format!(
+            "Specified signature is not matched. server string to sign is:{}",
+            sts.string_to_sign
+        );
+        for text in [echoed.as_str(), sts.canonicalized_query.as_str(), token] {
+            let r = redact(text, Some(token));
+            assert!(!r.contains("CAIS"), "{r}");
+        }
+        assert_eq!(redact("nothing here", None), "nothing here");
+    }
 }

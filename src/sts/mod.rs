@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use cache::{CacheKey, CacheTimings, Clock, CredentialCache, Lookup, Outcome, SystemClock};
-pub use client::{AssumeRole, StsClient};
+pub use client::{AssumeRole, Stamp, StsClient};
 
 /// The AssumeRole parameters that decide what a credential can do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,32 @@ pub struct AssumeRoleRequest {
     /// Compact JSON; the cache key hashes exactly this text.
     pub policy: Option<String>,
     pub external_id: Option<String>,
+}
+
+/// `AssumeRoleWithOIDC` (spec §3): an anonymous call that trades a Kubernetes
+/// service-account token (RRSA) for role credentials.
+#[derive(Clone)]
+pub struct OidcRequest {
+    pub role_arn: String,
+    pub oidc_provider_arn: String,
+    /// The raw JWT text, as read from the token file.
+    pub oidc_token: SecretString,
+    pub session_name: String,
+    pub duration_seconds: u32,
+    pub policy: Option<String>,
+}
+
+impl fmt::Debug for OidcRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OidcRequest")
+            .field("role_arn", &self.role_arn)
+            .field("oidc_provider_arn", &self.oidc_provider_arn)
+            .field("oidc_token", &"[redacted]")
+            .field("session_name", &self.session_name)
+            .field("duration_seconds", &self.duration_seconds)
+            .field("policy", &self.policy)
+            .finish()
+    }
 }
 
 /// Temporary credentials as returned by STS.

@@ -436,3 +436,175 @@ pub fn ordered_fields(raw: &str) -> Vec<(String, String)> {
         .fields
         .0
 }
+
+// ---------------------------------------------------------------------------
+// Identity sources (issue 5): the fake STS's AssumeRoleWithOIDC, instance
+// metadata and credentials-URI endpoints, and servers started without the
+// default caller key in their environment.
+// ---------------------------------------------------------------------------
+
+impl FakeSts {
+    /// Like [`FakeSts::start`], also accepting these long-term caller keys
+    /// (the default [`CALLER_AK`] stays accepted).
+    pub fn start_with_keys(keys: &[(&str, &str)]) -> FakeSts {
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo_root().join("tests/fakes/fake_sts.py"))
+            .args(["--port", "0", "--max-session-duration", "43200"])
+            .args(["--key", &format!("{CALLER_AK}:{CALLER_SECRET}")]);
+        for (ak, sk) in keys {
+            cmd.args(["--key", &format!("{ak}:{sk}")]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 must be installed to run the fake STS");
+        let output = Captured::default();
+        let (tx, rx) = mpsc::channel();
+        output.spawn_reader(child.stdout.take().unwrap(), Some(("listening on ", tx)));
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("fake STS did not start");
+        FakeSts {
+            child,
+            endpoint: format!("http://{addr}"),
+            output,
+            client: http(),
+        }
+    }
+
+    /// Partial update of the fake instance metadata service (see the fake's docstring).
+    pub async fn imds(&self, config: Value) -> Value {
+        self.post("/_fake/imds", config).await
+    }
+
+    /// Requests the fake instance metadata service received.
+    pub async fn imds_calls(&self) -> Vec<Value> {
+        json_list(&self.client, format!("{}/_fake/imds", self.endpoint), "calls").await
+    }
+
+    /// Partial update of the fake credentials URI (`GET /creds`).
+    pub async fn uri(&self, config: Value) -> Value {
+        self.post("/_fake/uri", config).await
+    }
+
+    /// Requests the fake credentials URI received.
+    pub async fn uri_calls(&self) -> Vec<Value> {
+        json_list(&self.client, format!("{}/_fake/uri", self.endpoint), "calls").await
+    }
+
+    /// Partial update of AssumeRoleWithOIDC: `valid_tokens`, `mode`, `script`.
+    pub async fn oidc(&self, config: Value) -> Value {
+        self.post("/_fake/oidc", config).await
+    }
+
+    /// The secret half of a credential this fake issued (any source), if it did.
+    pub async fn issued(&self, access_key_id: &str) -> Option<Value> {
+        let r = self
+            .client
+            .get(format!("{}/_fake/issued/{access_key_id}", self.endpoint))
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            Some(r.json().await.unwrap())
+        } else {
+            None
+        }
+    }
+
+    /// Every secret and security token this fake issued so far (STS, OIDC, IMDS, URI).
+    pub async fn issued_secrets(&self) -> Vec<String> {
+        let mut aks: Vec<String> = Vec::new();
+        for c in self
+            .calls()
+            .await
+            .into_iter()
+            .chain(self.imds_calls().await)
+            .chain(self.uri_calls().await)
+        {
+            if let Some(ak) = c["access_key_id_issued"].as_str() {
+                aks.push(ak.to_string());
+            }
+        }
+        let mut out = Vec::new();
+        for ak in aks {
+            if let Some(v) = self.issued(&ak).await {
+                for field in ["AccessKeySecret", "SecurityToken"] {
+                    out.push(v[field].as_str().unwrap().to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// [`ossvend_command`] without the default caller key: only PATH, RUST_LOG and `env`.
+pub fn ossvend_command_bare(dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let path = dir.join("ossvend.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ossvend"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(&path)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Server {
+    /// Starts `ossvend serve` WITHOUT `ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET` in its
+    /// environment (only PATH, RUST_LOG and `opts.env`); panics if it does not start.
+    pub fn start_bare(opts: ServerOptions<'_>) -> Server {
+        Self::try_start_opts(opts, false)
+            .unwrap_or_else(|logs| panic!("ossvend did not start; logs:\n{logs}"))
+    }
+
+    /// Starts `ossvend serve`, with (`caller_key`) or without the default caller key;
+    /// `Err(logs)` when it exits or does not listen within 30 s.
+    pub fn try_start_opts(opts: ServerOptions<'_>, caller_key: bool) -> Result<Server, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = if caller_key {
+            ossvend_command(dir.path(), &opts.config, &["serve"], &opts.env)
+        } else {
+            ossvend_command_bare(dir.path(), &opts.config, &["serve"], &opts.env)
+        };
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let logs = Captured::default();
+        let (tx, rx) = mpsc::channel();
+        logs.spawn_reader(
+            child.stderr.take().unwrap(),
+            Some(("ossvend listening on http://", tx)),
+        );
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100)); // let the reader drain
+                return Err(logs.text());
+            }
+        };
+        Ok(Server {
+            child,
+            base: format!("http://{addr}"),
+            logs,
+            _dir: dir,
+        })
+    }
+}
+
+/// True if a log line has `key` = `value` in any of tracing's renderings:
+/// `key=value`, `key="value"` or JSON `"key":"value"`.
+pub fn log_has_field(logs: &str, key: &str, value: &str) -> bool {
+    logs.lines().any(|l| {
+        l.contains(&format!("{key}=\"{value}\""))
+            || l.contains(&format!("\"{key}\":\"{value}\""))
+            || l.split(|c: char| c.is_whitespace() || c == ',')
+                .any(|w| w == format!("{key}={value}"))
+    })
+}
