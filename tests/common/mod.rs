@@ -98,25 +98,7 @@ pub struct FakeSts {
 
 impl FakeSts {
     pub fn start() -> FakeSts {
-        let mut child = Command::new("python3")
-            .arg(repo_root().join("tests/fakes/fake_sts.py"))
-            .args(["--port", "0", "--max-session-duration", "43200"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 must be installed to run the fake STS");
-        let output = Captured::default();
-        let (tx, rx) = mpsc::channel();
-        output.spawn_reader(child.stdout.take().unwrap(), Some(("listening on ", tx)));
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("fake STS did not start");
-        FakeSts {
-            child,
-            endpoint: format!("http://{addr}"),
-            output,
-            client: http(),
-        }
+        Self::start_with_keys(&[])
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
