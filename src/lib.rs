@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod formats;
 pub mod grants;
 pub mod identity;
 pub mod policy;

@@ -36,6 +36,16 @@ enum Command {
         #[arg(long, default_value = "my-backend")]
         id: String,
     },
+    /// Print AWS `credential_process` JSON fetched from an ossvend credentials URL
+    /// (for `credential_process = ossvend credential-process --url …` in ~/.aws/config).
+    CredentialProcess {
+        /// e.g. https://vend.example.com/v1/grants/uploads/credentials
+        #[arg(long)]
+        url: String,
+        /// File whose first line is the API key (sent as X-Api-Key).
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
+    },
     /// Offline signer for debugging SignatureDoesNotMatch (explicit --at, --explain).
     #[command(subcommand)]
     Sign(ossvend::signcli::SignCommand),
@@ -46,6 +56,7 @@ fn main() -> ExitCode {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     match cli.command {
         Command::HashKey { generate, id } => hash_key(generate, &id),
+        Command::CredentialProcess { url, api_key_file } => credential_process(&url, api_key_file.as_deref()),
         Command::Sign(cmd) => match ossvend::signcli::run(&cmd) {
             Ok(out) => {
                 print!("{out}");
@@ -108,6 +119,62 @@ fn load_checked(
             .iter()
             .map(|p| format!("{}: {p}", path.display()))
             .collect())
+    }
+}
+
+/// Fetches the credential in `credential-process` format and prints it; any
+/// failure is one line on stderr and a non-zero exit, as AWS SDKs expect.
+fn credential_process(url: &str, api_key_file: Option<&Path>) -> ExitCode {
+    let run = async {
+        let mut url = url::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
+        if !url.query_pairs().any(|(k, _)| k == "format") {
+            url.query_pairs_mut().append_pair("format", "credential-process");
+        }
+        ossvend::sts::client::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut req = client.get(url);
+        if let Some(path) = api_key_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--api-key-file {}: {e}", path.display()))?;
+            let key = text.lines().next().unwrap_or_default().trim().to_string();
+            if key.is_empty() {
+                return Err(format!("--api-key-file {} is empty", path.display()));
+            }
+            req = req.header("x-api-key", key);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach ossvend: {e}"))?;
+        let status = resp.status();
+        let body = resp.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            let code = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["code"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(format!("ossvend answered HTTP {status} {code}"));
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|_| "ossvend did not answer JSON".to_string())?;
+        if v["Version"] != 1 {
+            return Err("the response is not credential_process JSON (Version 1)".into());
+        }
+        Ok(body)
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return report(&[e.to_string()]),
+    };
+    match rt.block_on(run) {
+        Ok(body) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(&[e]),
     }
 }
 

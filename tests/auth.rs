@@ -405,6 +405,14 @@ async fn api_keys_are_checked_and_bound_to_their_grants() {
     )
     .await;
     assert_eq!((s, body["code"].as_str().unwrap()), (401, "invalid_credentials"));
+    // AWS SDKs send AWS_CONTAINER_AUTHORIZATION_TOKEN verbatim: a bare key works too.
+    let (s, _, body) = get(
+        e.server.url("/v1/grants/users/credentials?format=aws"),
+        Some(("authorization", BACKEND_KEY)),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body["SecretAccessKey"].is_string());
     // A valid key outside its allowed grants.
     let (s, _, body) = get(e.server.url("/v1/grants/users/credentials"), key(LIMITED_KEY)).await;
     assert_eq!((s, body["code"].as_str().unwrap()), (403, "grant_not_allowed"));

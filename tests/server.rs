@@ -553,3 +553,85 @@ async fn sts_budget_spaces_calls_and_never_delays_hits() {
     );
     assert!(hit_done < t2, "the cache hit waited for the STS budget");
 }
+
+/// One credential, each client family's spelling; an unknown format is a 400.
+#[tokio::test]
+async fn credential_formats() {
+    let sts = FakeSts::start();
+    let server = Server::start(config(&sts.endpoint));
+    let client = http();
+    let get = |f: &str| {
+        client
+            .get(server.url(&format!("/v1/grants/browser-upload/credentials?format={f}")))
+            .send()
+    };
+    let default: Value = get("default").await.unwrap().json().await.unwrap();
+    let (ak, secret, token, exp) = (
+        &default["AccessKeyId"],
+        &default["AccessKeySecret"],
+        &default["SecurityToken"],
+        &default["Expiration"],
+    );
+
+    let aws: Value = get("aws").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        aws,
+        json!({ "AccessKeyId": ak, "SecretAccessKey": secret, "Token": token, "Expiration": exp })
+    );
+    let camel: Value = get("camel").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        camel,
+        json!({ "accessKeyId": ak, "secretAccessKey": secret, "securityToken": token, "expiration": exp })
+    );
+    let r = get("credential-process").await.unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let process: Value = r.json().await.unwrap();
+    assert_eq!(
+        process,
+        json!({ "Version": 1, "AccessKeyId": ak, "SecretAccessKey": secret, "SessionToken": token, "Expiration": exp })
+    );
+    let r = get("bogus").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unknown_format");
+    assert!(body["message"].as_str().unwrap().contains("credential-process"));
+    assert_eq!(sts.call_count().await, 1, "one credential behind every format");
+}
+
+/// `ossvend credential-process` prints what AWS's credential_process wants, and
+/// fails with one line on stderr when ossvend refuses.
+#[tokio::test]
+async fn credential_process_client_mode() {
+    let sts = FakeSts::start();
+    let server = Server::start(config(&sts.endpoint));
+    let url = server.url("/v1/grants/browser-upload/credentials");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ossvend"))
+            .args(["credential-process", "--url", &url])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["Version"], 1);
+    assert!(v["SessionToken"].as_str().unwrap().starts_with("CAIS"));
+
+    let bad = server.url("/v1/grants/nope/credentials");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ossvend"))
+            .args(["credential-process", "--url", &bad])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404 Not Found unknown_grant"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -51,6 +51,7 @@ const FILES: &[(&str, Checker)] = &[
     ("cred_uri_response.json", cred_uri_response),
     ("cred_sts_via_credentials_sdk.json", cred_sts_via_credentials_sdk),
     ("sts_oidc_request.json", sts_oidc_request),
+    ("client_response_shapes.json", client_response_shapes),
 ];
 
 fn main() -> ExitCode {
@@ -235,6 +236,147 @@ impl Run {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- client response shapes
+
+/// What ali-oss's `refreshSTSToken` handling does with a returned object (spec §12):
+/// first letter of each key lower-cased, `securityToken` copied to `stsToken`,
+/// and `accessKeyId`, `accessKeySecret` and a token required.
+fn alioss_accepts(body: &Value) -> Option<Vec<(String, String)>> {
+    let Value::Obj(fields) = body else { return None };
+    let mut merged: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| {
+            let mut c = k.chars();
+            let key = c
+                .next()
+                .map(|f| f.to_lowercase().collect::<String>() + c.as_str())
+                .unwrap_or_default();
+            let val = match v {
+                Value::Str(s) => s.clone(),
+                Value::Int(n) => n.to_string(),
+                _ => String::new(),
+            };
+            (key, val)
+        })
+        .collect();
+    let get = |m: &[(String, String)], k: &str| m.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if get(&merged, "stsToken").is_none()
+        && let Some(t) = get(&merged, "securityToken")
+    {
+        merged.push(("stsToken".into(), t));
+    }
+    (get(&merged, "accessKeyId").is_some()
+        && get(&merged, "accessKeySecret").is_some()
+        && get(&merged, "stsToken").is_some())
+    .then_some(merged)
+}
+
+/// botocore's ContainerProvider: `AccessKeyId`, `SecretAccessKey`, `Token`, `Expiration` (KeyError otherwise).
+fn botocore_container_token(body: &Value) -> Option<String> {
+    ["AccessKeyId", "SecretAccessKey", "Expiration"]
+        .iter()
+        .all(|k| body[k].as_str().is_some())
+        .then_some(())?;
+    body["Token"].as_str().map(str::to_owned)
+}
+
+/// botocore's ProcessProvider: `Version` must be the integer 1; the token is `SessionToken` (a `Token` is ignored).
+fn botocore_process(body: &Value) -> Option<Option<String>> {
+    (body["Version"].as_i64() == Some(1)
+        && body["AccessKeyId"].as_str().is_some()
+        && body["SecretAccessKey"].as_str().is_some())
+    .then(|| body["SessionToken"].as_str().map(str::to_owned))
+}
+
+fn our_body(format: ossvend::formats::CredentialFormat) -> Value {
+    use ossvend::formats::{CredentialView, to_json};
+    let t = chrono::DateTime::from_timestamp(4_070_908_800, 0).unwrap();
+    let view = CredentialView {
+        access_key_id: "STS.NOurAk",
+        access_key_secret: "OurSecret",
+        security_token: "CAISours+/=",
+        expiration: t,
+        refresh_after: t,
+        bucket: "examplebucket",
+        region: "cn-hangzhou",
+        endpoint: "https://oss-cn-hangzhou.aliyuncs.com",
+        prefix: "uploads/",
+    };
+    serde_json::from_str(&to_json(format, &view)).unwrap()
+}
+
+/// Each vector records what a real client did with a body. The emulated parser
+/// must reproduce that record first; then our body for that client goes through it.
+fn client_response_shapes(run: &mut Run, v: &Value) {
+    use ossvend::formats::CredentialFormat as F;
+    let id = s(&v["id"]).to_string();
+    let input = &v["input"];
+    let want = &v["expected"];
+    let accepted = want["accepted"].as_bool();
+    if id.starts_with("shape-alioss") {
+        let got = alioss_accepts(&input["response_json"]);
+        run.eq("ali-oss accepts", got.is_some(), accepted == Some(true));
+        if let (Some(merged), Value::Obj(expected)) = (&got, &want["options_merged"]) {
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str()
+                            .map(str::to_owned)
+                            .or(v.as_i64().map(|n| n.to_string()))
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let mut a = merged.clone();
+            let mut b = expected;
+            a.sort();
+            b.sort();
+            run.eq("ali-oss merged options", a, b);
+        }
+        let ours = alioss_accepts(&our_body(F::Default));
+        run.eq("ali-oss accepts our default body", ours.is_some(), true);
+    } else if id.starts_with("shape-aws-container") {
+        let got = botocore_container_token(&input["response_json"]);
+        run.eq(
+            "botocore container accepts",
+            got.is_some(),
+            accepted == Some(true),
+        );
+        if let Some(t) = want["token"].as_str() {
+            run.eq("botocore container token", got.as_deref(), Some(t));
+        }
+        run.eq(
+            "botocore container accepts our aws body",
+            botocore_container_token(&our_body(F::Aws)).as_deref(),
+            Some("CAISours+/="),
+        );
+        run.eq(
+            "botocore container refuses our default body",
+            botocore_container_token(&our_body(F::Default)).is_none(),
+            true,
+        );
+    } else if id.starts_with("shape-aws-process") {
+        let got = botocore_process(&input["stdout_json"]);
+        run.eq("botocore process accepts", got.is_some(), accepted == Some(true));
+        run.eq(
+            "botocore process token",
+            got.clone().flatten(),
+            want["token"].as_str().map(str::to_owned),
+        );
+        run.eq(
+            "botocore process takes our token",
+            botocore_process(&our_body(F::CredentialProcess)),
+            Some(Some("CAISours+/=".to_string())),
+        );
+    } else {
+        run.fail("unknown client shape");
+        return;
+    }
+    run.checked += 1;
 }
 
 // ---------------------------------------------------------------- JSON helpers

@@ -76,7 +76,9 @@ impl<'a> Presented<'a> {
             api_key: headers
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())
-                .or_else(|| scheme("ApiKey")),
+                .or_else(|| scheme("ApiKey"))
+                // AWS SDKs send AWS_CONTAINER_AUTHORIZATION_TOKEN verbatim: a bare key.
+                .or_else(|| authorization.filter(|a| !a.is_empty() && !a.contains(' '))),
             ticket,
         }
     }

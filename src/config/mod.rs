@@ -580,6 +580,10 @@ pub struct GrantConfig {
     /// default: path-style only for IP-address and localhost endpoints.
     #[serde(default)]
     pub path_style: Option<bool>,
+    /// Body of the credentials route when the client sends no `?format=`:
+    /// `default`, `aws`, `camel` or `credential-process`.
+    #[serde(default)]
+    pub credentials_format: crate::formats::CredentialFormat,
     /// Authentication methods this grant accepts: `api_key`, `jwt`, `ticket`,
     /// `none`. Default `["none"]` (anonymous; loopback only unless
     /// `server.allow_anonymous`).

@@ -39,6 +39,7 @@ pub struct Grant {
     pub per_subject_per_minute: u32,
     pub per_ip_per_minute: u32,
     pub upload: UploadSettings,
+    pub credentials_format: crate::formats::CredentialFormat,
 }
 
 /// A grant as it applies to one caller: the exact prefix, policy and
@@ -192,6 +193,7 @@ impl Grants {
                     .unwrap_or(cfg.rate_limit.per_subject_per_minute),
                 per_ip_per_minute: g.per_ip_per_minute.unwrap_or(cfg.rate_limit.per_ip_per_minute),
                 upload: UploadSettings::from_config(g),
+                credentials_format: g.credentials_format,
             };
             by_name.insert(g.name.clone(), Arc::new(grant));
         }

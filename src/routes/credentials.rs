@@ -7,34 +7,15 @@ use axum::Json;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
 use super::{RequestCtx, authorize};
 use crate::audit::Record;
 use crate::error::ApiError;
+use crate::formats::{self, CredentialFormat, CredentialView};
 use crate::grants::Grant;
 use crate::identity::key_id_prefix;
 use crate::server::AppState;
 use crate::sts::format_expiration;
-
-/// The superset body: ali-oss `refreshSTSToken`, the OSS Android/iOS
-/// auth-server providers and the credentials-URI providers all accept it as is.
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct CredentialsBody<'a> {
-    pub status_code: u16,
-    pub code: &'static str,
-    pub access_key_id: &'a str,
-    pub access_key_secret: &'a str,
-    pub security_token: &'a str,
-    pub expiration: String,
-    pub refresh_after: String,
-    pub bucket: &'a str,
-    /// ali-oss option form (`oss-cn-hangzhou`); signatures use the bare id.
-    pub region: String,
-    pub endpoint: &'a str,
-    pub prefix: &'a str,
-}
 
 pub async fn grant_credentials(
     State(state): State<Arc<AppState>>,
@@ -64,6 +45,7 @@ async fn issue(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
+    let format = requested_format(query)?.unwrap_or(grant.credentials_format);
     let caller = authorize(state, grant, headers, query, ctx).await?;
     let lookup = state.issuer.credentials(&caller.resolved).await?;
     let c = &lookup.credentials;
@@ -83,26 +65,39 @@ async fn issue(
         cache: Some(lookup.outcome.as_str()),
         key: Some(&caller.resolved.prefix),
     });
-    let body = CredentialsBody {
-        status_code: 200,
-        code: "Success",
+    let view = CredentialView {
         access_key_id: &c.access_key_id,
         access_key_secret: c.secret(),
         security_token: c.token(),
-        expiration,
-        refresh_after: format_expiration(lookup.refresh_after),
+        expiration: c.expiration,
+        refresh_after: lookup.refresh_after,
         bucket: &grant.bucket,
-        region: format!("oss-{}", grant.region),
+        region: &grant.region,
         endpoint: &grant.endpoint,
         prefix: &caller.resolved.prefix,
     };
-    let mut resp = Json(body).into_response();
+    let mut resp = (
+        [(header::CONTENT_TYPE, "application/json")],
+        formats::to_json(format, &view),
+    )
+        .into_response();
     // Secrets must not land in any shared or browser cache.
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+/// `?format=` if given; an unknown one is a 400 listing the valid ones.
+fn requested_format(query: Option<&str>) -> Result<Option<CredentialFormat>, ApiError> {
+    let Some(f) = query.and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "format"))
+    else {
+        return Ok(None);
+    };
+    f.1.parse()
+        .map(Some)
+        .map_err(|e: String| ApiError::bad_request("unknown_format", e))
 }
 
 /// What this caller would get, without calling STS or signing anything.

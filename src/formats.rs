@@ -1,0 +1,150 @@
+//! The credential bodies each client family reads (spec §12). One credential,
+//! several spellings: the superset Alibaba body (ali-oss `refreshSTSToken`, the
+//! OSS mobile SDKs' auth-server providers, the credentials-URI providers), the
+//! AWS container-credentials body, a camelCase body for browser code, and AWS
+//! `credential_process` output.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::sts::format_expiration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialFormat {
+    #[default]
+    Default,
+    Aws,
+    Camel,
+    CredentialProcess,
+}
+
+pub const FORMAT_NAMES: &str = "default, aws, camel, credential-process";
+
+impl FromStr for CredentialFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "default" => Ok(CredentialFormat::Default),
+            "aws" => Ok(CredentialFormat::Aws),
+            "camel" => Ok(CredentialFormat::Camel),
+            "credential-process" => Ok(CredentialFormat::CredentialProcess),
+            other => Err(format!("unknown format {other:?}; valid: {FORMAT_NAMES}")),
+        }
+    }
+}
+
+/// Everything a body may show.
+pub struct CredentialView<'a> {
+    pub access_key_id: &'a str,
+    pub access_key_secret: &'a str,
+    pub security_token: &'a str,
+    pub expiration: DateTime<Utc>,
+    pub refresh_after: DateTime<Utc>,
+    pub bucket: &'a str,
+    /// Region id without `oss-`.
+    pub region: &'a str,
+    pub endpoint: &'a str,
+    pub prefix: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AlibabaBody<'a> {
+    status_code: u16,
+    code: &'static str,
+    access_key_id: &'a str,
+    access_key_secret: &'a str,
+    security_token: &'a str,
+    expiration: String,
+    refresh_after: String,
+    bucket: &'a str,
+    /// ali-oss option form (`oss-cn-hangzhou`); signatures use the bare id.
+    region: String,
+    endpoint: &'a str,
+    prefix: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AwsContainerBody<'a> {
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    token: &'a str,
+    expiration: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CamelBody<'a> {
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    security_token: &'a str,
+    expiration: String,
+}
+
+/// `Version` must be the integer 1, and the token is `SessionToken`, not `Token`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CredentialProcessBody<'a> {
+    version: u8,
+    access_key_id: &'a str,
+    secret_access_key: &'a str,
+    session_token: &'a str,
+    expiration: String,
+}
+
+/// The JSON text of `v` in `format`.
+pub fn to_json(format: CredentialFormat, v: &CredentialView<'_>) -> String {
+    let expiration = format_expiration(v.expiration);
+    let out = match format {
+        CredentialFormat::Default => serde_json::to_string(&AlibabaBody {
+            status_code: 200,
+            code: "Success",
+            access_key_id: v.access_key_id,
+            access_key_secret: v.access_key_secret,
+            security_token: v.security_token,
+            expiration,
+            refresh_after: format_expiration(v.refresh_after),
+            bucket: v.bucket,
+            region: format!("oss-{}", v.region),
+            endpoint: v.endpoint,
+            prefix: v.prefix,
+        }),
+        CredentialFormat::Aws => serde_json::to_string(&AwsContainerBody {
+            access_key_id: v.access_key_id,
+            secret_access_key: v.access_key_secret,
+            token: v.security_token,
+            expiration,
+        }),
+        CredentialFormat::Camel => serde_json::to_string(&CamelBody {
+            access_key_id: v.access_key_id,
+            secret_access_key: v.access_key_secret,
+            security_token: v.security_token,
+            expiration,
+        }),
+        CredentialFormat::CredentialProcess => serde_json::to_string(&CredentialProcessBody {
+            version: 1,
+            access_key_id: v.access_key_id,
+            secret_access_key: v.access_key_secret,
+            session_token: v.security_token,
+            expiration,
+        }),
+    };
+    out.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for n in FORMAT_NAMES.split(", ") {
+            assert!(n.parse::<CredentialFormat>().is_ok(), "{n}");
+        }
+        assert!("AWS".parse::<CredentialFormat>().is_err());
+    }
+}
