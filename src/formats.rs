@@ -63,7 +63,10 @@ struct AlibabaBody<'a> {
     bucket: &'a str,
     /// ali-oss option form (`oss-cn-hangzhou`); signatures use the bare id.
     region: String,
-    endpoint: &'a str,
+    /// Not `Endpoint`: ali-oss merges every key of a `refreshSTSToken` result
+    /// into its options, and a string `endpoint` would replace the parsed one it
+    /// keeps there (every later request would go nowhere). `ossEndpoint` is inert.
+    oss_endpoint: &'a str,
     prefix: &'a str,
 }
 
@@ -110,7 +113,7 @@ pub fn to_json(format: CredentialFormat, v: &CredentialView<'_>) -> String {
             refresh_after: format_expiration(v.refresh_after),
             bucket: v.bucket,
             region: format!("oss-{}", v.region),
-            endpoint: v.endpoint,
+            oss_endpoint: v.endpoint,
             prefix: v.prefix,
         }),
         CredentialFormat::Aws => serde_json::to_string(&AwsContainerBody {

@@ -194,7 +194,7 @@ async function uploadWithSts(grant, file) {
   });
   headers.Authorization = sig.authorization;
   try {
-    await sendToOss({ method: 'PUT', url: objectUrl(c.Endpoint, c.Bucket, key), headers, body: file });
+    await sendToOss({ method: 'PUT', url: objectUrl(c.OssEndpoint, c.Bucket, key), headers, body: file });
   } catch (e) {
     // What we signed, to compare with OSS's own string-to-sign (never the secret).
     if (e.code === 'SignatureDoesNotMatch') {

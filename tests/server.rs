@@ -40,7 +40,7 @@ async fn legacy_path_returns_narrowed_credentials_and_caches_them() {
     assert!(is_sts_time(body["RefreshAfter"].as_str().unwrap()));
     assert_eq!(body["Bucket"], "examplebucket");
     assert_eq!(body["Region"], "oss-cn-hangzhou");
-    assert_eq!(body["Endpoint"], "https://oss-cn-hangzhou.aliyuncs.com");
+    assert_eq!(body["OssEndpoint"], "https://oss-cn-hangzhou.aliyuncs.com");
     assert_eq!(body["Prefix"], "uploads/");
 
     // What reached STS: a verified, narrowed AssumeRole.
