@@ -219,23 +219,15 @@ impl<'a> ServerOptions<'a> {
     }
 }
 
-/// The command with a clean environment: only what the test sets, plus the caller key.
+/// The command with a clean environment: only what the test sets, plus the caller key
+/// (which the test's own `env` may override).
 pub fn ossvend_command(dir: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let path = dir.join("ossvend.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ossvend"));
-    cmd.args(args)
-        .arg("--config")
-        .arg(&path)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", CALLER_AK)
-        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", CALLER_SECRET)
-        .env("RUST_LOG", "info");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
+    let mut all = vec![
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", CALLER_AK),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", CALLER_SECRET),
+    ];
+    all.extend_from_slice(env);
+    ossvend_command_bare(dir, config, args, &all)
 }
 
 impl Server {
