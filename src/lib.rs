@@ -14,6 +14,7 @@ pub mod error;
 pub mod formats;
 pub mod grants;
 pub mod identity;
+pub mod local;
 pub mod policy;
 pub mod ratelimit;
 pub mod routes;

@@ -22,6 +22,22 @@ enum Command {
         #[arg(long, env = "OSSVEND_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Offline local mode: the whole upload flow with no cloud account. STS and
+    /// OSS are emulated in this process (development only; loopback only).
+    Local {
+        /// Demo page, ossvend routes, STS emulator (/_local/sts) and listing (/_local/objects).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: String,
+        /// The emulated OSS endpoint (default: the port after --listen's).
+        #[arg(long)]
+        oss_listen: Option<String>,
+        /// Where uploaded objects are stored.
+        #[arg(long, default_value = ".ossvend-local")]
+        data_dir: PathBuf,
+        /// A config to use instead of the built-in config/ossvend.local.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Validate a config file and print every problem found.
     CheckConfig {
         #[arg(long, env = "OSSVEND_CONFIG")]
@@ -71,6 +87,36 @@ fn main() -> ExitCode {
             }
             Err(problems) => report(&problems),
         },
+        Command::Local {
+            listen,
+            oss_listen,
+            data_dir,
+            config,
+        } => run_local(
+            ossvend::local::Options {
+                listen,
+                oss_listen,
+                data_dir,
+                config,
+            },
+            &env,
+        ),
+        // No config file and no cloud identity: a newcomer's first run. Local mode,
+        // said loudly, instead of an error about a missing file.
+        Command::Serve { config: None }
+            if !Path::new(DEFAULT_CONFIG_PATH).exists() && !ossvend::local::env_has_cloud_identity(&env) =>
+        {
+            eprintln!(
+                "ossvend: no {DEFAULT_CONFIG_PATH} and no cloud identity in the environment: \
+                 starting LOCAL MODE (emulated STS and OSS, development only). \
+                 Use `ossvend serve --config FILE` for the real thing."
+            );
+            let mut opts = ossvend::local::Options::default();
+            if let Some(listen) = env.get("OSSVEND_SERVER_LISTEN") {
+                opts.listen = listen.clone();
+            }
+            run_local(opts, &env)
+        }
         Command::Serve { config } => {
             let (_, cfg) = match load_checked(config.as_deref(), &env) {
                 Ok(c) => c,
@@ -99,6 +145,18 @@ fn main() -> ExitCode {
                 }
             })
         }
+    }
+}
+
+fn run_local(opts: ossvend::local::Options, env: &BTreeMap<String, String>) -> ExitCode {
+    ossvend::telemetry::init(config::LogFormat::Text);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return report(&[format!("cannot start the runtime: {e}")]),
+    };
+    match rt.block_on(ossvend::local::run(opts, env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problems) => report(&problems),
     }
 }
 

@@ -104,16 +104,24 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener) -> std::io::Result
         identity_source = state.issuer.identity.source_name(),
         "ossvend listening on http://{addr}"
     );
-    // Connect info gives the rate limits and the audit trail the client's address.
-    let app = crate::routes::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve(crate::routes::app(state), listener).await?;
     info!("ossvend stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Serves `router` on `listener` with connect info (the rate limits and the
+/// audit trail need the client's address) until a shutdown signal, letting
+/// in-flight requests finish.
+pub async fn serve(router: axum::Router, listener: TcpListener) -> std::io::Result<()> {
+    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+/// Ctrl-C or SIGTERM. Every caller gets its own notification, so several
+/// listeners can each drain on the same signal.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -344,6 +344,21 @@ function init() {
     b.addEventListener('click', () => upload(b.dataset.method));
   });
   showFileInfo();
+  showLocalBanner();
+}
+
+// `ossvend local` answers /_local/status; a real deployment answers 404 and no banner appears.
+async function showLocalBanner() {
+  try {
+    const r = await fetch('/_local/status', { cache: 'no-store', headers: { Accept: 'application/json' } });
+    if (!r.ok) return;
+    const s = await r.json();
+    if (s.mode !== 'local') return;
+    $('local-data-dir').textContent = s.data_dir || '';
+    $('local-banner').hidden = false;
+  } catch (_) {
+    // Not local mode (or offline): nothing to show.
+  }
 }
 
 if (typeof document !== 'undefined') init();

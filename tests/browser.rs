@@ -1,7 +1,8 @@
 //! The demo page (`static/`) in a real browser: Debian's Chromium, driven by
 //! `tests/browser/e2e.js` (playwright-core), uploads with all three methods
 //! from ossvend's origin to the fake OSS on another port (real CORS), and the
-//! fake's control API confirms the stored bytes. Needs `/usr/bin/chromium` and
+//! fake's control API confirms the stored bytes; then the same script runs
+//! against `ossvend local` alone (embedded STS emulator and OSS sink). Needs `/usr/bin/chromium` and
 //! `tests/browser/node_modules`: `scripts/test-deps` installs both.
 
 mod common;
@@ -29,20 +30,31 @@ source = "env"
 endpoint = "{sts}"
 role_arn = "{ROLE_ARN}"
 retry_base_delay = "10ms"
+{grants}"#,
+        static_dir = static_dir.display(),
+        sts = sts.endpoint,
+        grants = browser_config_grants(&oss.endpoint),
+    )
+}
 
+/// What e2e.js expects: image/png only, PostObject uploads capped at 4 KiB, and
+/// a twin whose policies and URLs live 1 s.
+fn browser_config_grants(oss: &str) -> String {
+    let grant = |name: &str, extra: &str| {
+        format!(
+            r#"
 [[grants]]
-name = "{GRANT}"
+name = "{name}"
 bucket = "examplebucket"
 region = "cn-hangzhou"
 endpoint = "{oss}"
 prefix = "uploads/"
 content_types = ["image/png"]
 max_size_bytes = 4096
-"#,
-        static_dir = static_dir.display(),
-        sts = sts.endpoint,
-        oss = oss.endpoint,
-    )
+{extra}"#
+        )
+    };
+    grant(GRANT, "") + &grant("short-lived", "upload_expires = \"1s\"\n")
 }
 
 /// `target/` (or `CARGO_TARGET_DIR`): the binary lives in `<target>/<profile>/`.
@@ -84,16 +96,11 @@ fn require_browser_deps() -> PathBuf {
     browser_dir
 }
 
-#[test]
-fn demo_page_uploads_with_all_three_methods_in_chromium() {
+/// Runs `tests/browser/e2e.js` against the page at `ossvend` uploading to `oss`;
+/// `context` adds what the servers saw to a failure message.
+fn run_e2e(ossvend: &str, oss: &str, listing: &str, artifacts: &Path, context: &dyn Fn() -> String) {
     let browser_dir = require_browser_deps();
-    let artifacts = target_dir().join("test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-
-    let sts = FakeSts::start();
-    let oss = FakeOss::start(&sts, &[]);
-    let server = Server::start(browser_config(&sts, &oss, &repo_root().join("static")));
-
+    std::fs::create_dir_all(artifacts).unwrap();
     // Output goes to files: the script is killed if it hangs, and a pipe could fill up.
     let out_path = artifacts.join("browser-e2e.log");
     let out = std::fs::File::create(&out_path).unwrap();
@@ -101,14 +108,18 @@ fn demo_page_uploads_with_all_three_methods_in_chromium() {
         .arg(browser_dir.join("e2e.js"))
         .args([
             "--ossvend",
-            &server.base,
+            ossvend,
             "--oss",
-            &oss.endpoint,
+            oss,
             "--grant",
             GRANT,
+            "--short-grant",
+            "short-lived",
+            "--listing",
+            listing,
             "--artifacts",
         ])
-        .arg(&artifacts)
+        .arg(artifacts)
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
@@ -129,14 +140,7 @@ fn demo_page_uploads_with_all_three_methods_in_chromium() {
     println!("{output}");
     println!("screenshot: {}", artifacts.join("demo-upload.png").display());
     // The e2e output is printed above; on failure add what the servers saw.
-    let context = || {
-        format!(
-            "(e2e output above and in {})\nfake OSS:\n{}\nossvend logs:\n{}",
-            out_path.display(),
-            oss.output.text(),
-            server.logs.text()
-        )
-    };
+    let context = || format!("(e2e output above and in {})\n{}", out_path.display(), context());
     let Some(status) = status else {
         panic!("tests/browser/e2e.js did not finish in 180 s {}", context());
     };
@@ -154,4 +158,51 @@ fn demo_page_uploads_with_all_three_methods_in_chromium() {
         artifacts.join("demo-upload.png").exists(),
         "no screenshot was taken"
     );
+}
+
+#[test]
+fn demo_page_uploads_with_all_three_methods_in_chromium() {
+    let sts = FakeSts::start();
+    let oss = FakeOss::start(&sts, &[]);
+    let server = Server::start(browser_config(&sts, &oss, &repo_root().join("static")));
+    let context = || {
+        format!(
+            "fake OSS:\n{}\nossvend logs:\n{}",
+            oss.output.text(),
+            server.logs.text()
+        )
+    };
+    run_e2e(
+        &server.base,
+        &oss.endpoint,
+        "fake",
+        &target_dir().join("test-artifacts"),
+        &context,
+    );
+}
+
+/// The same page and script against `ossvend local` alone: no fake, no other
+/// process; the embedded STS emulator and OSS sink do the verifying.
+#[test]
+fn demo_page_uploads_against_ossvend_local_alone() {
+    // The same grants as above, in a local-mode config (endpoints are filled in by local mode).
+    let config = format!(
+        "{}\n[identity]\nsource = \"env\"\n[sts]\nrole_arn = \"acs:ram::1000000000000001:role/ossvend-local\"\n{}",
+        format_args!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nstatic_dir = \"{}\"",
+            repo_root().join("static").display()
+        ),
+        browser_config_grants("http://127.0.0.1:1")
+    );
+    let local = LocalServer::start(Some(&config), &[]);
+    let context = || format!("ossvend local logs:\n{}", local.server.logs.text());
+    run_e2e(
+        &local.server.base,
+        &local.oss,
+        "local",
+        &target_dir().join("test-artifacts/local"),
+        &context,
+    );
+    // Nothing was written outside the data dir's objects, and the accepted uploads are there.
+    assert!(local.data_dir.join("objects").is_dir(), "{}", context());
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::process::Output;
+use std::process::{Command, Output};
 
 use common::*;
 
@@ -270,4 +270,64 @@ fn hash_key_prints_a_config_entry_and_reads_the_key_from_stdin() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ovk_") && text.contains("sha256 = "), "{text}");
+}
+
+/// A newcomer's first `ossvend serve`: no config file, no `--config`, no cloud
+/// identity. It starts local mode and says so, instead of failing on a missing file;
+/// with a cloud identity in the environment it does not.
+#[test]
+fn serve_without_config_or_identity_falls_back_to_local_mode_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ossvend"));
+        cmd.arg("serve")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("OSSVEND_SERVER_LISTEN", "127.0.0.1:0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap()
+    };
+
+    let mut child = start(&[]);
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("ossvend local listening on") {
+                break;
+            }
+        }
+        seen
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !lines.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = lines.join().unwrap();
+    assert!(seen.contains("starting LOCAL MODE"), "{seen}");
+    assert!(seen.contains("ossvend local listening on"), "{seen}");
+    assert!(dir.path().join(".ossvend-local").is_dir(), "{seen}");
+
+    // A cloud identity means the user meant production: no silent local mode.
+    let out = start(&[
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAIfakeTestKeyId0001"),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "fakeTestSecretDoNotUse0001"),
+    ])
+    .wait_with_output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("config/ossvend.toml"), "{stderr}");
+    assert!(!stderr.contains("LOCAL MODE"), "{stderr}");
 }

@@ -152,6 +152,47 @@ pub fn canonicalized_resource(
     Ok(out)
 }
 
+/// `CanonicalizedResource` rebuilt by a verifier from a request as received (the
+/// local OSS sink). Same layout as [`canonicalized_resource`], but nothing is
+/// refused — the client signed whatever raw text it had — and parameters with
+/// equal names sort by value, as alibabacloud-oss-v2 does. `is_signed` picks the
+/// signed parameters (at least [`is_sub_resource`]); values are raw (decoded).
+pub fn received_resource(
+    bucket: Option<&str>,
+    key: &str,
+    query: &[(&str, &str)],
+    is_signed: impl Fn(&str) -> bool,
+) -> String {
+    let mut subs: Vec<(&str, &str)> = query.iter().copied().filter(|(k, _)| is_signed(k)).collect();
+    subs.sort();
+    let mut out = match bucket {
+        None => "/".to_string(),
+        Some(b) => format!("/{b}/{key}"),
+    };
+    for (i, (k, v)) in subs.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.push_str(k);
+        if !v.is_empty() {
+            out.push('=');
+            out.push_str(v);
+        }
+    }
+    out
+}
+
+/// The V1 string-to-sign of a request as received, for verifiers: `headers` are
+/// every received header as (lower-case name, value), `date_slot` is the
+/// `x-oss-date`/`Date` value (header form) or `Expires` (URL form), `resource`
+/// comes from [`received_resource`]. The signers above build the same string.
+pub fn received_string_to_sign(
+    method: &str,
+    headers: &[(String, &str)],
+    date_slot: &str,
+    resource: &str,
+) -> String {
+    string_to_sign(method, headers, date_slot, resource)
+}
+
 /// `lowername:value\n` for every `x-oss-*` header, sorted by name.
 fn canonicalized_oss_headers(headers: &[(String, &str)]) -> String {
     let mut oss: Vec<&(String, &str)> = headers.iter().filter(|(n, _)| n.starts_with("x-oss-")).collect();

@@ -7,9 +7,14 @@
 // stored bytes are the uploaded ones, and that refused uploads show their error
 // code on the page and store nothing.
 //
-// usage: node e2e.js --ossvend URL --oss URL [--grant NAME] [--artifacts DIR]
-//   (or OSSVEND_URL, FAKE_OSS_URL, GRANT, ARTIFACTS_DIR; CHROMIUM overrides /usr/bin/chromium)
-// The grant must allow image/png only and cap PostObject uploads below 8 KiB.
+// usage: node e2e.js --ossvend URL --oss URL [--grant NAME] [--short-grant NAME]
+//                    [--listing fake|local] [--artifacts DIR]
+//   (or OSSVEND_URL, FAKE_OSS_URL, GRANT, SHORT_GRANT, LISTING, ARTIFACTS_DIR;
+//    CHROMIUM overrides /usr/bin/chromium)
+// The grant must allow image/png only and cap PostObject uploads below 8 KiB; the
+// short grant is the same with upload_expires = "1s". --listing says where stored
+// objects are read back: the fake OSS's /_fake/ control API, or `ossvend local`'s
+// /_local/objects on the ossvend origin.
 // Prints one line per case and "browser: N passed, M failed"; exits 1 on any failure.
 'use strict';
 
@@ -22,6 +27,8 @@ function args() {
     ossvend: process.env.OSSVEND_URL,
     oss: process.env.FAKE_OSS_URL,
     grant: process.env.GRANT || 'browser-upload',
+    'short-grant': process.env.SHORT_GRANT || 'short-lived',
+    listing: process.env.LISTING || 'fake',
     artifacts: process.env.ARTIFACTS_DIR || 'test-artifacts',
   };
   const argv = process.argv.slice(2);
@@ -52,22 +59,31 @@ function pngLike(label, size) {
   return buf;
 }
 
-async function fakeObjects(oss) {
-  const r = await fetch(`${oss}/_fake/objects`);
-  if (!r.ok) throw new Error(`GET /_fake/objects -> ${r.status}`);
+// Where stored objects are read back from (set in main()).
+let listing = null;
+
+async function fakeObjects() {
+  const r = await fetch(listing.objects);
+  if (!r.ok) throw new Error(`GET ${listing.objects} -> ${r.status}`);
   return (await r.json()).objects;
 }
 
-async function storedBytes(oss, bucket, key) {
-  const r = await fetch(`${oss}/_fake/object/${bucket}/${key.split('/').map(encodeURIComponent).join('/')}`);
-  if (!r.ok) throw new Error(`GET /_fake/object/${bucket}/${key} -> ${r.status}`);
+async function storedBytes(bucket, key) {
+  const url = `${listing.object}/${bucket}/${key.split('/').map(encodeURIComponent).join('/')}`;
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`GET ${url} -> ${r.status}`);
   return Buffer.from(await r.arrayBuffer());
 }
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const METHODS = ['sts', 'post', 'presign'];
 
 async function main() {
   const opt = args();
+  listing = opt.listing === 'local'
+    ? { objects: `${opt.ossvend}/_local/objects?format=json`, object: `${opt.ossvend}/_local/objects` }
+    : { objects: `${opt.oss}/_fake/objects`, object: `${opt.oss}/_fake/object` };
   fs.mkdirSync(opt.artifacts, { recursive: true });
   const results = [];
   const record = (name, ok, detail = '') => {
@@ -118,9 +134,9 @@ async function main() {
           continue;
         }
         // The object is listed by the fake, under the key the page shows, with the exact bytes.
-        const obj = (await fakeObjects(opt.oss)).find((o) => o.key === r.key);
+        const obj = (await fakeObjects()).find((o) => o.key === r.key);
         if (!obj) { record(name, false, `page shows ${r.key} but the fake OSS has no such object`); continue; }
-        const got = await storedBytes(opt.oss, obj.bucket, r.key);
+        const got = await storedBytes(obj.bucket, r.key);
         const same = got.equals(bytes);
         record(name, same, same ? `${obj.bucket}/${r.key} (${got.length} bytes, identical)` :
           `stored ${got.length} bytes differ from the ${bytes.length} uploaded`);
@@ -144,13 +160,49 @@ async function main() {
       { name: 'disallowed type via presign → content_type_not_allowed', method: 'presign',
         code: 'content_type_not_allowed',
         file: { name: 'page.html', mimeType: 'text/html', buffer: Buffer.from('<p>not an image</p>\n') } },
+      // The next three get past ossvend and are refused by OSS itself (fake or local sink).
+      // Credentials narrowed to uploads/ used for another prefix: the session policy says no.
+      { name: 'other prefix via sts → AccessDenied', method: 'sts', code: 'AccessDenied',
+        file: { name: 'elsewhere.png', mimeType: 'image/png', buffer: pngLike('other prefix', 900) },
+        route: ['**/v1/grants/*/credentials*', async (route) => {
+          const resp = await route.fetch();
+          const body = await resp.json();
+          body.Prefix = 'elsewhere/';
+          await route.fulfill({ response: resp, json: body });
+        }] },
+      // The form's Content-Type changed after signing: the policy's condition fails at OSS.
+      { name: 'wrong type at OSS via post → AccessDenied', method: 'post', code: 'AccessDenied',
+        file: { name: 'retyped.png', mimeType: 'image/png', buffer: pngLike('retyped', 900) },
+        route: [(url) => opt.oss.startsWith(`${url.protocol}//${url.host}`), async (route) => {
+          const req = route.request();
+          if (req.method() !== 'POST') return route.continue();
+          const body = req.postDataBuffer().toString('latin1')
+            .replace(/(name="Content-Type"\r\n\r\n)image\/png/, '$1image/gif');
+          await route.continue({ postData: Buffer.from(body, 'latin1') });
+        }] },
+      // A presigned URL valid for 1 s, used 2.5 s later.
+      { name: 'expired presigned URL → AccessDenied', method: 'presign', code: 'AccessDenied',
+        grant: opt['short-grant'],
+        file: { name: 'late.png', mimeType: 'image/png', buffer: pngLike('expired', 900) },
+        route: [(url) => opt.oss.startsWith(`${url.protocol}//${url.host}`), async (route) => {
+          if (route.request().method() === 'PUT') await sleep(2500);
+          await route.continue();
+        }] },
     ];
     for (const c of refusals) {
       try {
-        const before = (await fakeObjects(opt.oss)).length;
-        const r = await uploadVia(c.method, c.file);
+        const before = (await fakeObjects()).length;
+        if (c.route) await page.route(...c.route);
+        if (c.grant) await page.fill('#grant', c.grant);
+        let r;
+        try {
+          r = await uploadVia(c.method, c.file);
+        } finally {
+          if (c.route) await page.unroute(c.route[0]);
+          if (c.grant) await page.fill('#grant', opt.grant);
+        }
         const shownCode = await page.$eval('#result', (e) => e.querySelector('#result-code')?.textContent || '');
-        const after = await fakeObjects(opt.oss);
+        const after = await fakeObjects();
         const leaked = after.filter((o) => !stored.includes(o.key));
         const ok = r.status === 'error' && r.code === c.code && shownCode === c.code && r.text.includes(c.code) &&
           after.length === before && leaked.length === 0;

@@ -705,3 +705,72 @@ pub fn run_client(mut cmd: Command, timeout: Duration) -> ClientRun {
         output: std::fs::read_to_string(out.path()).unwrap_or_default(),
     }
 }
+
+/// `ossvend local` on free loopback ports; killed on drop (through `server`).
+pub struct LocalServer {
+    pub server: Server,
+    /// The embedded OSS sink's endpoint, e.g. `http://127.0.0.1:41234`.
+    pub oss: String,
+    pub data_dir: PathBuf,
+}
+
+impl LocalServer {
+    /// Runs `ossvend local --listen 127.0.0.1:0 --data-dir <temp> [--config <config>] extra…`
+    /// with only PATH and RUST_LOG in its environment; panics if it does not start.
+    pub fn start(config: Option<&str>, extra: &[&str]) -> LocalServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ossvend"));
+        cmd.args(["local", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(extra)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info");
+        if let Some(text) = config {
+            let path = dir.path().join("local.toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let logs = Captured::default();
+        let (tx, rx) = mpsc::channel();
+        logs.spawn_reader(
+            child.stderr.take().unwrap(),
+            Some(("ossvend local listening on http://", tx)),
+        );
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("ossvend local did not start; logs:\n{}", logs.text());
+        };
+        // The same log line names the sink: oss=http://127.0.0.1:PORT (the reader
+        // reports the address before it stores the line, so wait for the text).
+        let start = Instant::now();
+        while !logs.text().contains("oss=http://") && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let text = logs.text();
+        let oss: String = text
+            .split("oss=http://")
+            .nth(1)
+            .map(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                    .collect()
+            })
+            .unwrap_or_else(|| panic!("no oss= in the start-up line:\n{text}"));
+        LocalServer {
+            server: Server {
+                child,
+                base: format!("http://{addr}"),
+                logs,
+                _dir: dir,
+            },
+            oss: format!("http://{oss}"),
+            data_dir,
+        }
+    }
+}
