@@ -55,6 +55,7 @@ impl Audit {
     }
 
     pub fn record(&self, r: &Record<'_>) {
+        crate::prom::issued(r.grant, r.kind);
         info!(
             target: "ossvend::audit",
             kind = r.kind, grant = r.grant, subject = r.subject, auth = r.auth, client_ip = r.client_ip,

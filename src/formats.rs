@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::sts::format_expiration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// Which spelling of the credential body to return (`?format=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialFormat {
     #[default]
@@ -50,48 +51,68 @@ pub struct CredentialView<'a> {
     pub prefix: &'a str,
 }
 
-#[derive(Serialize)]
+/// `format=default`: ali-oss `refreshSTSToken`, the OSS Android/iOS
+/// `OSSAuthCredentialsProvider` and `ALIBABA_CLOUD_CREDENTIALS_URI`.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase")]
-struct AlibabaBody<'a> {
+#[schema(as = CredentialsDefault)]
+pub(crate) struct AlibabaBody<'a> {
+    /// Always 200.
+    #[schema(example = 200)]
     status_code: u16,
+    /// Always `Success`.
+    #[schema(example = "Success")]
     code: &'static str,
     access_key_id: &'a str,
     access_key_secret: &'a str,
     security_token: &'a str,
+    /// `YYYY-MM-DDThh:mm:ssZ`, without milliseconds.
+    #[schema(example = "2026-11-23T19:41:52Z")]
     expiration: String,
+    /// The last moment this credential is served; come back then.
+    #[schema(example = "2026-11-23T19:26:52Z")]
     refresh_after: String,
     bucket: &'a str,
     /// ali-oss option form (`oss-cn-hangzhou`); signatures use the bare id.
+    #[schema(example = "oss-cn-hangzhou")]
     region: String,
     /// Not `Endpoint`: ali-oss merges every key of a `refreshSTSToken` result
     /// into its options, and a string `endpoint` would replace the parsed one it
     /// keeps there (every later request would go nowhere). `ossEndpoint` is inert.
     oss_endpoint: &'a str,
+    /// The key prefix uploads must use.
     prefix: &'a str,
 }
 
-#[derive(Serialize)]
+/// `format=aws`: the AWS SDKs' container credentials (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase")]
-struct AwsContainerBody<'a> {
+#[schema(as = CredentialsAws)]
+pub(crate) struct AwsContainerBody<'a> {
     access_key_id: &'a str,
     secret_access_key: &'a str,
     token: &'a str,
     expiration: String,
 }
 
-#[derive(Serialize)]
+/// `format=camel`: for browser code.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct CamelBody<'a> {
+#[schema(as = CredentialsCamel)]
+pub(crate) struct CamelBody<'a> {
     access_key_id: &'a str,
     secret_access_key: &'a str,
     security_token: &'a str,
     expiration: String,
 }
 
-/// `Version` must be the integer 1, and the token is `SessionToken`, not `Token`.
-#[derive(Serialize)]
+/// `format=credential-process`: AWS `credential_process` output. `Version` must be
+/// the integer 1, and the token is `SessionToken`, not `Token`.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "PascalCase")]
-struct CredentialProcessBody<'a> {
+#[schema(as = CredentialsProcess)]
+pub(crate) struct CredentialProcessBody<'a> {
+    #[schema(example = 1)]
     version: u8,
     access_key_id: &'a str,
     secret_access_key: &'a str,

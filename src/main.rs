@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             run_local(opts, &env)
         }
         Command::Serve { config } => {
-            let (_, cfg) = match load_checked(config.as_deref(), &env) {
+            let (path, cfg) = match load_checked(config.as_deref(), &env) {
                 Ok(c) => c,
                 Err(problems) => return report(&problems),
             };
@@ -129,6 +129,7 @@ fn main() -> ExitCode {
             };
             rt.block_on(async move {
                 let listen = cfg.server.listen.clone();
+                let admin_listen = cfg.admin.listen.clone();
                 let state = match AppState::build(cfg, &env).await {
                     Ok(s) => s,
                     Err(e) => return report(&[e]),
@@ -139,7 +140,16 @@ fn main() -> ExitCode {
                         return report(&[format!("server.listen: cannot bind {listen}: {e}")]);
                     }
                 };
-                match server::run(state, listener).await {
+                let admin = match admin_listen {
+                    None => None,
+                    Some(a) => match tokio::net::TcpListener::bind(&a).await {
+                        Ok(l) => Some(l),
+                        Err(e) => return report(&[format!("admin.listen: cannot bind {a}: {e}")]),
+                    },
+                };
+                // Reloads re-read this file with this environment.
+                let live = ossvend::reload::Live::new(state, path, env.clone());
+                match server::run_live(live, listener, admin).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => report(&[format!("server error: {e}")]),
                 }

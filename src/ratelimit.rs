@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use axum::http::StatusCode;
 use governor::clock::{Clock as _, DefaultClock};
@@ -17,10 +18,12 @@ use crate::grants::Grant;
 struct GrantLimits {
     per_subject: Option<DefaultKeyedRateLimiter<String>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// The quotas these limiters were built with (per minute).
+    quotas: (u32, u32),
 }
 
 pub struct Limits {
-    by_grant: HashMap<String, GrantLimits>,
+    by_grant: HashMap<String, Arc<GrantLimits>>,
 }
 
 fn keyed<K: std::hash::Hash + Eq + Clone>(per_minute: u32) -> Option<DefaultKeyedRateLimiter<K>> {
@@ -32,13 +35,27 @@ const MAX_KEYS: usize = 100_000;
 
 impl Limits {
     pub fn new<'a>(grants: impl IntoIterator<Item = &'a Grant>) -> Self {
+        Self::carry_over(grants, None)
+    }
+
+    /// Like [`Limits::new`], keeping `previous`'s counters for every grant
+    /// whose limits are unchanged (a config reload does not reset them).
+    pub fn carry_over<'a>(grants: impl IntoIterator<Item = &'a Grant>, previous: Option<&Limits>) -> Self {
         let by_grant = grants
             .into_iter()
             .map(|g| {
-                let limits = GrantLimits {
-                    per_subject: keyed(g.per_subject_per_minute),
-                    per_ip: keyed(g.per_ip_per_minute),
-                };
+                let quotas = (g.per_subject_per_minute, g.per_ip_per_minute);
+                let kept = previous
+                    .and_then(|p| p.by_grant.get(&g.name))
+                    .filter(|l| l.quotas == quotas)
+                    .cloned();
+                let limits = kept.unwrap_or_else(|| {
+                    Arc::new(GrantLimits {
+                        per_subject: keyed(quotas.0),
+                        per_ip: keyed(quotas.1),
+                        quotas,
+                    })
+                });
                 (g.name.clone(), limits)
             })
             .collect();
@@ -49,7 +66,9 @@ impl Limits {
     /// credentials is throttled too.
     pub fn check_ip(&self, grant: &Grant, ip: Option<IpAddr>) -> Result<(), ApiError> {
         match (self.by_grant.get(&grant.name).and_then(|l| l.per_ip.as_ref()), ip) {
-            (Some(lim), Some(ip)) => take(lim, &ip, grant, "client IP"),
+            (Some(lim), Some(ip)) => take(lim, &ip, grant, "client IP").inspect_err(|_| {
+                crate::prom::rate_limited(&grant.name, "ip");
+            }),
             _ => Ok(()),
         }
     }
@@ -62,7 +81,9 @@ impl Limits {
                 .and_then(|l| l.per_subject.as_ref()),
             &principal.subject,
         ) {
-            (Some(lim), Some(subject)) => take(lim, subject, grant, "subject"),
+            (Some(lim), Some(subject)) => take(lim, subject, grant, "subject").inspect_err(|_| {
+                crate::prom::rate_limited(&grant.name, "subject");
+            }),
             _ => Ok(()),
         }
     }

@@ -34,7 +34,21 @@ impl AppState {
     /// or profile) stop start-up. A temporary identity whose first fetch fails
     /// remotely (metadata service or STS down) does not: the server starts
     /// unready and keeps retrying in the background.
-    pub async fn build(mut config: Config, env: &BTreeMap<String, String>) -> Result<Arc<Self>, String> {
+    pub async fn build(config: Config, env: &BTreeMap<String, String>) -> Result<Arc<Self>, String> {
+        Self::build_reusing(config, env, None).await
+    }
+
+    /// Like [`AppState::build`], for a reload: when `[identity]` and `[sts]`
+    /// are unchanged from `previous`, its identity and credential cache are
+    /// kept (cached credentials of unchanged grants keep being served without
+    /// an STS call), and so are its rate-limit counters for grants whose limits
+    /// did not change and its per-process ticket key.
+    pub async fn build_reusing(
+        mut config: Config,
+        env: &BTreeMap<String, String>,
+        previous: Option<&AppState>,
+    ) -> Result<Arc<Self>, String> {
+        crate::prom::install();
         // Region/VPC defaults from the environment are resolved once, here.
         config.sts.endpoint = Some(
             config
@@ -42,6 +56,53 @@ impl AppState {
                 .resolve_endpoint(env)
                 .map_err(|e| format!("sts: {e}"))?,
         );
+        let issuer = match previous.filter(|p| p.issuer_unchanged(&config)) {
+            Some(p) => Issuer {
+                identity: p.issuer.identity.clone(),
+                cache: p.issuer.cache.clone(),
+            },
+            None => Self::build_issuer(&config, env).await?,
+        };
+        let grants = Grants::from_config(&config)?;
+        let mut auth = Authenticator::from_config(&config, env)?;
+        if let Some(p) = previous
+            && config.auth.tickets.secret_env.is_none()
+            && p.config.auth.tickets.secret_env.is_none()
+        {
+            // A random per-process key: keep it, or every ticket out there would turn invalid.
+            auth.tickets = p.auth.tickets.with_ttl(config.auth.tickets.ttl);
+        }
+        let limits = Limits::carry_over(grants.iter(), previous.map(|p| &p.limits));
+        let audit = Audit::open(&config.audit)?;
+        let trusted_proxies = config
+            .rate_limit
+            .trusted_proxies
+            .iter()
+            .filter_map(|t| {
+                t.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| t.parse::<std::net::IpAddr>().ok().map(Into::into))
+            })
+            .collect();
+        Ok(Arc::new(AppState {
+            grants,
+            issuer,
+            auth,
+            limits,
+            audit,
+            trusted_proxies,
+            config,
+        }))
+    }
+
+    /// Whether `new` (its STS endpoint already resolved) has the same
+    /// `[identity]` and `[sts]` as this state, so its identity and cache can be kept.
+    pub fn issuer_unchanged(&self, new: &Config) -> bool {
+        same_identity(&self.config.identity, &new.identity)
+            && format!("{:?}", self.config.sts) == format!("{:?}", new.sts)
+    }
+
+    async fn build_issuer(config: &Config, env: &BTreeMap<String, String>) -> Result<Issuer, String> {
         let sts = Arc::new(StsClient::new(&config.sts)?);
         let deps = identity::Deps {
             sts: sts.clone(),
@@ -67,30 +128,24 @@ impl AppState {
             capacity: config.sts.cache_capacity,
         };
         let cache = CredentialCache::new(sts, Arc::new(SystemClock), timings);
-        let grants = Grants::from_config(&config)?;
-        let auth = Authenticator::from_config(&config, env)?;
-        let limits = Limits::new(grants.iter());
-        let audit = Audit::open(&config.audit)?;
-        let trusted_proxies = config
-            .rate_limit
-            .trusted_proxies
-            .iter()
-            .filter_map(|t| {
-                t.parse::<ipnet::IpNet>()
-                    .ok()
-                    .or_else(|| t.parse::<std::net::IpAddr>().ok().map(Into::into))
-            })
-            .collect();
-        Ok(Arc::new(AppState {
-            grants,
-            issuer: Issuer { identity, cache },
-            auth,
-            limits,
-            audit,
-            trusted_proxies,
-            config,
-        }))
+        Ok(Issuer { identity, cache })
     }
+}
+
+/// `[identity]` tables compared field by field, inline secrets included (their
+/// `Debug` form is redacted, so they are compared separately).
+fn same_identity(a: &crate::config::IdentityConfig, b: &crate::config::IdentityConfig) -> bool {
+    use secrecy::ExposeSecret as _;
+    let secret = |c: &crate::config::IdentityConfig| {
+        c.access_key_secret.as_ref().map(|s| s.expose_secret().to_owned())
+    };
+    format!("{a:?}") == format!("{b:?}")
+        && secret(a) == secret(b)
+        && match (&a.base, &b.base) {
+            (Some(x), Some(y)) => same_identity(x, y),
+            (None, None) => true,
+            _ => false,
+        }
 }
 
 /// Serves `state` on `listener` until a shutdown signal.
@@ -105,6 +160,51 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener) -> std::io::Result
         "ossvend listening on http://{addr}"
     );
     serve(crate::routes::app(state), listener).await?;
+    info!("ossvend stopped");
+    Ok(())
+}
+
+/// Serves the live (reloadable) application on `listener` and, when
+/// `[admin] listen` is configured, the admin application (`/metrics`,
+/// `POST /admin/reload`) on `admin`; reloads the config on SIGHUP; runs until
+/// a shutdown signal, letting in-flight requests finish.
+pub async fn run_live(
+    live: Arc<crate::reload::Live>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+) -> std::io::Result<()> {
+    // Before the "listening" line: a SIGHUP sent after it must never kill the process.
+    crate::reload::spawn_sighup(live.clone())?;
+    crate::prom::spawn_upkeep();
+    let state = live.state();
+    if let Some(a) = &admin {
+        let addr = a.local_addr()?;
+        info!(admin_listen = %addr, "ossvend admin listening on http://{addr} (GET /metrics, POST /admin/reload)");
+    }
+    let addr = listener.local_addr()?;
+    info!(
+        listen = %addr,
+        grants = ?state.grants.names(),
+        default_grant = state.config.server.default_grant.as_deref().unwrap_or("-"),
+        sts_endpoint = %state.config.sts.endpoint(),
+        identity_source = state.issuer.identity.source_name(),
+        "ossvend listening on http://{addr}"
+    );
+    drop(state);
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+        std::net::SocketAddr,
+    >(live.service());
+    let main = async {
+        axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    };
+    match admin {
+        Some(a) => {
+            tokio::try_join!(main, serve(crate::routes::admin_app(live), a))?;
+        }
+        None => main.await?,
+    }
     info!("ossvend stopped");
     Ok(())
 }

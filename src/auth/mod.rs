@@ -113,6 +113,7 @@ impl Authenticator {
     ) -> Result<Principal, ApiError> {
         let accepts = |m| methods.contains(&m);
         let fail = |method: AuthMethod, e: AuthError| {
+            crate::prom::auth_failure(grant_name, method.as_str(), e.reason());
             warn!(
                 grant = grant_name,
                 method = method.as_str(),
@@ -142,6 +143,7 @@ impl Authenticator {
             let key = self.api_keys.verify(k).map_err(|e| fail(AuthMethod::ApiKey, e))?;
             if !key.grants.is_empty() && !key.grants.iter().any(|g| g == grant_name) {
                 warn!(grant = grant_name, subject = %key.id, "API key not allowed on this grant");
+                crate::prom::auth_failure(grant_name, AuthMethod::ApiKey.as_str(), "grant_not_allowed");
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "grant_not_allowed",
@@ -172,11 +174,13 @@ impl Authenticator {
         if accepts(AuthMethod::None) {
             return Ok(Principal::anonymous());
         }
+        crate::prom::auth_failure(grant_name, AuthMethod::None.as_str(), AuthError::Missing.reason());
         Err(auth_error(methods, AuthMethod::None, AuthError::Missing))
     }
 }
 
 fn not_accepted(grant: &str, m: AuthMethod) -> ApiError {
+    crate::prom::auth_failure(grant, m.as_str(), "method_not_allowed");
     ApiError::new(
         StatusCode::FORBIDDEN,
         "auth_method_not_allowed",

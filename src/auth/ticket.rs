@@ -97,6 +97,15 @@ impl Tickets {
         self.ttl
     }
 
+    /// The same key with another `ttl`: a config reload keeps a per-process
+    /// random key, so tickets already handed out stay valid.
+    pub fn with_ttl(&self, ttl: Duration) -> Tickets {
+        Tickets {
+            key: SecretSlice::from(self.key.expose_secret().to_vec()),
+            ttl,
+        }
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(self.key.expose_secret()).expect("HMAC takes a key of any length");

@@ -36,7 +36,25 @@ pub struct Config {
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub grants: Vec<GrantConfig>,
+}
+
+/// The optional admin listener (`[admin]`): `GET /metrics` and
+/// `POST /admin/reload`, on an address of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// e.g. `127.0.0.1:9000`. Unset: no admin listener, and `/metrics` is
+    /// served on the main listener (`POST /admin/reload` is then not served;
+    /// SIGHUP still reloads).
+    pub listen: Option<String>,
+    /// Lower-case hex SHA-256 of the admin token (`ossvend hash-key` prints
+    /// it), sent as `Authorization: Bearer <token>` to `POST /admin/reload`.
+    /// Unset: the reload endpoint refuses every request. Required when
+    /// `listen` is not a loopback address.
+    pub token_sha256: Option<String>,
 }
 
 /// How callers prove who they are. Each grant lists the methods it accepts.
@@ -718,7 +736,7 @@ pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Config, Strin
 }
 
 /// `OSSVEND_SERVER_LISTEN=0.0.0.0:8000` sets `server.listen`, and so on for the
-/// `server`, `identity` and `sts` sections. Values are read as TOML when they
+/// `server`, `identity`, `sts` and `admin` sections. Values are read as TOML when they
 /// parse as such (numbers, booleans) and as plain strings otherwise.
 fn apply_env_overrides(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), String> {
     for (name, raw) in env {
@@ -726,7 +744,7 @@ fn apply_env_overrides(doc: &mut toml::Table, env: &BTreeMap<String, String>) ->
             continue;
         };
         let lower = rest.to_ascii_lowercase();
-        let Some((section, key)) = ["server", "identity", "sts"].iter().find_map(|s| {
+        let Some((section, key)) = ["server", "identity", "sts", "admin"].iter().find_map(|s| {
             lower
                 .strip_prefix(s)
                 .and_then(|k| k.strip_prefix('_'))

@@ -40,6 +40,7 @@ pub const MAX_DURATION_SECONDS: u32 = 43_200;
 pub fn validate(config: &Config, env: &BTreeMap<String, String>) -> Vec<Problem> {
     let mut p = Problems(Vec::new());
     check_server(config, &mut p);
+    check_admin(config, &mut p);
     check_identity(config, env, &mut p);
     check_sts(config, env, &mut p);
     check_auth(config, &mut p);
@@ -85,6 +86,41 @@ fn check_server(config: &Config, p: &mut Problems) {
     if server.body_limit_bytes == 0 {
         p.add("server.body_limit_bytes", "must be greater than zero");
     }
+}
+
+fn check_admin(config: &Config, p: &mut Problems) {
+    let admin = &config.admin;
+    if let Some(t) = &admin.token_sha256
+        && !is_sha256_hex(t)
+    {
+        p.add(
+            "admin.token_sha256",
+            "must be 64 lower-case hex digits: the SHA-256 of the token (ossvend hash-key prints it)",
+        );
+    }
+    let Some(listen) = &admin.listen else { return };
+    match listen.parse::<std::net::SocketAddr>() {
+        Err(_) => p.add(
+            "admin.listen",
+            format!("{listen:?} is not an address like 127.0.0.1:9000"),
+        ),
+        Ok(addr) if !addr.ip().is_loopback() && admin.token_sha256.is_none() => p.add(
+            "admin.listen",
+            format!(
+                "{addr} is not a loopback address: set admin.token_sha256 so that only holders of the \
+                 admin token can reload the configuration, or listen on 127.0.0.1"
+            ),
+        ),
+        Ok(addr) if Some(addr) == config.server.listen_addr() && addr.port() != 0 => p.add(
+            "admin.listen",
+            format!("{addr} is also server.listen; the admin listener needs an address of its own"),
+        ),
+        Ok(_) => {}
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 fn check_identity(config: &Config, env: &BTreeMap<String, String>, p: &mut Problems) {

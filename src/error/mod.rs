@@ -93,19 +93,32 @@ impl From<StsError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct Body<'a> {
+    /// Stable, machine-readable error code, e.g. `unknown_grant`, `unauthenticated`, `sts_unavailable`.
+    #[schema(example = "sts_unavailable")]
     code: &'a str,
+    /// For humans; no secrets, no internal hostnames.
+    #[schema(example = "STS is unavailable and no valid cached credential is left")]
     message: &'a str,
+    /// The request id, also in the `X-Request-Id` response header.
     request_id: &'a str,
+    /// STS's own error code, when STS refused or failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     sts_code: Option<&'a str>,
+    /// STS's `RequestId`, when STS answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     sts_request_id: Option<&'a str>,
+    /// The HTTP status again (read by the OSS mobile SDKs' auth-server providers).
     #[serde(rename = "StatusCode")]
+    #[schema(example = 503)]
     status_code: u16,
+    /// `code` again (read by the OSS mobile SDKs).
     #[serde(rename = "ErrorCode")]
     error_code: &'a str,
+    /// `message` again (read by the OSS mobile SDKs).
     #[serde(rename = "ErrorMessage")]
     error_message: &'a str,
 }

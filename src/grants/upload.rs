@@ -14,10 +14,16 @@ use crate::sign::oss_v4::V4Scope;
 use crate::sign::{self, AddressingStyle, Endpoint, RequestToSign, SignError, SigningCredentials};
 
 /// What the client may say about its upload. Everything else is the server's choice.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadRequest {
-    /// Only its sanitised extension is used.
+    /// The client's file name. Only its sanitised extension is used: the server names the object.
+    #[schema(example = "cat.png")]
+    #[param(example = "cat.png")]
     pub filename: Option<String>,
+    /// The upload's media type; required (and checked) when the grant has a `content_types` allowlist.
+    #[schema(example = "image/png")]
+    #[param(example = "image/png")]
     pub content_type: Option<String>,
 }
 

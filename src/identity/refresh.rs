@@ -314,6 +314,7 @@ impl Inner {
             )),
             _ => Ok(c),
         });
+        crate::prom::identity_refresh(source, result.is_ok());
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         st.generation += 1;
         match result {

@@ -8,15 +8,45 @@ use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
+use serde::Serialize;
+
+use super::openapi::{AuthHeaders, CredentialsBody};
 use super::{RequestCtx, authorize};
 use crate::audit::Record;
-use crate::error::ApiError;
+use crate::error::{ApiError, Body as Error};
 use crate::formats::{self, CredentialFormat, CredentialView};
 use crate::grants::Grant;
 use crate::identity::key_id_prefix;
 use crate::server::AppState;
 use crate::sts::format_expiration;
 
+/// Temporary STS credentials for one grant.
+///
+/// Scoped by the grant's session policy to its bucket, prefix and actions, and served with at
+/// least `sts.min_remaining` of life; `RefreshAfter` (default format) says when to come back.
+#[utoipa::path(
+    get,
+    path = "/v1/grants/{grant}/credentials",
+    tag = "credentials",
+    params(
+        ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
+        ("format" = inline(Option<CredentialFormat>), Query, description = "The body's spelling; default: the grant's `credentials_format` (`default` unless configured)"),
+        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
+        AuthHeaders,
+    ),
+    responses(
+        (status = 200, description = "Temporary credentials in the spelling `format` selects", body = CredentialsBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
+        (status = 400, description = "`unknown_format`: `format` is not `default`, `aws`, `camel` or `credential-process`", body = Error),
+        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
+        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
+        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
+        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
+        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error),
+        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+    ),
+    security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
+)]
 pub async fn grant_credentials(
     State(state): State<Arc<AppState>>,
     Path(grant): Path<String>,
@@ -28,6 +58,29 @@ pub async fn grant_credentials(
     issue(&state, &grant, &ctx, &headers, query.as_deref()).await
 }
 
+/// Temporary STS credentials for `server.default_grant` (the seeds' legacy path).
+#[utoipa::path(
+    get,
+    path = "/get_sts_token_for_oss_upload",
+    tag = "credentials",
+    params(
+        ("format" = inline(Option<CredentialFormat>), Query, description = "The body's spelling; default: the grant's `credentials_format` (`default` unless configured)"),
+        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
+        AuthHeaders,
+    ),
+    responses(
+        (status = 200, description = "Temporary credentials in the spelling `format` selects", body = CredentialsBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
+        (status = 400, description = "`unknown_format`: `format` is not `default`, `aws`, `camel` or `credential-process`", body = Error),
+        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
+        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
+        (status = 404, description = "`no_default_grant`: `server.default_grant` is not set", body = Error),
+        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
+        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error),
+        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+    ),
+    security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
+)]
 pub async fn legacy_credentials(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestCtx>,
@@ -101,6 +154,28 @@ fn requested_format(query: Option<&str>) -> Result<Option<CredentialFormat>, Api
 }
 
 /// What this caller would get, without calling STS or signing anything.
+///
+/// A dry run, authenticated like the grant: the rendered policy, session name, prefix and limits.
+#[utoipa::path(
+    get,
+    path = "/v1/grants/{grant}/explain",
+    tag = "auth",
+    params(
+        ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
+        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
+        AuthHeaders,
+    ),
+    responses(
+        (status = 200, description = "What this caller would get from the grant", body = ExplainBody, headers(("X-Request-Id" = String, description = "The request id"))),
+        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
+        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
+        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
+        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`auth_unavailable`: the JWT issuer's keys could not be fetched", body = Error),
+        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+    ),
+    security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
+)]
 pub async fn explain(
     State(state): State<Arc<AppState>>,
     Path(grant): Path<String>,
@@ -113,28 +188,71 @@ pub async fn explain(
     let r = &caller.resolved;
     let policy: serde_json::Value = serde_json::from_str(&r.policy).unwrap_or_default();
     let u = &grant.upload;
-    let body = serde_json::json!({
-        "grant": grant.name,
-        "subject": caller.principal.subject,
-        "auth": caller.principal.method.as_str(),
-        "bucket": grant.bucket,
-        "region": grant.region,
-        "endpoint": grant.endpoint,
-        "prefix": r.prefix,
-        "policy": policy,
-        "policy_text": r.policy,
-        "policy_chars": r.policy.chars().count(),
-        "policy_sha256": r.policy_sha256,
-        "role_arn": r.request.role_arn,
-        "session_name": r.request.session_name,
-        "duration_seconds": r.request.duration_seconds,
-        "limits": {
-            "max_size_bytes": u.max_size_bytes,
-            "content_types": u.content_types,
-            "upload_expires_seconds": u.upload_expires.as_secs(),
-            "per_subject_per_minute": grant.per_subject_per_minute,
-            "per_ip_per_minute": grant.per_ip_per_minute,
+    let body = ExplainBody {
+        grant: &grant.name,
+        subject: caller.principal.subject.as_deref(),
+        auth: caller.principal.method.as_str(),
+        bucket: &grant.bucket,
+        region: &grant.region,
+        endpoint: &grant.endpoint,
+        prefix: &r.prefix,
+        policy,
+        policy_text: &r.policy,
+        policy_chars: r.policy.chars().count(),
+        policy_sha256: &r.policy_sha256,
+        role_arn: &r.request.role_arn,
+        session_name: &r.request.session_name,
+        duration_seconds: r.request.duration_seconds,
+        limits: ExplainLimits {
+            max_size_bytes: u.max_size_bytes,
+            content_types: &u.content_types,
+            upload_expires_seconds: u.upload_expires.as_secs(),
+            per_subject_per_minute: grant.per_subject_per_minute,
+            per_ip_per_minute: grant.per_ip_per_minute,
         },
-    });
+    };
     Ok(Json(body).into_response())
+}
+
+/// The dry run's answer: what this caller would get from the grant.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Explain)]
+pub(crate) struct ExplainBody<'a> {
+    grant: &'a str,
+    /// The caller's subject; `null` for an anonymous caller.
+    subject: Option<&'a str>,
+    /// How the caller authenticated: `api_key`, `jwt`, `ticket` or `none`.
+    #[schema(example = "jwt")]
+    auth: &'a str,
+    bucket: &'a str,
+    /// Region id, without `oss-`.
+    #[schema(example = "cn-hangzhou")]
+    region: &'a str,
+    endpoint: &'a str,
+    /// The key prefix, rendered for this caller.
+    prefix: &'a str,
+    /// The session policy STS would be sent, as JSON.
+    #[schema(value_type = Object)]
+    policy: serde_json::Value,
+    /// The exact policy text sent to STS.
+    policy_text: &'a str,
+    /// Its length (STS allows 2048).
+    policy_chars: usize,
+    policy_sha256: &'a str,
+    role_arn: &'a str,
+    session_name: &'a str,
+    duration_seconds: u32,
+    limits: ExplainLimits<'a>,
+}
+
+/// The grant's upload and rate limits.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ExplainLimits<'a> {
+    max_size_bytes: u64,
+    /// The Content-Type allowlist; empty: any.
+    content_types: &'a [String],
+    /// How long PostObject forms and presigned URLs are valid (at most).
+    upload_expires_seconds: u64,
+    per_subject_per_minute: u32,
+    per_ip_per_minute: u32,
 }

@@ -6,20 +6,79 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::server::AppState;
 
-/// The process is up and serving HTTP.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness: always `{"status": "ok"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Readiness: whether the server can vend credentials now.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Readiness {
+    /// `ready` or `unready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    identity: IdentityReport,
+    /// `cached credential valid`, `reachable` or `unreachable`.
+    #[schema(example = "reachable")]
+    sts: &'static str,
+}
+
+/// The server's own cloud identity (never a secret).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct IdentityReport {
+    /// A credential is held and still valid.
+    ok: bool,
+    /// The configured `identity.source` (`chain` for the chain).
+    #[schema(example = "chain")]
+    source: &'static str,
+    /// For the chain: the member that yielded credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chain_winner: Option<&'static str>,
+    /// Prefix of the held credential's AccessKey id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_key_id: Option<String>,
+    /// Expiry of a temporary identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expiration: Option<String>,
+    /// The last failure, while it is not followed by a success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Liveness: the process is up and serving HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    params(("X-Request-Id" = Option<String>, Header, description = "The caller's request id")),
+    responses((status = 200, description = "The process is up", body = Health)),
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// Ready when the server holds a currently valid identity (asked without I/O:
 /// the identity refreshes itself in the background) and can get credentials:
 /// STS answers a TCP connect, or a cached credential is still valid
 /// (stale-if-error keeps serving through a short STS outage).
-pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: an identity is held and STS answers or a cached credential is valid",
+    params(("X-Request-Id" = Option<String>, Header, description = "The caller's request id")),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready (no valid identity, or STS unreachable with nothing cached): the same readiness report, not an error body", body = Readiness),
+    ),
+)]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
     let status = state.issuer.identity.status();
     let cached = state.issuer.cache.has_servable();
     let sts = if cached {
@@ -35,22 +94,21 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<ser
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut identity = json!({ "ok": status.valid, "source": status.source });
-    if let Some(w) = status.chain_winner {
-        identity["chain_winner"] = json!(w);
-    }
-    if let Some(k) = &status.access_key_id {
-        identity["access_key_id"] = json!(k);
-    }
-    if let Some(e) = &status.expiration {
-        identity["expiration"] = json!(e);
-    }
-    if let Some(e) = &status.last_error {
-        identity["error"] = json!(e);
-    }
+    let identity = IdentityReport {
+        ok: status.valid,
+        source: status.source,
+        chain_winner: status.chain_winner,
+        access_key_id: status.access_key_id,
+        expiration: status.expiration,
+        error: status.last_error,
+    };
     (
         code,
-        Json(json!({ "status": if ready { "ready" } else { "unready" }, "identity": identity, "sts": sts })),
+        Json(Readiness {
+            status: if ready { "ready" } else { "unready" },
+            identity,
+            sts,
+        }),
     )
 }
 

@@ -4,13 +4,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, MatchedPath, State};
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error_span, info, warn};
 
 use crate::error::ApiError;
 use crate::server::AppState;
@@ -83,7 +83,16 @@ pub async fn request_context(State(state): State<Arc<AppState>>, mut req: Reques
     let method = req.method().clone();
     // The path only: query strings may carry tickets or filenames.
     let path = req.uri().path().to_owned();
-    let span = info_span!("request", request_id = %id);
+    // Metrics use the route template, never the raw path (unbounded, may carry names).
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    // At ERROR level so that the span (and the id on every line inside it) is
+    // enabled whatever RUST_LOG lets through: an info span would be filtered
+    // out by RUST_LOG=warn, and the warnings would lose their request id.
+    let span = error_span!("request", request_id = %id);
     let started = Instant::now();
 
     let mut resp = next.run(req).instrument(span.clone()).await;
@@ -98,6 +107,7 @@ pub async fn request_context(State(state): State<Arc<AppState>>, mut req: Reques
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     let status = resp.status().as_u16();
+    crate::prom::http_request(&method, &route, status, started.elapsed());
     let latency_ms = started.elapsed().as_millis() as u64;
     span.in_scope(|| {
         if status >= 500 {
@@ -109,7 +119,7 @@ pub async fn request_context(State(state): State<Arc<AppState>>, mut req: Reques
     resp
 }
 
-fn is_safe_id(v: &str) -> bool {
+pub(crate) fn is_safe_id(v: &str) -> bool {
     (1..=128).contains(&v.len())
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))

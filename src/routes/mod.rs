@@ -2,9 +2,11 @@
 //! Handlers extract, authenticate, call `grants`, and format; no signing or
 //! policy logic here.
 
+mod admin;
 mod credentials;
 mod health;
 mod middleware;
+mod openapi;
 mod tickets;
 mod upload;
 
@@ -25,6 +27,7 @@ use crate::error::ApiError;
 use crate::grants::{Grant, Resolved};
 use crate::server::AppState;
 
+pub use admin::admin_app;
 pub use middleware::{REQUEST_ID_HEADER, RequestCtx};
 
 /// The whole application; shared by `main` and the tests.
@@ -53,6 +56,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/tickets", post(tickets::mint))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -60,6 +64,10 @@ pub fn app(state: Arc<AppState>) -> Router {
                 "this path does not accept that method",
             )
         });
+    // Without an admin listener, the metrics are served here.
+    if state.config.admin.listen.is_none() {
+        router = router.route("/metrics", get(admin::metrics));
+    }
     router = match static_dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir).fallback(axum::routing::any(not_found))),
         None => router.fallback(not_found),

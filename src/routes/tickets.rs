@@ -10,21 +10,66 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::RequestCtx;
+use super::openapi::AuthHeaders;
 use crate::audit::Record;
 use crate::auth::Presented;
 use crate::config::AuthMethod;
-use crate::error::ApiError;
+use crate::error::{ApiError, Body as Error};
 use crate::server::AppState;
 use crate::sts::format_expiration;
 
-#[derive(Deserialize)]
+/// Which grant the ticket is for.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct TicketRequest {
+    /// A grant that accepts `ticket` and the caller's own method (`api_key` or `jwt`).
+    #[schema(example = "user-uploads")]
     pub grant: String,
 }
 
+/// A minted ticket.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Ticket)]
+pub(crate) struct TicketBody<'a> {
+    /// Opaque, HMAC-signed; bound to the subject, the grant and the expiry.
+    ticket: &'a str,
+    grant: &'a str,
+    /// Expiry, `YYYY-MM-DDThh:mm:ssZ` (`auth.tickets.ttl` from now).
+    expires_at: &'a str,
+    /// The credentials URL with the ticket, relative to this server.
+    #[schema(example = "/v1/grants/user-uploads/credentials?ticket=...")]
+    credentials_url: String,
+}
+
+/// Mints a short-lived ticket for a grant.
+///
+/// For clients that can only GET a URL (the OSS mobile SDKs' auth-server providers): the app's
+/// backend, authenticated with an API key or a JWT (never anonymously, never with a ticket), mints a
+/// ticket and hands the app `credentials_url`.
+#[utoipa::path(
+    post,
+    path = "/v1/tickets",
+    tag = "auth",
+    params(
+        AuthHeaders,
+    ),
+    request_body(content = TicketRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "A ticket for the grant, bound to the caller", body = TicketBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`bad_request`: no JSON body, or unparsable JSON", body = Error),
+        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
+        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept tickets, or the caller's method), `grant_not_allowed` (the API key may not use this grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
+        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
+        (status = 413, description = "`payload_too_large`: the body is over `server.body_limit_bytes`", body = Error),
+        (status = 422, description = "`bad_request`: the JSON body does not have the expected fields", body = Error),
+        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`auth_unavailable`: the JWT issuer's keys could not be fetched", body = Error),
+        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+    ),
+    security(("api_key" = []), ("jwt" = [])),
+)]
 pub async fn mint(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestCtx>,
@@ -86,12 +131,12 @@ pub async fn mint(
         cache: None,
         key: Some(&resolved.prefix),
     });
-    let body = serde_json::json!({
-        "ticket": ticket,
-        "grant": grant.name,
-        "expires_at": expires_at,
-        "credentials_url": format!("/v1/grants/{}/credentials?ticket={ticket}", grant.name),
-    });
+    let body = TicketBody {
+        ticket: &ticket,
+        grant: &grant.name,
+        expires_at: &expires_at,
+        credentials_url: format!("/v1/grants/{}/credentials?ticket={ticket}", grant.name),
+    };
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -12,9 +12,10 @@ use chrono::Utc;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
+use super::openapi::{AuthHeaders, LegacyPostBody};
 use super::{RequestCtx, authorize};
 use crate::config::{PostVersion, PresignScheme};
-use crate::error::ApiError;
+use crate::error::{ApiError, Body as Error};
 use crate::grants::Grant;
 use crate::grants::upload::{self, PostPolicy, Presigned, UploadRequest};
 use crate::server::AppState;
@@ -63,28 +64,49 @@ async fn make_post_policy(
     Ok(p)
 }
 
-/// The PostObject response. A struct, not a `serde_json::Value`: a `Value`
-/// map would sort `fields`, and their order is part of the contract.
-#[derive(Serialize)]
-struct PostBody<'a> {
+// The PostObject response. A struct, not a `serde_json::Value`: a `Value`
+// map would sort `fields`, and their order is part of the contract.
+/// A signed PostObject form: POST `multipart/form-data` to `host` with every entry of
+/// `fields`, in that order, then the file as the last part (named `file`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = PostPolicy)]
+pub(crate) struct PostBody<'a> {
+    /// Where the form is POSTed.
+    #[schema(example = "https://examplebucket.oss-cn-hangzhou.aliyuncs.com/")]
     host: &'a str,
+    /// The key prefix the policy allows.
+    #[schema(example = "uploads/")]
     dir: &'a str,
+    /// The object key, when the server named the object (`filename` was given).
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
+    /// Every non-file form field, in the order to send them (`key`, `policy`, the signature
+    /// fields, `x-oss-security-token`, ...); the file goes after them.
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     fields: Ordered<'a>,
+    /// Expiry in Unix seconds.
     expire: i64,
+    /// Expiry, `YYYY-MM-DDThh:mm:ssZ`.
+    #[schema(example = "2026-11-23T18:56:52Z")]
     expires_at: String,
+    /// The signature version: `v4`, `v1` or `s3-v4`.
+    #[schema(example = "v4")]
     version: &'static str,
     /// The seeds' web sample reads these flat fields (legacy route only).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     legacy: Option<LegacyPostFields>,
 }
 
-#[derive(Serialize)]
-struct LegacyPostFields {
+/// The flat fields of the seeds' web sample (`/get_post_signature_for_oss_upload` only).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct LegacyPostFields {
+    /// The AccessKey id that signed.
     accessid: Option<String>,
+    /// `accessid` again.
     #[serde(rename = "ossAccessKeyId")]
     oss_access_key_id: Option<String>,
+    /// The base64 policy document.
     policy: String,
     signature: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,6 +156,35 @@ fn post_body(p: &PostPolicy, legacy: bool) -> PostBody<'_> {
     }
 }
 
+/// A signed PostObject form (browser form upload) for one grant.
+///
+/// Signed locally with a cached credential: no STS call per upload. The policy binds the bucket,
+/// the key prefix (or the exact key when `filename` is given), the size range, the grant's
+/// Content-Type allowlist and, with STS, the security token.
+#[utoipa::path(
+    get,
+    path = "/v1/grants/{grant}/post-policy",
+    tag = "uploads",
+    params(
+        ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
+        UploadRequest,
+        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
+        AuthHeaders,
+    ),
+    responses(
+        (status = 200, description = "A signed PostObject form", body = PostBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
+        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
+        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
+        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
+        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal_error`: signing failed", body = Error),
+        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
+        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error),
+        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+    ),
+    security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
+)]
 pub async fn post_policy(
     State(state): State<Arc<AppState>>,
     Path(grant): Path<String>,
@@ -147,7 +198,33 @@ pub async fn post_policy(
     Ok(no_store(Json(post_body(&p, false)).into_response()))
 }
 
-/// The seeds' web sample reads flat fields; they are added to the same body.
+/// A signed PostObject form for `server.default_grant` (the seeds' legacy path).
+///
+/// The seeds' web sample reads flat fields; they are added to the same body. The same as `/v1/grants/{grant}/post-policy` for `server.default_grant`, plus `accessid`,
+/// `ossAccessKeyId`, `policy`, `signature`, `security_token` and the V4 fields flat.
+#[utoipa::path(
+    get,
+    path = "/get_post_signature_for_oss_upload",
+    tag = "uploads",
+    params(
+        UploadRequest,
+        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
+        AuthHeaders,
+    ),
+    responses(
+        (status = 200, description = "A signed PostObject form with the seeds' flat fields", body = LegacyPostBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
+        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
+        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
+        (status = 404, description = "`no_default_grant`: `server.default_grant` is not set", body = Error),
+        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal_error`: signing failed", body = Error),
+        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
+        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error),
+        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+    ),
+    security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
+)]
 pub async fn legacy_post_policy(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestCtx>,
@@ -176,13 +253,27 @@ async fn make_presigned(
     Ok(p)
 }
 
-#[derive(Serialize)]
-struct PresignBody<'a> {
+/// A presigned PUT: send the file with `method` to `url` with exactly `headers`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Presigned)]
+pub(crate) struct PresignBody<'a> {
+    /// Always `PUT`.
+    #[schema(example = "PUT")]
     method: &'static str,
+    /// The presigned URL.
     url: &'a str,
+    /// The headers that were signed: send exactly these (a different Content-Type is a
+    /// `SignatureDoesNotMatch`).
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     headers: Ordered<'a>,
+    /// The object key the server chose from the grant's `key_template`.
+    #[schema(example = "uploads/5f2c0b7e.png")]
     key: &'a str,
+    /// Expiry, `YYYY-MM-DDThh:mm:ssZ`.
+    #[schema(example = "2026-11-23T18:56:52Z")]
     expires_at: String,
+    /// The signing scheme: `oss-v4`, `oss-v1` or `s3-v4`.
+    #[schema(example = "oss-v4")]
     scheme: &'static str,
 }
 
@@ -201,6 +292,34 @@ fn presign_body(p: &Presigned) -> PresignBody<'_> {
     }
 }
 
+/// A presigned PUT URL for one grant.
+///
+/// The server names the object from the grant's `key_template`; `filename` contributes only a
+/// sanitised extension. Send exactly the returned `headers`.
+#[utoipa::path(
+    get,
+    path = "/v1/grants/{grant}/presign",
+    tag = "uploads",
+    params(
+        ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
+        UploadRequest,
+        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
+        AuthHeaders,
+    ),
+    responses(
+        (status = 200, description = "A presigned PUT URL and the headers to send with it", body = PresignBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
+        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
+        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
+        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
+        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal_error`: signing failed", body = Error),
+        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
+        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error),
+        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+    ),
+    security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
+)]
 pub async fn presign_get(
     State(state): State<Arc<AppState>>,
     Path(grant): Path<String>,
@@ -214,6 +333,33 @@ pub async fn presign_get(
     Ok(no_store(Json(presign_body(&p)).into_response()))
 }
 
+/// A presigned PUT URL for one grant, with the upload described in a JSON body.
+#[utoipa::path(
+    post,
+    path = "/v1/grants/{grant}/presign",
+    tag = "uploads",
+    params(
+        ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
+        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
+        AuthHeaders,
+    ),
+    request_body(content = Option<UploadRequest>, description = "`filename` and `content_type` as JSON (optional: without a JSON body, neither is given)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "A presigned PUT URL and the headers to send with it", body = PresignBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (unparsable JSON or query)", body = Error),
+        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
+        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
+        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
+        (status = 413, description = "`payload_too_large`: the body is over `server.body_limit_bytes`", body = Error),
+        (status = 422, description = "`bad_request`: the JSON body does not have the expected fields", body = Error),
+        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal_error`: signing failed", body = Error),
+        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
+        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error),
+        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+    ),
+    security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
+)]
 pub async fn presign_post(
     State(state): State<Arc<AppState>>,
     Path(grant): Path<String>,
@@ -228,7 +374,33 @@ pub async fn presign_post(
     Ok(no_store(Json(presign_body(&p)).into_response()))
 }
 
-/// The seeds return the URL as plain text.
+/// A presigned PUT URL for `server.default_grant`, as plain text (the seeds' legacy path).
+///
+/// The seeds return the URL as plain text. The same as `GET /v1/grants/{grant}/presign` for `server.default_grant`; the body is the URL
+/// alone. Send the `Content-Type` given as `content_type`, if any.
+#[utoipa::path(
+    get,
+    path = "/get_presigned_url_for_oss_upload",
+    tag = "uploads",
+    params(
+        UploadRequest,
+        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
+        AuthHeaders,
+    ),
+    responses(
+        (status = 200, description = "The presigned PUT URL", body = String, content_type = "text/plain", headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
+        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
+        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
+        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
+        (status = 404, description = "`no_default_grant`: `server.default_grant` is not set", body = Error),
+        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "`internal_error`: signing failed", body = Error),
+        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
+        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error),
+        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+    ),
+    security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
+)]
 pub async fn legacy_presign(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestCtx>,

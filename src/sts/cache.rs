@@ -170,6 +170,15 @@ impl CredentialCache {
     }
 
     pub async fn get(&self, identity: &Credentials, req: &AssumeRoleRequest) -> Result<Lookup, StsError> {
+        let result = self.find(identity, req).await;
+        crate::prom::cache_lookup(match &result {
+            Ok(l) => l.outcome.as_str(),
+            Err(_) => "error",
+        });
+        result
+    }
+
+    async fn find(&self, identity: &Credentials, req: &AssumeRoleRequest) -> Result<Lookup, StsError> {
         let key = CacheKey::new(identity, req);
         let slot = self
             .inner
@@ -234,10 +243,12 @@ impl CredentialCache {
             if still_due {
                 match inner.fetch_into(&slot, &identity, &req).await {
                     Ok(_) => {
+                        crate::prom::cache_refresh(true);
                         slot.refresh_failed.store(false, Ordering::Release);
                         *slot.retry_refresh_at.write().unwrap_or_else(|e| e.into_inner()) = None;
                     }
                     Err(e) => {
+                        crate::prom::cache_refresh(false);
                         let retry = inner.clock.now()
                             + TimeDelta::from_std(inner.timings.refresh_retry_after).unwrap_or_default();
                         slot.refresh_failed.store(true, Ordering::Release);

@@ -196,7 +196,11 @@ impl StsClient {
         string_to_sign: Option<&str>,
         secret: Option<&str>,
     ) -> Result<TempCredentials, StsError> {
-        self.budget.until_ready().await;
+        if self.budget.check().is_err() {
+            let waiting = Instant::now();
+            self.budget.until_ready().await;
+            crate::prom::sts_budget_wait(waiting.elapsed());
+        }
         let resp = request.send().await.map_err(|e| {
             let what = if e.is_timeout() {
                 "timed out"
@@ -268,6 +272,17 @@ impl StsClient {
             let started = Instant::now();
             let result = attempt_fn().await;
             let latency_ms = started.elapsed().as_millis() as u64;
+            crate::prom::sts_call(
+                action,
+                result.as_ref().err().map(|e| match e {
+                    StsError::Api { code, .. } => code.as_str(),
+                    StsError::Transport(_) => "transport",
+                    StsError::BadResponse(_) => "bad_response",
+                    StsError::ShortLived { .. } => "short_lived",
+                    StsError::Identity(_) => "identity",
+                }),
+                started.elapsed(),
+            );
             match &result {
                 Ok(c) => info!(
                     sts_request_id = %c.request_id, role_arn = %role_arn, session_name = %session_name,

@@ -774,3 +774,59 @@ impl LocalServer {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Operations (issue 8): rewriting the config of a running server, signals,
+// the admin listener.
+// ---------------------------------------------------------------------------
+
+impl Server {
+    /// The config file the server was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("ossvend.toml")
+    }
+
+    /// Replaces the config file atomically (write, then rename), so a reload
+    /// never reads half a file.
+    pub fn rewrite_config(&self, text: &str) {
+        let tmp = self._dir.path().join("ossvend.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// `http://ADDR` of the admin listener, from its start-up log line.
+    pub fn admin_base(&self) -> String {
+        let text = self.logs.text();
+        let needle = "ossvend admin listening on http://";
+        let rest = text
+            .split(needle)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no admin listener in the logs:\n{text}"));
+        let addr: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+            .collect();
+        format!("http://{addr}")
+    }
+}
+
+impl Captured {
+    /// How many lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.text().lines().filter(|l| l.contains(needle)).count()
+    }
+}

@@ -1,0 +1,161 @@
+//! Operations endpoints: `GET /metrics` (Prometheus text format) and, on the
+//! admin listener only, `POST /admin/reload`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use super::middleware::{REQUEST_ID_HEADER, RequestCtx, is_safe_id};
+use crate::config::ApiKeyConfig;
+use crate::error::ApiError;
+use crate::reload::Live;
+use crate::server::AppState;
+
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics` on the main listener (when no admin listener is configured).
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    render_metrics(&state)
+}
+
+fn render_metrics(state: &AppState) -> Response {
+    let body = crate::prom::render(&state.issuer.identity.status());
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The admin listener's application: `/metrics` and `POST /admin/reload`.
+pub fn admin_app(live: Arc<Live>) -> Router {
+    Router::new()
+        .route("/metrics", get(admin_metrics))
+        .route("/admin/reload", post(reload))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not accept that method",
+            )
+        })
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .layer(axum::middleware::from_fn(admin_context))
+        .with_state(live)
+}
+
+async fn admin_metrics(State(live): State<Arc<Live>>) -> Response {
+    render_metrics(&live.state())
+}
+
+/// `POST /admin/reload`, with `Authorization: Bearer <admin token>`.
+async fn reload(
+    State(live): State<Arc<Live>>,
+    Extension(ctx): Extension<RequestCtx>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = check_token(&live.state(), &headers) {
+        return e.into_response();
+    }
+    match live.reload("admin").await {
+        Ok(changes) => (
+            StatusCode::OK,
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            axum::Json(json!({ "status": "reloaded", "changes": changes, "request_id": ctx.request_id })),
+        )
+            .into_response(),
+        Err(problems) => {
+            let message = "the new configuration was not applied; the running one is kept";
+            let body = json!({
+                "code": "invalid_config",
+                "message": message,
+                "problems": problems,
+                "request_id": ctx.request_id,
+                "StatusCode": 422,
+                "ErrorCode": "invalid_config",
+                "ErrorMessage": message,
+            });
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+                axum::Json(body),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// 401 without a bearer token, 403 with a wrong one or when no admin token is
+/// configured. The digest is compared like an API key's (constant time).
+fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty());
+    let Some(token) = presented else {
+        let mut e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send the admin token as Authorization: Bearer <token>",
+        );
+        e.www_authenticate = Some("Bearer realm=\"ossvend-admin\"".into());
+        return Err(e);
+    };
+    let Some(digest) = &state.config.admin.token_sha256 else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_token_not_configured",
+            "admin.token_sha256 is not set: reloading over HTTP is disabled (SIGHUP still works)",
+        ));
+    };
+    let keys = crate::auth::api_key::ApiKeys::new(&[ApiKeyConfig {
+        id: "admin".into(),
+        sha256: digest.clone(),
+        grants: Vec::new(),
+    }])
+    .map_err(|_| ApiError::internal("admin.token_sha256 is not a SHA-256 digest"))?;
+    keys.verify(token).map(|_| ()).map_err(|_| {
+        tracing::warn!("admin reload refused: wrong admin token");
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_admin_token",
+            "the admin token is not valid",
+        )
+    })
+}
+
+/// Request id and JSON error bodies, as on the main listener.
+async fn admin_context(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_safe_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestCtx {
+        request_id: id.clone(),
+        client_ip: None,
+    });
+    let span = tracing::error_span!("admin", request_id = %id);
+    let mut resp = tracing::Instrument::instrument(next.run(req), span).await;
+    if let Some(err) = resp.extensions_mut().remove::<ApiError>() {
+        resp = err.render(&id);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}

@@ -1,0 +1,209 @@
+//! `GET /openapi.json`: the OpenAPI 3 document of the HTTP API, generated from
+//! the handlers' `#[utoipa::path]` annotations and the response types'
+//! `ToSchema` derives, built once and cached. `docs/openapi.json` is its
+//! committed snapshot (kept honest by `tests/openapi.rs`).
+
+use std::sync::LazyLock;
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use crate::formats::{AlibabaBody, AwsContainerBody, CamelBody, CredentialProcessBody};
+
+use super::upload::{LegacyPostFields, PostBody};
+
+const DESCRIPTION: &str = "\
+Vends short-lived, least-privilege upload rights for Alibaba Cloud OSS: STS credentials \
+(`/v1/grants/{grant}/credentials`), signed PostObject forms (`/post-policy`) and presigned PUT URLs \
+(`/presign`), each for one configured grant, plus the legacy single-grant paths of the seeds \
+(`/get_*_for_oss_upload`, which use `server.default_grant`).
+
+Each grant lists the authentication methods it accepts (`auth = [...]`): an API key \
+(`X-Api-Key`, or `Authorization: ApiKey <key>`), a JWT (`Authorization: Bearer <JWT>`), a ticket \
+(`?ticket=`, minted by `POST /v1/tickets`) or nothing (anonymous). Which of the listed security \
+requirements a grant route actually needs depends on the grant's configuration.
+
+Every response carries an `X-Request-Id` header (a caller's own `X-Request-Id` is kept when it is a \
+plain token). Every error is the JSON `Error` body with a stable `code`; besides the statuses listed \
+per operation, any path answers 404 `not_found` for an unknown route, 405 `method_not_allowed` for a \
+method it does not serve, 413 `payload_too_large` for a body over `server.body_limit_bytes` and \
+504 `timeout` after `server.request_timeout`.
+
+Not described here: the routes of local mode (`ossvend local`: `/_local/sts`, `/_local/objects`, \
+`/_local/status` and the OSS sink on its own port), the demo page served at `/` when \
+`server.static_dir` is set, and the admin listener (`admin.listen`: `/metrics` and \
+`POST /admin/reload`). Without an admin listener `GET /metrics` is served on the main listener, as \
+described below.";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ossvend",
+        description = DESCRIPTION,
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        super::credentials::grant_credentials,
+        super::credentials::legacy_credentials,
+        super::upload::post_policy,
+        super::upload::legacy_post_policy,
+        super::upload::presign_get,
+        super::upload::presign_post,
+        super::upload::legacy_presign,
+        super::credentials::explain,
+        super::tickets::mint,
+        super::health::healthz,
+        super::health::readyz,
+        metrics,
+        openapi_json,
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "credentials", description = "Temporary STS credentials for a grant"),
+        (name = "uploads", description = "Locally signed single uploads: PostObject forms and presigned PUT URLs"),
+        (name = "auth", description = "Tickets and the per-caller dry run"),
+        (name = "operations", description = "Health, readiness, metrics and this document"),
+    ),
+)]
+struct ApiDoc;
+
+/// The security schemes the grant routes and `POST /v1/tickets` name.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Api-Key",
+                "An API key from `[[auth.api_keys]]` (method `api_key`). `Authorization: ApiKey <key>` \
+                 and a bare key in `Authorization` (the AWS SDKs' `AWS_CONTAINER_AUTHORIZATION_TOKEN`) \
+                 are accepted too.",
+            ))),
+        );
+        components.add_security_scheme(
+            "jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A JWT verified against `[auth.jwt]`'s JWKS, issuer and audience (method `jwt`).",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "ticket",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "ticket",
+                "A short-lived ticket minted by `POST /v1/tickets`, bound to a subject and a grant \
+                 (method `ticket`).",
+            ))),
+        );
+    }
+}
+
+/// The request headers every grant route reads.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only: the handlers read these from the `HeaderMap`
+pub(crate) struct AuthHeaders {
+    /// An API key, for grants that accept `api_key`.
+    #[param(rename = "X-Api-Key")]
+    x_api_key: Option<String>,
+    /// `Bearer <JWT>` (grants that accept `jwt`), `ApiKey <key>`, or a bare API key (the AWS SDKs'
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`). Also described by the `jwt` security scheme.
+    #[param(rename = "Authorization")]
+    authorization: Option<String>,
+    /// The caller's request id; kept (and echoed) when it is 1–128 characters of `A-Za-z0-9-_.:`,
+    /// else a new one is made.
+    #[param(rename = "X-Request-Id", pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    x_request_id: Option<String>,
+}
+
+/// A credential body: one of the spellings `format` selects.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[schema(as = Credentials)]
+#[allow(dead_code)] // documentation only: `formats::to_json` writes the bodies
+pub(crate) enum CredentialsBody {
+    Default(AlibabaBody<'static>),
+    Aws(AwsContainerBody<'static>),
+    Camel(CamelBody<'static>),
+    CredentialProcess(CredentialProcessBody<'static>),
+}
+
+/// `/get_post_signature_for_oss_upload`: the PostObject form plus the flat fields
+/// of the seeds' web sample.
+#[derive(ToSchema)]
+#[schema(as = LegacyPostPolicy)]
+#[allow(dead_code)] // documentation only: `PostBody` flattens its `legacy` fields
+pub(crate) struct LegacyPostBody {
+    #[serde(flatten)]
+    form: PostBody<'static>,
+    #[serde(flatten)]
+    legacy: LegacyPostFields,
+}
+
+/// The Prometheus metrics in the text exposition format.
+///
+/// Served here only when no admin listener (`admin.listen`) is configured; otherwise on the
+/// admin listener.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    params(("X-Request-Id" = Option<String>, Header, description = "The caller's request id")),
+    responses(
+        (status = 200, description = "Prometheus text format (version 0.0.4)", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+    ),
+)]
+#[allow(dead_code)] // documentation only: the handler is `admin::metrics`
+fn metrics() {}
+
+/// This OpenAPI document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    params(("X-Request-Id" = Option<String>, Header, description = "The caller's request id")),
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this API", body = Object,
+            content_type = "application/json"),
+    ),
+)]
+pub async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        document(),
+    )
+        .into_response()
+}
+
+/// The document as pretty-printed JSON, built on first use.
+pub fn document() -> &'static str {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+        let mut doc = ApiDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        doc.to_pretty_json().expect("the OpenAPI document serialises")
+    });
+    &DOCUMENT
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn document_is_json_and_names_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::document()).unwrap();
+        assert_eq!(doc["info"]["title"], "ossvend");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.contains_key("/v1/grants/{grant}/credentials"));
+        assert!(paths.contains_key("/openapi.json"));
+    }
+}

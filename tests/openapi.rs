@@ -1,0 +1,254 @@
+//! `GET /openapi.json`: the document the real binary serves is the committed
+//! snapshot `docs/openapi.json` (byte for byte; `UPDATE_SNAPSHOTS=1` rewrites it),
+//! an independent validator (Python `openapi-spec-validator`) accepts it, and it
+//! describes exactly the routes the router serves.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::{FakeSts, Server, config, http, repo_root, venv_python};
+use serde_json::Value;
+
+const SNAPSHOT: &str = "docs/openapi.json";
+const METHODS: [&str; 7] = ["get", "post", "put", "delete", "patch", "head", "options"];
+
+/// The document as served, by a server with the harness's usual config.
+async fn served() -> (FakeSts, Server, String) {
+    let sts = FakeSts::start();
+    let server = Server::start(config(&sts.endpoint));
+    let resp = http().get(server.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let body = resp.text().await.unwrap();
+    (sts, server, body)
+}
+
+/// The document pretty-printed as committed: the server serves it pretty-printed
+/// already (key order is the handlers' declaration order), the file ends in a newline.
+fn pretty(body: &str) -> String {
+    let _: Value = serde_json::from_str(body).expect("/openapi.json is JSON");
+    format!("{}\n", body.trim_end())
+}
+
+#[tokio::test]
+async fn served_document_matches_the_committed_snapshot() {
+    let (_sts, _server, body) = served().await;
+    let got = pretty(&body);
+    let path = repo_root().join(SNAPSHOT);
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    if got == want {
+        return;
+    }
+    if std::env::var("UPDATE_SNAPSHOTS").as_deref() == Ok("1") {
+        std::fs::write(&path, &got).unwrap();
+        eprintln!("rewrote {SNAPSHOT}");
+        return;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let first = (0..g.len().max(w.len()))
+        .find(|&i| g.get(i) != w.get(i))
+        .unwrap_or(0);
+    let show = |lines: &[&str]| {
+        lines
+            .iter()
+            .enumerate()
+            .skip(first.saturating_sub(3))
+            .take(8)
+            .map(|(i, l)| format!("{:>6} {l}", i + 1))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    panic!(
+        "/openapi.json differs from {SNAPSHOT} (served {} lines, snapshot {} lines), first at line {}\n\
+         --- served:\n{}\n--- {SNAPSHOT}:\n{}\n\
+         If the API change is intended, rewrite the snapshot: UPDATE_SNAPSHOTS=1 cargo test --test openapi",
+        g.len(),
+        w.len(),
+        first + 1,
+        show(&g),
+        show(&w),
+    );
+}
+
+#[tokio::test]
+async fn served_document_is_valid_openapi_3() {
+    let (_sts, _server, body) = served().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, &body).unwrap();
+    let out = Command::new(venv_python())
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    // The validator quotes the whole document in its errors: keep the start.
+    let clip = |b: &[u8]| String::from_utf8_lossy(b).chars().take(2000).collect::<String>();
+    let (stdout, stderr) = (clip(&out.stdout), clip(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "openapi-spec-validator rejected /openapi.json ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["title"], "ossvend");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(doc["info"]["license"]["name"], "Apache-2.0");
+    let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    for s in ["api_key", "jwt", "ticket"] {
+        assert!(schemes.contains_key(s), "no security scheme {s}");
+    }
+}
+
+/// `(method, path)` of every `.route(...)` in `routes::app`, read from the source:
+/// the routes the main router serves.
+fn routes_in_source() -> BTreeSet<(String, String)> {
+    let src = std::fs::read_to_string(repo_root().join("src/routes/mod.rs")).unwrap();
+    let start = src.find("pub fn app(").expect("routes::app");
+    let body = &src[start..];
+    let body = &body[..body.find("\n}\n").expect("end of routes::app")];
+    let mut routes = BTreeSet::new();
+    let mut rest = body;
+    while let Some(i) = rest.find(".route(") {
+        rest = &rest[i + ".route(".len()..];
+        // The call's arguments, up to the matching parenthesis.
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map(|(i, _)| i)
+            .expect("balanced .route(...)");
+        let args = &rest[..end];
+        let path = args.split('"').nth(1).expect("a literal path");
+        let handlers = &args[args.find(',').unwrap()..];
+        let mut found = false;
+        for m in METHODS {
+            let call = format!("{m}(");
+            if handlers
+                .match_indices(&call)
+                .any(|(i, _)| i == 0 || !handlers.as_bytes()[i - 1].is_ascii_alphanumeric())
+            {
+                routes.insert((m.to_owned(), path.to_owned()));
+                found = true;
+            }
+        }
+        assert!(found, "no method in .route({args})");
+    }
+    routes
+}
+
+fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in METHODS {
+            if item.get(m).is_some() {
+                out.insert((m.to_owned(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Resolves a `$ref` into `components`.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => doc
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("dangling $ref {r}")),
+        None => schema,
+    }
+}
+
+#[tokio::test]
+async fn documented_routes_are_exactly_the_served_routes() {
+    let (_sts, server, body) = served().await;
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let documented = documented(&doc);
+    let in_source = routes_in_source();
+    assert!(in_source.len() >= 12, "{in_source:?}");
+    let missing: Vec<_> = in_source.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&in_source).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "served but not documented: {missing:?}\ndocumented but not served: {extra:?}"
+    );
+
+    // Every documented operation is answered by a route, not the fallbacks.
+    let client = http();
+    for (method, path) in &documented {
+        let url = server.url(&path.replace("{grant}", "browser-upload"));
+        let req = match method.as_str() {
+            "get" => client.get(&url),
+            "post" => client.post(&url).json(&serde_json::json!({})),
+            other => panic!("unexpected method {other} for {path}"),
+        };
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let code = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(str::to_owned));
+        assert!(
+            status != 405 && !(status == 404 && code.as_deref() == Some("not_found")),
+            "{method} {path}: {status} {text}"
+        );
+    }
+    // ...and the check can tell: an unknown path and a wrong method are refused.
+    let r = client.get(server.url("/v1/nothing-here")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+    let r = client.delete(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+#[tokio::test]
+async fn every_documented_error_has_the_error_body() {
+    let (_sts, _server, body) = served().await;
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let mut errors = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, resp) in op["responses"].as_object().unwrap() {
+                let n: u16 = status.parse().unwrap();
+                if n < 400 || (path == "/readyz" && n == 503) {
+                    // /readyz's 503 is the readiness report itself.
+                    continue;
+                }
+                errors += 1;
+                let schema = &resp["content"]["application/json"]["schema"];
+                assert!(!schema.is_null(), "{method} {path} {status}: no JSON body");
+                let schema = resolve(&doc, schema);
+                assert!(
+                    !schema["properties"]["code"].is_null()
+                        && schema["required"]
+                            .as_array()
+                            .is_some_and(|r| r.iter().any(|f| f == "code")),
+                    "{method} {path} {status}: the body has no required `code`: {schema}"
+                );
+                for legacy in ["message", "request_id", "StatusCode", "ErrorCode", "ErrorMessage"] {
+                    assert!(
+                        !schema["properties"][legacy].is_null(),
+                        "{method} {path} {status}: no `{legacy}`"
+                    );
+                }
+            }
+        }
+    }
+    assert!(errors > 50, "only {errors} error responses documented");
+}
