@@ -8,13 +8,14 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or
-# Cargo.lock change. Stub targets stand in for the sources; the stub of the one test
-# the manifest declares (tests/vectors.rs) stays, as cargo wants it to exist.
+# Cargo.lock change. Stub targets stand in for the sources; the stubs of the test and
+# bench the manifest declares (tests/vectors.rs, benches/sign.rs) stay, as cargo wants them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests \
+RUN mkdir -p src tests benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > tests/vectors.rs \
+    && echo 'fn main() {}' > benches/sign.rs \
     && cargo build --release --locked \
     && rm -rf src
 
