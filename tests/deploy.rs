@@ -7,11 +7,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use common::Server;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -369,26 +369,6 @@ impl Stage {
 // Running the binary the way a manifest does
 // ---------------------------------------------------------------------------
 
-struct Running {
-    child: Child,
-    base: String,
-    logs: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
-    }
-}
-
 /// The manifest's args with the config path pointed at a temporary copy of the
 /// ConfigMap's file, and the manifest's environment (plus `extra_env` and PATH).
 fn manifest_command(v: &Variant, dir: &Path, extra_env: &[(&str, &str)]) -> Command {
@@ -434,39 +414,6 @@ fn fake_oidc_token(dir: &Path) -> PathBuf {
     let path = dir.join("token");
     std::fs::write(&path, token).unwrap();
     path
-}
-
-fn start(mut cmd: Command, dir: tempfile::TempDir) -> Running {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        let needle = "ossvend listening on http://";
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(pos) = line.find(needle) {
-                let addr: String = line[pos + needle.len()..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
-                    .collect();
-                let _ = tx.send(addr);
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        std::thread::sleep(Duration::from_millis(100));
-        panic!("ossvend did not start:\n{}", logs.lock().unwrap().join("\n"));
-    };
-    Running {
-        child,
-        base: format!("http://{addr}"),
-        logs,
-        _dir: dir,
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -823,8 +770,9 @@ async fn the_binary_serves_the_probes_with_each_manifest() {
         if name == &"rrsa" {
             extra.push(("ALIBABA_CLOUD_OIDC_TOKEN_FILE", token.to_str().unwrap()));
         }
-        let cmd = manifest_command(&v, dir.path(), &extra);
-        let mut server = start(cmd, dir);
+        let mut cmd = manifest_command(&v, dir.path(), &extra);
+        let mut server = Server::spawn_listening(&mut cmd, dir, "ossvend listening on http://")
+            .unwrap_or_else(|logs| panic!("ossvend did not start:\n{logs}"));
 
         let get = |path: &str| http.get(format!("{}{path}", server.base)).send();
         assert_eq!(get("/healthz").await.unwrap().status(), 200, "{name}");
@@ -856,24 +804,10 @@ async fn the_binary_serves_the_probes_with_each_manifest() {
         }
 
         // SIGTERM: a clean exit (the wait is a guard, not a timing assertion).
-        Command::new("kill")
-            .args(["-TERM", &server.child.id().to_string()])
-            .status()
-            .unwrap();
-        let start = Instant::now();
-        let exit = loop {
-            if let Some(s) = server.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{name}: no exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let exit = server.terminate();
         assert!(exit.success(), "{name}: exit {exit} after SIGTERM");
         std::thread::sleep(Duration::from_millis(100)); // the reader's last lines
-        let logs = server.logs();
+        let logs: Vec<String> = server.logs.text().lines().map(str::to_string).collect();
         assert!(!logs.is_empty());
         for line in &logs {
             let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("{name}: not JSON: {line}"));

@@ -236,31 +236,35 @@ impl Server {
     }
 
     pub fn start_with(opts: ServerOptions<'_>) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = ossvend_command(dir.path(), &opts.config, &["serve"], &opts.env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        Self::try_start_opts(opts, true).unwrap_or_else(|logs| panic!("ossvend did not start; logs:\n{logs}"))
+    }
+
+    /// Spawns `cmd` (which owns `dir`) with its stderr captured and waits up to 30 s
+    /// for `marker` followed by the address; `Err(logs)` when it exits or never says it.
+    pub fn spawn_listening(
+        cmd: &mut Command,
+        dir: tempfile::TempDir,
+        marker: &'static str,
+    ) -> Result<Server, String> {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let logs = Captured::default();
         let (tx, rx) = mpsc::channel();
-        logs.spawn_reader(
-            child.stderr.take().unwrap(),
-            Some(("ossvend listening on http://", tx)),
-        );
+        logs.spawn_reader(child.stderr.take().unwrap(), Some((marker, tx)));
         let addr = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!("ossvend did not start; logs:\n{}", logs.text());
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100)); // let the reader drain
+                return Err(logs.text());
             }
         };
-        Server {
+        Ok(Server {
             child,
             base: format!("http://{addr}"),
             logs,
             _dir: dir,
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -547,28 +551,7 @@ impl Server {
         } else {
             ossvend_command_bare(dir.path(), &opts.config, &["serve"], &opts.env)
         };
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let logs = Captured::default();
-        let (tx, rx) = mpsc::channel();
-        logs.spawn_reader(
-            child.stderr.take().unwrap(),
-            Some(("ossvend listening on http://", tx)),
-        );
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100)); // let the reader drain
-                return Err(logs.text());
-            }
-        };
-        Ok(Server {
-            child,
-            base: format!("http://{addr}"),
-            logs,
-            _dir: dir,
-        })
+        Self::spawn_listening(&mut cmd, dir, "ossvend listening on http://")
     }
 }
 
@@ -733,19 +716,9 @@ impl LocalServer {
             std::fs::write(&path, text).unwrap();
             cmd.arg("--config").arg(path);
         }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let logs = Captured::default();
-        let (tx, rx) = mpsc::channel();
-        logs.spawn_reader(
-            child.stderr.take().unwrap(),
-            Some(("ossvend local listening on http://", tx)),
-        );
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(100));
-            panic!("ossvend local did not start; logs:\n{}", logs.text());
-        };
+        let server = Server::spawn_listening(&mut cmd, dir, "ossvend local listening on http://")
+            .unwrap_or_else(|logs| panic!("ossvend local did not start; logs:\n{logs}"));
+        let logs = &server.logs;
         // The same log line names the sink: oss=http://127.0.0.1:PORT (the reader
         // reports the address before it stores the line, so wait for the text).
         let start = Instant::now();
@@ -763,12 +736,7 @@ impl LocalServer {
             })
             .unwrap_or_else(|| panic!("no oss= in the start-up line:\n{text}"));
         LocalServer {
-            server: Server {
-                child,
-                base: format!("http://{addr}"),
-                logs,
-                _dir: dir,
-            },
+            server,
             oss: format!("http://{oss}"),
             data_dir,
         }
