@@ -32,19 +32,9 @@ pub struct RootKey {
 
 impl RootKey {
     pub fn generate() -> Self {
-        use rand::Rng;
-        use rand::distr::Alphanumeric;
-        let mut rng = rand::rng();
-        let mut word = |n: usize| -> String {
-            (&mut rng)
-                .sample_iter(Alphanumeric)
-                .take(n)
-                .map(char::from)
-                .collect()
-        };
         RootKey {
-            access_key_id: format!("LTAIlocal{}", word(15)),
-            access_key_secret: word(30),
+            access_key_id: format!("LTAIlocal{}", sts::alnum(15)),
+            access_key_secret: sts::alnum(30),
         }
     }
 }

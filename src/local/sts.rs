@@ -393,7 +393,8 @@ fn check_policy(policy: &str) -> Result<Value, StsError> {
     Ok(doc)
 }
 
-fn alnum(n: usize) -> String {
+/// `n` random letters and digits (key ids, secrets).
+pub(super) fn alnum(n: usize) -> String {
     rand::rng()
         .sample_iter(Alphanumeric)
         .take(n)
