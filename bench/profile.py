@@ -88,7 +88,7 @@ def callgrind(route: str, n: int, rust_log: str | None) -> None:
     print(f"raw profile: {out}")
 
 
-def perf(route: str, rust_log: str | None) -> None:
+def perf(route: str, rust_log: str | None, call_graph: bool = False) -> None:
     sts = bench.FakeSts()
     port = bench.free_port()
     argv, env = server_argv(port, sts)
@@ -101,7 +101,7 @@ def perf(route: str, rust_log: str | None) -> None:
         url = f"http://127.0.0.1:{port}{ROUTES[route]}"
         bench.get(url)
         rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-p", str(proc.pid),
-                                "-o", str(data), "--", "sleep", "6"])
+                                *(["-g"] if call_graph else []), "-o", str(data), "--", "sleep", "6"])
         time.sleep(0.3)
         subprocess.run(bench.pinned(bench.LOAD_CPU, ["wrk", "-t1", "-c64", "-d5s", url]), capture_output=True)
         rec.wait()
@@ -121,6 +121,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("route", choices=sorted(ROUTES))
     ap.add_argument("--tool", choices=["callgrind", "perf"], default="callgrind")
+    ap.add_argument("--call-graph", action="store_true",
+                    help="perf: record call chains (kernel ones are complete; see `perf report -G`)")
     ap.add_argument("--requests", type=int, default=3000, help="requests collected under callgrind")
     ap.add_argument("--rust-log", help="RUST_LOG for ossvend (default: its default, info)")
     a = ap.parse_args()
@@ -130,7 +132,7 @@ def main() -> int:
         if a.tool == "callgrind":
             callgrind(a.route, a.requests, a.rust_log)
         else:
-            perf(a.route, a.rust_log)
+            perf(a.route, a.rust_log, a.call_graph)
     finally:
         import shutil
         shutil.rmtree(bench.WORK, ignore_errors=True)

@@ -13,7 +13,9 @@ use crate::config::AuditConfig;
 
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
-    pub time: String,
+    /// Formatted only when the record is written to `audit.file`.
+    #[serde(serialize_with = "utc_seconds")]
+    pub time: chrono::DateTime<chrono::Utc>,
     pub request_id: &'a str,
     pub client_ip: &'a str,
     pub subject: &'a str,
@@ -21,7 +23,7 @@ pub struct Record<'a> {
     pub auth: &'a str,
     pub grant: &'a str,
     /// `credentials`, `post-policy`, `presign` or `ticket`.
-    pub kind: &'a str,
+    pub kind: &'static str,
     pub policy_sha256: &'a str,
     pub session_name: &'a str,
     /// Prefix only.
@@ -33,6 +35,16 @@ pub struct Record<'a> {
     /// The object key or prefix a signed upload is bound to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<&'a str>,
+}
+
+tokio::task_local! {
+    /// Set when the request being served wrote an audit record: the access-log
+    /// middleware then keeps its own line for that request at debug level.
+    pub(crate) static AUDITED: std::cell::Cell<bool>;
+}
+
+fn utc_seconds<S: serde::Serializer>(t: &chrono::DateTime<chrono::Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::sts::format_expiration(*t))
 }
 
 pub struct Audit {
@@ -56,6 +68,8 @@ impl Audit {
 
     pub fn record(&self, r: &Record<'_>) {
         crate::prom::issued(r.grant, r.kind);
+        // Outside a request (tests, tools) there is no access line to spare.
+        let _ = AUDITED.try_with(|a| a.set(true));
         info!(
             target: "ossvend::audit",
             kind = r.kind, grant = r.grant, subject = r.subject, auth = r.auth, client_ip = r.client_ip,

@@ -122,7 +122,8 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(problems) => return report(&problems),
             };
-            ossvend::telemetry::init(cfg.server.log_format);
+            // Held to the end: dropping it writes out the queued log lines.
+            let _log = ossvend::telemetry::init(cfg.server.log_format);
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => return report(&[format!("cannot start the runtime: {e}")]),
@@ -159,7 +160,7 @@ fn main() -> ExitCode {
 }
 
 fn run_local(opts: ossvend::local::Options, env: &BTreeMap<String, String>) -> ExitCode {
-    ossvend::telemetry::init(config::LogFormat::Text);
+    let _log = ossvend::telemetry::init(config::LogFormat::Text);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return report(&[format!("cannot start the runtime: {e}")]),

@@ -23,10 +23,13 @@
 //! | `ossvend_rate_limited_total` | counter | `grant`, `scope` (`ip`, `subject`) |
 //! | `ossvend_config_reloads_total` | counter | `outcome` (`success`, `failure`) |
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets in seconds, for requests and STS calls.
@@ -181,28 +184,88 @@ pub fn http_request(method: &axum::http::Method, route: &str, status: u16, elaps
         400..=499 => "4xx",
         _ => "5xx",
     };
-    counter!(
-        "ossvend_http_requests_total",
-        "method" => method,
-        "route" => route.to_owned(),
-        "status" => status.to_string(),
-        "class" => class
-    )
-    .increment(1);
-    histogram!(
-        "ossvend_http_request_duration_seconds",
-        "method" => method,
-        "route" => route.to_owned()
-    )
-    .record(elapsed.as_secs_f64());
+    static HANDLES: Handles<(&'static str, u16), (Counter, Histogram)> = Handles::new();
+    let (requests, latency) = HANDLES.get(route, (method, status), || {
+        (
+            counter!(
+                "ossvend_http_requests_total",
+                "method" => method,
+                "route" => route.to_owned(),
+                "status" => status.to_string(),
+                "class" => class
+            ),
+            histogram!(
+                "ossvend_http_request_duration_seconds",
+                "method" => method,
+                "route" => route.to_owned()
+            ),
+        )
+    });
+    requests.increment(1);
+    latency.record(elapsed.as_secs_f64());
 }
 
-pub fn issued(grant: &str, kind: &str) {
-    counter!("ossvend_issued_total", "grant" => grant.to_owned(), "kind" => kind.to_owned()).increment(1);
+pub fn issued(grant: &str, kind: &'static str) {
+    static HANDLES: Handles<&'static str, Counter> = Handles::new();
+    HANDLES
+        .get(
+            grant,
+            kind,
+            || counter!("ossvend_issued_total", "grant" => grant.to_owned(), "kind" => kind),
+        )
+        .increment(1);
 }
 
 pub fn cache_lookup(outcome: &'static str) {
-    counter!("ossvend_cache_lookups_total", "outcome" => outcome).increment(1);
+    static HANDLES: Handles<&'static str, Counter> = Handles::new();
+    HANDLES
+        .get(
+            "",
+            outcome,
+            || counter!("ossvend_cache_lookups_total", "outcome" => outcome),
+        )
+        .increment(1);
+}
+
+/// Metric handles by label values, for the series touched on every request.
+///
+/// `counter!` with labels builds, hashes and looks up its key on each call; a
+/// handle points at the series directly. Keys are bounded like the labels
+/// themselves (route templates, grant names, status codes). The recorder is
+/// installed before the first handle is made, so no handle is a no-op one.
+struct Handles<K, H> {
+    by_name: RwLock<Option<HashMap<String, HashMap<K, H>>>>,
+}
+
+impl<K: Copy + Eq + std::hash::Hash, H: Clone> Handles<K, H> {
+    const fn new() -> Self {
+        Handles {
+            by_name: RwLock::new(None),
+        }
+    }
+
+    fn get(&self, name: &str, key: K, make: impl FnOnce() -> H) -> H {
+        if let Some(h) = self
+            .by_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|m| m.get(name))
+            .and_then(|m| m.get(&key))
+        {
+            return h.clone();
+        }
+        install();
+        let handle = make();
+        self.by_name
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_default()
+            .entry(name.to_owned())
+            .or_default()
+            .insert(key, handle.clone());
+        handle
+    }
 }
 
 pub fn cache_refresh(ok: bool) {

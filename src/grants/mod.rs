@@ -4,10 +4,10 @@
 pub mod upload;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::auth::Principal;
 use crate::config::{AuthMethod, Config, GrantConfig, PostVersion, PresignScheme, SigningSource};
@@ -40,6 +40,8 @@ pub struct Grant {
     pub per_ip_per_minute: u32,
     pub upload: UploadSettings,
     pub credentials_format: crate::formats::CredentialFormat,
+    /// Work done once per grant instead of once per request (see [`Memo`]).
+    pub memo: Memo,
 }
 
 /// A grant as it applies to one caller: the exact prefix, policy and
@@ -54,14 +56,130 @@ pub struct Resolved {
     pub request: AssumeRoleRequest,
 }
 
+/// Per-grant memory of results that repeat across requests.
+///
+/// A grant whose templates name no caller value (`{subject}`, `{claim.*}`)
+/// resolves to the same prefix, policy and cache key for every caller on a given
+/// day, so that is computed once per day. And most requests for such a grant get
+/// the same cached STS credential in the same format, so its response body is
+/// rendered once per credential. Nothing here outlives the grant: a config
+/// reload builds new grants with empty memos.
+#[derive(Default)]
+pub struct Memo {
+    /// Whether the templates name no caller value; decided on first use.
+    caller_independent: std::sync::OnceLock<bool>,
+    resolved: Mutex<Option<(NaiveDate, Arc<Resolved>)>>,
+    bodies: Mutex<Vec<RenderedBody>>,
+}
+
+/// A response body and everything it was rendered from.
+struct RenderedBody {
+    credentials: Arc<crate::sts::TempCredentials>,
+    refresh_after: DateTime<Utc>,
+    format: crate::formats::CredentialFormat,
+    prefix: String,
+    body: axum::body::Bytes,
+}
+
+/// Bodies kept per grant: enough for every format of one credential plus the
+/// next one, while per-user grants (a prefix each) cycle through it harmlessly.
+const MEMO_BODIES: usize = 8;
+
+impl Clone for Memo {
+    /// A clone starts empty: memos are caches, never state.
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    // Bodies hold secrets; never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
+}
+
+impl Memo {
+    /// The body for `credentials` in `format` for `prefix`, rendered by
+    /// `render` only the first time this exact combination is asked for.
+    pub fn body(
+        &self,
+        credentials: &Arc<crate::sts::TempCredentials>,
+        refresh_after: DateTime<Utc>,
+        format: crate::formats::CredentialFormat,
+        prefix: &str,
+        render: impl FnOnce() -> String,
+    ) -> axum::body::Bytes {
+        let same = |b: &RenderedBody| {
+            // Pointer identity: the Arc held here keeps the address from being reused.
+            Arc::ptr_eq(&b.credentials, credentials)
+                && b.refresh_after == refresh_after
+                && b.format == format
+                && b.prefix == prefix
+        };
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = bodies.iter().find(|b| same(b)) {
+            return b.body.clone();
+        }
+        let body = axum::body::Bytes::from(render());
+        if bodies.len() >= MEMO_BODIES {
+            bodies.remove(0);
+        }
+        bodies.push(RenderedBody {
+            credentials: credentials.clone(),
+            refresh_after,
+            format,
+            prefix: prefix.to_owned(),
+            body: body.clone(),
+        });
+        body
+    }
+}
+
 impl Grant {
+    /// What this grant means for `principal` now; memoised per day when no
+    /// template depends on the caller.
     pub fn resolve(
         &self,
         principal: &Principal,
         placeholders: &Placeholders,
         now: DateTime<Utc>,
+    ) -> Result<Arc<Resolved>, ApiError> {
+        let independent = *self
+            .memo
+            .caller_independent
+            .get_or_init(|| self.is_caller_independent());
+        if !independent {
+            return self.render(principal, placeholders, now).map(Arc::new);
+        }
+        let today = now.date_naive();
+        let mut memo = self.memo.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((day, r)) = memo.as_ref()
+            && *day == today
+        {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(self.render(principal, placeholders, now)?);
+        *memo = Some((today, r.clone()));
+        Ok(r)
+    }
+
+    /// Whether no template names a caller value (only server values such as `{date}`).
+    fn is_caller_independent(&self) -> bool {
+        let templates = [Some(&self.prefix), self.policy.as_ref(), Some(&self.session_name)];
+        templates
+            .into_iter()
+            .flatten()
+            .all(|t| template::placeholder_names(t).is_ok_and(|names| names.iter().all(|n| *n == "date")))
+    }
+
+    fn render(
+        &self,
+        principal: &Principal,
+        placeholders: &Placeholders,
+        now: DateTime<Utc>,
     ) -> Result<Resolved, ApiError> {
-        let date = now.format("%Y%m%d").to_string();
+        let date = template::yyyymmdd(now);
         let server = [("date", date.as_str())];
         let values = template::Values {
             subject: principal.subject.as_deref(),
@@ -194,6 +312,7 @@ impl Grants {
                 per_ip_per_minute: g.per_ip_per_minute.unwrap_or(cfg.rate_limit.per_ip_per_minute),
                 upload: UploadSettings::from_config(g),
                 credentials_format: g.credentials_format,
+                memo: Memo::default(),
             };
             by_name.insert(g.name.clone(), Arc::new(grant));
         }
@@ -246,7 +365,10 @@ impl Issuer {
             .credentials()
             .await
             .map_err(|e| ApiError::from(StsError::Identity(e.to_string())))?;
-        Ok(self.cache.get(&identity, &resolved.request).await?)
+        Ok(self
+            .cache
+            .get_hashed(&identity, &resolved.request, &resolved.policy_sha256)
+            .await?)
     }
 
     /// The credential that signs this grant's policies and URLs: the caller's

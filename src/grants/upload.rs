@@ -129,8 +129,12 @@ fn new_key(
     filename: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<String, ApiError> {
-    let uuid = uuid::Uuid::new_v4().simple().to_string();
-    let date = now.format("%Y%m%d").to_string();
+    // From the thread's CSPRNG: `Uuid::new_v4` makes a getrandom call each time.
+    let uuid = uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .simple()
+        .to_string();
+    let date = crate::policy::template::yyyymmdd(now);
     let ext = filename.map(policy::sanitize_ext).unwrap_or_default();
     let server = [
         ("prefix", target.prefix),

@@ -84,8 +84,11 @@ impl From<TempCredentials> for Credentials {
 
 /// What logs may show of an AccessKey id: enough to tell keys apart, not the whole id.
 pub fn key_id_prefix(id: &str) -> String {
-    let shown: String = id.chars().take(8).collect();
-    format!("{shown}…")
+    let end = id.char_indices().nth(8).map_or(id.len(), |(i, _)| i);
+    let mut s = String::with_capacity(end + '…'.len_utf8());
+    s.push_str(&id[..end]);
+    s.push('…');
+    s
 }
 
 /// Why a source gave no credentials. The kind decides what happens next.
@@ -431,6 +434,14 @@ pub(crate) mod testutil;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_id_prefixes_keep_eight_characters() {
+        assert_eq!(key_id_prefix("STS.NSNfakeBenchAccessKeyId01"), "STS.NSNf…");
+        assert_eq!(key_id_prefix("short"), "short…");
+        assert_eq!(key_id_prefix("ééééééééé"), "éééééééé…");
+        assert_eq!(key_id_prefix(""), "…");
+    }
 
     #[test]
     fn strict_expiration() {

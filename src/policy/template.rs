@@ -76,6 +76,16 @@ pub struct Values<'a> {
     pub placeholders: &'a Placeholders,
 }
 
+/// `{date}`: the UTC day as `yyyymmdd` (chrono's `%Y%m%d` for years 0..=9999).
+pub fn yyyymmdd(t: chrono::DateTime<chrono::Utc>) -> String {
+    // `format_expiration` is `YYYY-MM-DDT…`; keep the digits of the date.
+    let full = crate::sts::format_expiration(t);
+    match full.get(..10) {
+        Some(d) if full.as_bytes().get(10) == Some(&b'T') => d.replace('-', ""),
+        _ => t.format("%Y%m%d").to_string(),
+    }
+}
+
 /// Placeholder names used in `t`, e.g. `["prefix", "subject", "claim.tenant"]`.
 pub fn placeholder_names(t: &str) -> Result<Vec<&str>, String> {
     let mut names = Vec::new();
@@ -147,6 +157,22 @@ pub fn session_name(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_placeholder_is_chronos_ymd() {
+        use chrono::TimeZone as _;
+        for secs in [
+            0i64,
+            86_399,
+            951_782_400,
+            1_795_000_000,
+            253_402_300_799,
+            -62_167_219_200,
+        ] {
+            let t = chrono::Utc.timestamp_opt(secs, 0).unwrap();
+            assert_eq!(yyyymmdd(t), t.format("%Y%m%d").to_string(), "{secs}");
+        }
+    }
 
     fn vals<'a>(
         subject: Option<&'a str>,

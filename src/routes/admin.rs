@@ -70,7 +70,7 @@ async fn reload(
         Ok(changes) => (
             StatusCode::OK,
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-            axum::Json(json!({ "status": "reloaded", "changes": changes, "request_id": ctx.request_id })),
+            axum::Json(json!({ "status": "reloaded", "changes": changes, "request_id": &*ctx.request_id })),
         )
             .into_response(),
         Err(problems) => {
@@ -79,7 +79,7 @@ async fn reload(
                 "code": "invalid_config",
                 "message": message,
                 "problems": problems,
-                "request_id": ctx.request_id,
+                "request_id": &*ctx.request_id,
                 "StatusCode": 422,
                 "ErrorCode": "invalid_config",
                 "ErrorMessage": message,
@@ -146,7 +146,7 @@ async fn admin_context(mut req: Request, next: Next) -> Response {
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestCtx {
-        request_id: id.clone(),
+        request_id: id.as_str().into(),
         client_ip: None,
     });
     let span = tracing::error_span!("admin", request_id = %id);

@@ -104,7 +104,7 @@ async fn issue(
     let c = &lookup.credentials;
     let expiration = format_expiration(c.expiration);
     state.audit.record(&Record {
-        time: format_expiration(chrono::Utc::now()),
+        time: chrono::Utc::now(),
         request_id: &ctx.request_id,
         client_ip: &ctx.ip_string(),
         subject: caller.principal.display(),
@@ -118,22 +118,25 @@ async fn issue(
         cache: Some(lookup.outcome.as_str()),
         key: Some(&caller.resolved.prefix),
     });
-    let view = CredentialView {
-        access_key_id: &c.access_key_id,
-        access_key_secret: c.secret(),
-        security_token: c.token(),
-        expiration: c.expiration,
-        refresh_after: lookup.refresh_after,
-        bucket: &grant.bucket,
-        region: &grant.region,
-        endpoint: &grant.endpoint,
-        prefix: &caller.resolved.prefix,
-    };
-    let mut resp = (
-        [(header::CONTENT_TYPE, "application/json")],
-        formats::to_json(format, &view),
-    )
-        .into_response();
+    let prefix = &caller.resolved.prefix;
+    // Every hit of a shared credential gets the same bytes: render them once.
+    let body = grant.memo.body(c, lookup.refresh_after, format, prefix, || {
+        formats::to_json(
+            format,
+            &CredentialView {
+                access_key_id: &c.access_key_id,
+                access_key_secret: c.secret(),
+                security_token: c.token(),
+                expiration: c.expiration,
+                refresh_after: lookup.refresh_after,
+                bucket: &grant.bucket,
+                region: &grant.region,
+                endpoint: &grant.endpoint,
+                prefix,
+            },
+        )
+    });
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     // Secrets must not land in any shared or browser cache.
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -1,5 +1,6 @@
 //! Request id, access log, and JSON bodies for every error response.
 
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::{Instrument, error_span, info, warn};
+use tracing::{Instrument, debug, error_span, info, warn};
 
 use crate::error::ApiError;
 use crate::server::AppState;
@@ -20,7 +21,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Per-request facts the handlers and the audit trail need.
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
-    pub request_id: String,
+    /// Shared, not copied: handlers clone the context.
+    pub request_id: Arc<str>,
     /// The TCP peer, or the client named by `X-Forwarded-For` when the peer is
     /// a trusted proxy. `None` when the server runs without connect info (tests
     /// calling the router directly).
@@ -29,10 +31,31 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     pub fn ip_string(&self) -> String {
-        self.client_ip
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| "-".into())
+        match self.client_ip {
+            Some(IpAddr::V4(v4)) => ipv4_string(v4),
+            Some(ip) => ip.to_string(),
+            None => "-".into(),
+        }
     }
+}
+
+/// Dotted quad, as `Ipv4Addr`'s `Display` writes it, without the formatting
+/// machinery (padding support) that made it a visible cost per issuance.
+fn ipv4_string(ip: std::net::Ipv4Addr) -> String {
+    let mut s = String::with_capacity(15);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if octet >= 100 {
+            s.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            s.push(char::from(b'0' + octet / 10 % 10));
+        }
+        s.push(char::from(b'0' + octet % 10));
+    }
+    s
 }
 
 /// Walks `X-Forwarded-For` from the right, skipping trusted proxies; the first
@@ -63,13 +86,15 @@ fn client_ip(peer: Option<IpAddr>, xff: Option<&str>, trusted: &[ipnet::IpNet]) 
 /// so every log line has it, writes one access-log line, and makes sure every
 /// error response has the JSON error body with the id in it.
 pub async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let id = req
+    let id: Arc<str> = match req
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_safe_id(v))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    {
+        Some(v) => v.into(),
+        None => new_request_id().into(),
+    };
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -84,18 +109,19 @@ pub async fn request_context(State(state): State<Arc<AppState>>, mut req: Reques
     // The path only: query strings may carry tickets or filenames.
     let path = req.uri().path().to_owned();
     // Metrics use the route template, never the raw path (unbounded, may carry names).
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     // At ERROR level so that the span (and the id on every line inside it) is
     // enabled whatever RUST_LOG lets through: an info span would be filtered
     // out by RUST_LOG=warn, and the warnings would lose their request id.
     let span = error_span!("request", request_id = %id);
     let started = Instant::now();
 
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let (mut resp, audited) = crate::audit::AUDITED
+        .scope(Cell::new(false), async {
+            let resp = next.run(req).instrument(span.clone()).await;
+            (resp, crate::audit::AUDITED.with(Cell::get))
+        })
+        .await;
 
     if let Some(err) = resp.extensions_mut().remove::<ApiError>() {
         resp = err.render(&id);
@@ -107,16 +133,31 @@ pub async fn request_context(State(state): State<Arc<AppState>>, mut req: Reques
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     let status = resp.status().as_u16();
-    crate::prom::http_request(&method, &route, status, started.elapsed());
-    let latency_ms = started.elapsed().as_millis() as u64;
+    let elapsed = started.elapsed();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    crate::prom::http_request(&method, route, status, elapsed);
+    let latency_ms = elapsed.as_millis() as u64;
+    // One line per request: an issuance already wrote its audit line (same
+    // request id), so its access line is only wanted at debug level.
     span.in_scope(|| {
         if status >= 500 {
             warn!(%method, %path, status, latency_ms, "request");
+        } else if audited {
+            debug!(%method, %path, status, latency_ms, "request");
         } else {
             info!(%method, %path, status, latency_ms, "request");
         }
     });
     resp
+}
+
+/// A random (v4) UUID, from the thread's CSPRNG rather than a getrandom call each.
+fn new_request_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 pub(crate) fn is_safe_id(v: &str) -> bool {
@@ -151,7 +192,26 @@ fn status_error(status: StatusCode) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::client_ip;
+    use super::{client_ip, ipv4_string};
+
+    #[test]
+    fn ipv4_strings_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.100.9.99",
+            "203.0.113.250",
+        ] {
+            let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(ipv4_string(ip), ip.to_string());
+        }
+        for n in (0..=u32::MAX).step_by(7_919_993) {
+            let ip = std::net::Ipv4Addr::from(n);
+            assert_eq!(ipv4_string(ip), ip.to_string());
+        }
+    }
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {

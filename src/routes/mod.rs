@@ -72,22 +72,20 @@ pub fn app(state: Arc<AppState>) -> Router {
         Some(dir) => router.fallback_service(ServeDir::new(dir).fallback(axum::routing::any(not_found))),
         None => router.fallback(not_found),
     };
-    let router = router
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            state.config.server.request_timeout,
-        ))
-        .layer(RequestBodyLimitLayer::new(state.config.server.body_limit_bytes));
-    let router = match cors_layer(&state.config.cors) {
-        Some(cors) => router.layer(cors),
-        None => router,
-    };
-    router
+    // One `layer` call for the whole stack (outermost first): each call boxes
+    // every route once more, and each box is cloned on every request.
+    let stack = tower::ServiceBuilder::new()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_context,
         ))
-        .with_state(state)
+        .option_layer(cors_layer(&state.config.cors))
+        .layer(RequestBodyLimitLayer::new(state.config.server.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            state.config.server.request_timeout,
+        ));
+    router.layer(stack).with_state(state)
 }
 
 async fn not_found() -> ApiError {
@@ -148,7 +146,7 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
 /// rate limits, and what does the grant mean for them.
 pub(crate) struct Caller {
     pub principal: Principal,
-    pub resolved: Resolved,
+    pub resolved: Arc<Resolved>,
 }
 
 impl Caller {
@@ -170,13 +168,13 @@ impl Caller {
         state: &AppState,
         grant: &Grant,
         ctx: &RequestCtx,
-        kind: &str,
+        kind: &'static str,
         material: &crate::grants::upload::SigningMaterial,
         expires_at: chrono::DateTime<Utc>,
         key: &str,
     ) {
         state.audit.record(&crate::audit::Record {
-            time: crate::sts::format_expiration(Utc::now()),
+            time: Utc::now(),
             request_id: &ctx.request_id,
             client_ip: &ctx.ip_string(),
             subject: self.principal.display(),

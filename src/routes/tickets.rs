@@ -117,7 +117,7 @@ pub async fn mint(
         .mint(subject, &grant.name, &principal.claims, now);
     let expires_at = format_expiration(expires);
     state.audit.record(&Record {
-        time: format_expiration(now),
+        time: now,
         request_id: &ctx.request_id,
         client_ip: &ctx.ip_string(),
         subject,

@@ -42,10 +42,16 @@ pub struct CacheKey {
 
 impl CacheKey {
     pub fn new(identity: &Credentials, req: &AssumeRoleRequest) -> Self {
+        let policy_sha256 = crate::policy::policy_sha256(req.policy.as_deref().unwrap_or(""));
+        Self::with_policy_hash(identity, req, &policy_sha256)
+    }
+
+    /// The key when the caller already knows `policy_sha256(req.policy)`.
+    pub fn with_policy_hash(identity: &Credentials, req: &AssumeRoleRequest, policy_sha256: &str) -> Self {
         CacheKey {
             identity: identity.access_key_id.clone(),
             role_arn: req.role_arn.clone(),
-            policy_sha256: crate::policy::policy_sha256(req.policy.as_deref().unwrap_or("")),
+            policy_sha256: policy_sha256.to_owned(),
             duration_seconds: req.duration_seconds,
             session_name: req.session_name.clone(),
         }
@@ -170,7 +176,32 @@ impl CredentialCache {
     }
 
     pub async fn get(&self, identity: &Credentials, req: &AssumeRoleRequest) -> Result<Lookup, StsError> {
-        let result = self.find(identity, req).await;
+        self.lookup(CacheKey::new(identity, req), identity, req).await
+    }
+
+    /// [`get`](Self::get) for a caller that has hashed the policy already
+    /// (`policy_sha256` must be [`crate::policy::policy_sha256`] of `req.policy`).
+    pub async fn get_hashed(
+        &self,
+        identity: &Credentials,
+        req: &AssumeRoleRequest,
+        policy_sha256: &str,
+    ) -> Result<Lookup, StsError> {
+        debug_assert_eq!(
+            policy_sha256,
+            crate::policy::policy_sha256(req.policy.as_deref().unwrap_or(""))
+        );
+        let key = CacheKey::with_policy_hash(identity, req, policy_sha256);
+        self.lookup(key, identity, req).await
+    }
+
+    async fn lookup(
+        &self,
+        key: CacheKey,
+        identity: &Credentials,
+        req: &AssumeRoleRequest,
+    ) -> Result<Lookup, StsError> {
+        let result = self.find(key, identity, req).await;
         crate::prom::cache_lookup(match &result {
             Ok(l) => l.outcome.as_str(),
             Err(_) => "error",
@@ -178,13 +209,22 @@ impl CredentialCache {
         result
     }
 
-    async fn find(&self, identity: &Credentials, req: &AssumeRoleRequest) -> Result<Lookup, StsError> {
-        let key = CacheKey::new(identity, req);
-        let slot = self
-            .inner
-            .slots
-            .get_with(key, async { Arc::new(Slot::default()) })
-            .await;
+    async fn find(
+        &self,
+        key: CacheKey,
+        identity: &Credentials,
+        req: &AssumeRoleRequest,
+    ) -> Result<Lookup, StsError> {
+        // `get` borrows the key; `get_with` would allocate a shared copy even on a hit.
+        let slot = match self.inner.slots.get(&key).await {
+            Some(slot) => slot,
+            None => {
+                self.inner
+                    .slots
+                    .get_with(key, async { Arc::new(Slot::default()) })
+                    .await
+            }
+        };
         let inner = &self.inner;
 
         let now = inner.clock.now();
