@@ -547,7 +547,7 @@ def table() -> str:
             rat += f"; {ratio(c['rps'], R['hello_sized']['rps'])} same-size hello"
         tp("ossvend cached credentials (warm cache)", "cred", f"body {R['cred_body_bytes']['v']} bytes", rat)
     if "cred_nolog" in R:
-        tp("ossvend cached credentials, access/audit log off (`RUST_LOG=warn`)", "cred_nolog", "",
+        tp("ossvend cached credentials, audit log off (`RUST_LOG=warn`)", "cred_nolog", "",
            f"{ratio(R['cred_nolog']['rps'], hr)} hello")
     if "reference" in R:
         r = R["reference"]
@@ -695,8 +695,8 @@ def main() -> int:
                 "- *server CPU*: the server process's CPU time during the measured run divided by its length "
                 "(100% = the one core it is pinned to is saturated). *CPU µs/req*: that CPU time per request.",
                 "- Ratios compare requests/s measured in this same run.",
-                "- ossvend runs with its default logging (`info`: one access-log line and one audit line per "
-                "request, to a file) unless the row says otherwise.",
+                "- ossvend runs with its default logging (`info`, text: one audit line per issuance, to a file) "
+                "unless the row says otherwise.",
                 f"- The reference calls the fake STS ({STS_LATENCY_MS} ms latency, a threaded CPython server on the "
                 "load core) once per request, so its figure is bounded by that fake; the real STS allows about "
                 "100 AssumeRole calls/s per account, which would cap the reference design at ~100 req/s.",
