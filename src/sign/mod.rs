@@ -475,17 +475,19 @@ pub(crate) fn check_query(query: &[(&str, &str)], reserved: &[&str]) -> Result<(
 /// Wire form of a query: `pct(name)=pct(value)`; an empty value is written as a
 /// bare `pct(name)` unless `empty_with_eq` (SigV4 style `name=`).
 pub(crate) fn encode_query(pairs: &[(String, String)], empty_with_eq: bool) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            if v.is_empty() && !empty_with_eq {
-                encode::pct(k)
-            } else {
-                format!("{}={}", encode::pct(k), encode::pct(v))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    let len: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = String::with_capacity(len + len / 4);
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        encode::encode_into(&mut out, k, false);
+        if !v.is_empty() || empty_with_eq {
+            out.push('=');
+            encode::encode_into(&mut out, v, false);
+        }
+    }
+    out
 }
 
 /// Checks caller form fields: token names, no duplicates, none the signer owns.
@@ -509,13 +511,23 @@ pub(crate) fn check_form_fields(fields: &[(&str, &str)], reserved: &[&str]) -> R
 /// occur as a JSON string (`/` may be escaped as `\/`). It catches a policy
 /// built for another date, region or key — not a malformed policy.
 pub(crate) fn check_policy_has(policy_json: &str, what: &str, value: &str) -> Result<(), SignError> {
-    let plain = format!("\"{value}\"");
-    let escaped = plain.replace('/', "\\/");
-    if policy_json.contains(&plain) || policy_json.contains(&escaped) {
-        Ok(())
-    } else {
-        Err(SignError::PolicyMissing(what.to_string()))
+    // The value (a 1 KB token, for one) is searched as is, then its quotes are
+    // checked in place: no quoted copy of it is built for the common case.
+    let text = policy_json.as_bytes();
+    // Candidates come from a short prefix (building a searcher for the whole
+    // value costs more than the search); each is then compared in full.
+    let quoted = |value: &[u8]| {
+        memchr::memmem::find_iter(text, &value[..value.len().min(16)]).any(|at| {
+            at > 0
+                && text[at - 1] == b'"'
+                && text[at..].starts_with(value)
+                && text.get(at + value.len()) == Some(&b'"')
+        })
+    };
+    if quoted(value.as_bytes()) || (value.contains('/') && quoted(value.replace('/', "\\/").as_bytes())) {
+        return Ok(());
     }
+    Err(SignError::PolicyMissing(what.to_string()))
 }
 
 /// Both top-level members are required by OSS (spec §10.1).
@@ -729,6 +741,11 @@ mod tests {
         assert!(check_policy_has(r#"{"a":"x/y"}"#, "a", "x/y").is_ok());
         assert!(check_policy_has(r#"{"a":"x\/y"}"#, "a", "x/y").is_ok());
         assert!(check_policy_has(r#"{"a":"x/yz"}"#, "a", "x/y").is_err());
+        assert!(check_policy_has(r#"{"a":"zx/y"}"#, "a", "x/y").is_err());
+        assert!(check_policy_has(r#"x/y"}"#, "a", "x/y").is_err());
+        assert!(check_policy_has(r#"{"a":"x/y"#, "a", "x/y").is_err());
+        assert!(check_policy_has(r#"{"b":"x/y2","a":"x/y"}"#, "a", "x/y").is_ok());
+        assert!(check_policy_has(r#"{"a":""}"#, "a", "").is_ok());
         assert!(check_policy_shape(r#"{"expiration":"e","conditions":[]}"#).is_ok());
         assert!(check_policy_shape(r#"{"conditions":[]}"#).is_err());
     }

@@ -105,24 +105,43 @@ pub fn canonical_request(
     };
     let mut q: Vec<(String, String)> = query.iter().map(|(k, v)| (pct(k), pct(v))).collect();
     q.sort();
-    let q = q
-        .iter()
-        .map(|(k, v)| {
-            if v.is_empty() {
-                k.clone()
-            } else {
-                format!("{k}={v}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&");
     let mut h: Vec<&(String, String)> = signed_headers.iter().collect();
     h.sort();
-    let h: String = h.iter().map(|(n, v)| format!("{n}:{v}\n")).collect();
-    format!(
-        "{method}\n{uri}\n{q}\n{h}\n{}\n{hashed_payload}",
-        additional_headers.join(";")
-    )
+    // One pre-sized buffer: the query carries the 1 KB security token.
+    let len = method.len()
+        + uri.len()
+        + q.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()
+        + h.iter().map(|(n, v)| n.len() + v.len() + 2).sum::<usize>()
+        + additional_headers.iter().map(|a| a.len() + 1).sum::<usize>()
+        + hashed_payload.len()
+        + 8;
+    let mut out = String::with_capacity(len);
+    out.push_str(method);
+    out.push('\n');
+    out.push_str(&uri);
+    out.push('\n');
+    for (i, (k, v)) in q.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(k);
+        if !v.is_empty() {
+            out.push('=');
+            out.push_str(v);
+        }
+    }
+    out.push('\n');
+    for (n, v) in h {
+        out.push_str(n);
+        out.push(':');
+        out.push_str(v);
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(&additional_headers.join(";"));
+    out.push('\n');
+    out.push_str(hashed_payload);
+    out
 }
 
 /// Always signed, so never listed as additional.
