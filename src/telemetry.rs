@@ -28,6 +28,9 @@ pub fn init(format: LogFormat) -> Option<WorkerGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
+        // The queue is allocated up front (the default, 128,000 lines, is ~4 MiB);
+        // 8,192 lines is a few seconds of a busy server's lines.
+        .buffered_lines_limit(8192)
         .thread_name("ossvend-log")
         // The worker flushes this buffer each time it has emptied its queue.
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
