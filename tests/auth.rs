@@ -347,8 +347,14 @@ async fn bad_tokens_are_401_with_a_challenge_and_cost_no_sts_call() {
         s, 403,
         "a bearer token on a grant that does not accept jwt is refused, not ignored"
     );
+    // Logs are written by a background thread: wait for the line.
+    assert!(
+        e.server
+            .logs
+            .wait_for("authentication failed", Duration::from_secs(5))
+            .await
+    );
     let logs = e.server.logs.text();
-    assert!(logs.contains("authentication failed"));
     assert!(
         !logs.contains(&e.key.sign(&claims("alice"))[..40]),
         "a token reached the logs"

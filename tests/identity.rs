@@ -197,7 +197,12 @@ async fn assert_no_secrets(sts: &FakeSts, server: &Server, extra: &[&str]) {
 }
 
 /// The log line `server identity loaded source="<source>"` is there.
-fn assert_identity_logged(server: &Server, source: &str) {
+async fn assert_identity_logged(server: &Server, source: &str) {
+    // Logs are written by a background thread: the line may trail the request.
+    server
+        .logs
+        .wait_for("server identity loaded", Duration::from_secs(5))
+        .await;
     let logs = server.logs.text();
     assert!(
         logs.lines()
@@ -281,7 +286,7 @@ async fn env_identity_signs_the_grants_assume_role() {
     let calls = grant_calls(&sts).await;
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_signed_by(&calls[0], CALLER_AK, None);
-    assert_identity_logged(&server, "env");
+    assert_identity_logged(&server, "env").await;
     assert_no_secrets(&sts, &server, &[]).await;
 }
 
@@ -359,7 +364,7 @@ async fn static_identity_takes_its_secret_from_an_env_var_or_a_file() {
     );
     creds(&server, "browser-upload").await;
     assert_signed_by(&grant_calls(&sts).await[0], STATIC_AK, None);
-    assert_identity_logged(&server, "static");
+    assert_identity_logged(&server, "static").await;
     assert_no_secrets(&sts, &server, &[]).await;
     drop(server);
 
@@ -416,7 +421,7 @@ async fn profile_identity_reads_the_cli_config_json() {
     );
     creds(&server, "browser-upload").await;
     assert_signed_by(&grant_calls(&sts).await[0], PROFILE_AK, None);
-    assert_identity_logged(&server, "profile");
+    assert_identity_logged(&server, "profile").await;
     assert_no_secrets(&sts, &server, &[]).await;
     drop(server);
 
@@ -550,7 +555,7 @@ async fn ecs_ram_role_identity_discovers_the_role_in_hardened_mode() {
     let calls = grant_calls(&sts).await;
     assert_eq!(calls.len(), 1);
     assert_signed_by_issued(&sts, &calls[0], &imds_issued(&sts).await).await;
-    assert_identity_logged(&server, "ecs_ram_role");
+    assert_identity_logged(&server, "ecs_ram_role").await;
     assert_no_secrets(&sts, &server, &[]).await;
     drop(server);
 
@@ -623,6 +628,21 @@ async fn ecs_ram_role_falls_back_to_v1_only_when_allowed() {
     assert_eq!(grant_calls(&sts).await.len(), before);
 }
 
+/// A fake records a fetch when it answers; the server installs the new
+/// identity a moment later, then logs it. Until then a request is (rightly)
+/// still served with the previous identity, so tests wait for the log line.
+async fn wait_installed(server: &Server) {
+    let installed = eventually(Duration::from_secs(5), || async {
+        server.logs.text().contains("server identity refreshed")
+    })
+    .await;
+    assert!(
+        installed,
+        "refreshed identity not installed; logs:\n{}",
+        server.logs.text()
+    );
+}
+
 /// ossvend treats an identity within this many seconds of its Expiration as
 /// expired (`identity::RefreshTimings::expiry_margin`): not handed out, not ready.
 const EXPIRY_MARGIN: f64 = 30.0;
@@ -670,6 +690,7 @@ async fn ecs_identity_refreshes_survives_an_outage_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    wait_installed(&server).await;
     creds(&server, "browser-upload").await; // with the refreshed identity
     let f = fetches().await;
     assert_eq!(f.len(), 2, "{f:?}");
@@ -804,7 +825,7 @@ async fn oidc_identity_rereads_the_token_file_on_every_refresh() {
     let calls = grant_calls(&sts).await;
     assert_eq!(calls.len(), 1);
     assert_signed_by_issued(&sts, &calls[0], &issued_aks(&oidc)).await;
-    assert_identity_logged(&server, "oidc");
+    assert_identity_logged(&server, "oidc").await;
 
     // The kubelet rotates the token; then the old one stops being accepted (in
     // this order, so that only a token read before the rotation can be refused).
@@ -831,6 +852,7 @@ async fn oidc_identity_rereads_the_token_file_on_every_refresh() {
         .and_then(|c| c["access_key_id_issued"].as_str())
         .unwrap()
         .to_string();
+    wait_installed(&server).await;
     creds(&server, "browser-upload").await;
     let calls = grant_calls(&sts).await;
     assert_eq!(
@@ -868,7 +890,7 @@ async fn credentials_uri_identity_keeps_the_query_and_signs_with_the_result() {
     let calls = grant_calls(&sts).await;
     assert_eq!(calls.len(), 1);
     assert_signed_by_issued(&sts, &calls[0], &issued_aks(&uri)).await;
-    assert_identity_logged(&server, "credentials_uri");
+    assert_identity_logged(&server, "credentials_uri").await;
     assert_no_secrets(&sts, &server, &[]).await;
 }
 
@@ -944,7 +966,7 @@ async fn ram_role_arn_identity_chains_on_the_env_key() {
     assert_eq!(grant["params"]["RoleArn"], ROLE_ARN);
     assert!(grant["seq"].as_u64() > chain["seq"].as_u64());
     assert_signed_by_issued(&sts, grant, &issued_aks(&calls[..1])).await;
-    assert_identity_logged(&server, "ram_role_arn");
+    assert_identity_logged(&server, "ram_role_arn").await;
     assert_no_secrets(&sts, &server, &[]).await;
 }
 
@@ -958,7 +980,11 @@ fn chain_env<'a>(opts: ServerOptions<'a>, home: &'a str) -> ServerOptions<'a> {
         .env("HOME", home)
 }
 
-fn assert_chain_winner(server: &Server, source: &str) {
+async fn assert_chain_winner(server: &Server, source: &str) {
+    server
+        .logs
+        .wait_for("server identity loaded", Duration::from_secs(5))
+        .await;
     let logs = server.logs.text();
     assert!(
         logs.lines().any(|l| l.contains("server identity loaded")
@@ -982,7 +1008,7 @@ async fn chain_prefers_env_keys_over_a_credentials_uri() {
         .env("ALIBABA_CLOUD_CREDENTIALS_URI", &uri),
     );
     creds(&server, "browser-upload").await;
-    assert_chain_winner(&server, "env");
+    assert_chain_winner(&server, "env").await;
     assert_signed_by(&grant_calls(&sts).await[0], CALLER_AK, None);
     assert_eq!(
         sts.uri_calls().await.len(),
@@ -1004,7 +1030,7 @@ async fn chain_without_env_keys_falls_through_to_the_credentials_uri() {
             .env("ALIBABA_CLOUD_CREDENTIALS_URI", &uri),
     );
     creds(&server, "browser-upload").await;
-    assert_chain_winner(&server, "credentials_uri");
+    assert_chain_winner(&server, "credentials_uri").await;
     let uri_calls = sts.uri_calls().await;
     assert!(
         uri_calls.iter().all(|c| c["query"] == "from=chain"),
@@ -1039,7 +1065,7 @@ async fn chain_tries_oidc_env_then_profile_files_before_the_uri() {
         .env("ALIBABA_CLOUD_ROLE_SESSION_NAME", "chain-oidc"),
     );
     creds(&server, "browser-upload").await;
-    assert_chain_winner(&server, "oidc");
+    assert_chain_winner(&server, "oidc").await;
     let oidc = calls_of(&sts, "AssumeRoleWithOIDC").await;
     assert_eq!(oidc[0]["params"]["RoleSessionName"], "chain-oidc");
     assert_eq!(oidc[0]["params"]["OIDCToken"], token.as_str());
@@ -1058,7 +1084,7 @@ async fn chain_tries_oidc_env_then_profile_files_before_the_uri() {
         .env("ALIBABA_CLOUD_OIDC_TOKEN_FILE", path_str(&token_file)),
     );
     creds(&server, "browser-upload").await;
-    assert_chain_winner(&server, "profile");
+    assert_chain_winner(&server, "profile").await;
     assert_signed_by(grant_calls(&sts).await.last().unwrap(), PROFILE_AK, None);
     assert_eq!(calls_of(&sts, "AssumeRoleWithOIDC").await.len(), 1);
     drop(server);
@@ -1073,7 +1099,7 @@ async fn chain_tries_oidc_env_then_profile_files_before_the_uri() {
         .env("ALIBABA_CLOUD_CLI_PROFILE_DISABLED", "true"),
     );
     creds(&server, "browser-upload").await;
-    assert_chain_winner(&server, "credentials_uri");
+    assert_chain_winner(&server, "credentials_uri").await;
     assert_signed_by_issued(
         &sts,
         grant_calls(&sts).await.last().unwrap(),

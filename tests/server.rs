@@ -491,6 +491,10 @@ async fn no_secret_ever_appears_in_the_logs() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         sts.wait_calls(3, Duration::from_secs(5)).await;
+        server
+            .logs
+            .wait_for("issued credentials", Duration::from_secs(5))
+            .await;
         let logs = server.logs.text();
         assert!(logs.contains("issued credentials"), "{format} logs:\n{logs}");
         assert!(
