@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use ossvend::config::{self, Config, DEFAULT_CONFIG_PATH};
 use ossvend::server::{self, AppState};
 
+// A request allocates about fifty small, short-lived objects (hyper, axum,
+// the log line); glibc's malloc spent ~17% of a cached request's instructions
+// on them, mimalloc's thread-local free lists a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Vends short-lived, least-privilege upload rights for Alibaba Cloud OSS.
 #[derive(Parser)]
 #[command(version, about)]
