@@ -37,7 +37,15 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 /// Lower-case hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(data))
+    hex_lower(&sha2::Sha256::digest(data))
+}
+
+/// Lower-case hex. `hex::encode` collects a `char` iterator; this writes bytes.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    let mut buf = vec![0u8; bytes.len() * 2];
+    // Infallible: the buffer is exactly twice the input and hex digits are ASCII.
+    let _ = hex::encode_to_slice(bytes, &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 /// Standard base64 with `=` padding.
@@ -318,9 +326,31 @@ pub struct PostForm {
     pub signature: String,
 }
 
-/// `YYYYMMDDThhmmssZ` (UTC), as used by V4 and SigV4.
+/// `YYYYMMDDThhmmssZ` (UTC), as used by V4 and SigV4. Written field by field:
+/// chrono's `format` parses its pattern on every call, a visible cost per URL.
 pub fn format_iso8601_basic(t: DateTime<Utc>) -> String {
-    t.format("%Y%m%dT%H%M%SZ").to_string()
+    use chrono::Timelike as _;
+    let n = t.naive_utc();
+    // Signers accept 1970..=9999 only (`check_time`); a leap second prints as :60.
+    if !(0..=9999).contains(&n.year()) || n.nanosecond() >= 1_000_000_000 {
+        return t.format("%Y%m%dT%H%M%SZ").to_string();
+    }
+    let mut b = *b"00000000T000000Z";
+    for (at, width, v) in [
+        (0, 4, n.year() as u32),
+        (4, 2, n.month()),
+        (6, 2, n.day()),
+        (9, 2, n.hour()),
+        (11, 2, n.minute()),
+        (13, 2, n.second()),
+    ] {
+        let mut v = v;
+        for d in b[at..at + width].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    String::from_utf8(b.to_vec()).unwrap_or_default()
 }
 
 /// RFC 1123 GMT, e.g. `Tue, 14 Nov 2023 22:13:21 GMT`, as in HTTP `Date`.
@@ -543,6 +573,22 @@ pub(crate) fn check_policy_shape(policy_json: &str) -> Result<(), SignError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso8601_basic_matches_chrono() {
+        use chrono::TimeZone as _;
+        let chrono_way = |t: DateTime<Utc>| t.format("%Y%m%dT%H%M%SZ").to_string();
+        let mut secs: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
+        while secs < 253_402_300_800 + 86_400 * 400 {
+            let t = Utc.timestamp_opt(secs, 999_999_999).unwrap();
+            assert_eq!(format_iso8601_basic(t), chrono_way(t), "{secs}");
+            secs += 7_777_777;
+        }
+        let leap = Utc.timestamp_opt(1_483_228_799, 1_500_000_000).unwrap();
+        assert_eq!(format_iso8601_basic(leap), chrono_way(leap));
+        assert_eq!(hex_lower(&[0x00, 0x9f, 0xff]), "009fff");
+        assert_eq!(hex_lower(&[0xab; 32]), hex::encode([0xab; 32]));
+    }
 
     #[test]
     fn credentials_debug_redacts() {

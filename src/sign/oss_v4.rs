@@ -8,7 +8,7 @@ use super::encode::{pct, pct_path};
 use super::{
     Endpoint, Header, HeaderSignature, PresignedUrl, RequestToSign, SignError, SigningCredentials,
     check_headers, check_method, check_query, check_region, encode_query, expiry, format_http_date,
-    format_iso8601_basic, hmac_sha256, is_token, sha256_hex,
+    format_iso8601_basic, hex_lower, hmac_sha256, is_token, sha256_hex,
 };
 
 /// The algorithm name in headers, query parameters and string-to-sign.
@@ -237,7 +237,7 @@ pub fn sign_header(
     );
     let string_to_sign = string_to_sign(&iso, &credential_scope, &canonical_request);
     let key = signing_key(creds.access_key_secret, &iso[..8], scope);
-    let signature = hex::encode(hmac_sha256(&key, string_to_sign.as_bytes()));
+    let signature = hex_lower(&hmac_sha256(&key, string_to_sign.as_bytes()));
 
     // alibabacloud-oss-v2's layout; oss2's ", "-separated one is accepted too.
     let mut authorization = format!(
@@ -327,7 +327,7 @@ pub fn presign_url(
     );
     let string_to_sign = string_to_sign(&iso, &credential_scope, &canonical_request);
     let key = signing_key(creds.access_key_secret, &iso[..8], scope);
-    let signature = hex::encode(hmac_sha256(&key, string_to_sign.as_bytes()));
+    let signature = hex_lower(&hmac_sha256(&key, string_to_sign.as_bytes()));
     query.push(("x-oss-signature".into(), signature.clone()));
     let url = format!(
         "{}{}?{}",

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use super::oss_v4::{ALGORITHM, V4Scope, signing_key};
 use super::{
     AddressingStyle, Endpoint, PostForm, SignError, SigningCredentials, b64, check_form_fields,
-    check_policy_has, check_policy_shape, format_iso8601_basic, hmac_sha1, hmac_sha256,
+    check_policy_has, check_policy_shape, format_iso8601_basic, hex_lower, hmac_sha1, hmac_sha256,
 };
 
 const RESERVED_V1: &[&str] = &["OSSAccessKeyId", "policy", "Signature", "x-oss-security-token"];
@@ -119,7 +119,7 @@ pub fn sign_v4(
     let iso = format_iso8601_basic(at);
     let policy_base64 = b64(policy_json.as_bytes());
     let key = signing_key(creds.access_key_secret, &iso[..8], scope);
-    let signature = hex::encode(hmac_sha256(&key, policy_base64.as_bytes()));
+    let signature = hex_lower(&hmac_sha256(&key, policy_base64.as_bytes()));
     let value_of = |n: &str| {
         required
             .iter()

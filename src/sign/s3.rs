@@ -11,7 +11,7 @@ use super::encode::pct;
 use super::{
     Endpoint, PostForm, PresignedUrl, RequestToSign, SignError, SigningCredentials, check_form_fields,
     check_headers, check_method, check_policy_has, check_policy_shape, check_query, check_region,
-    encode_query, expiry, format_iso8601_basic, hmac_sha256, sha256_hex,
+    encode_query, expiry, format_iso8601_basic, hex_lower, hmac_sha256, sha256_hex,
 };
 
 /// The algorithm name in query parameters, form fields and string-to-sign.
@@ -144,7 +144,7 @@ pub fn presign_url(
     );
     let string_to_sign = string_to_sign(&iso, &scope, &canonical_request);
     let key = signing_key(creds.access_key_secret, &iso[..8], region);
-    let signature = hex::encode(hmac_sha256(&key, string_to_sign.as_bytes()));
+    let signature = hex_lower(&hmac_sha256(&key, string_to_sign.as_bytes()));
     query.push(("X-Amz-Signature".into(), signature.clone()));
     let url = format!(
         "{}{}?{}",
@@ -219,7 +219,7 @@ pub fn sign_post_policy(
     let iso = format_iso8601_basic(at);
     let policy_base64 = super::b64(policy_json.as_bytes());
     let key = signing_key(creds.access_key_secret, &iso[..8], region);
-    let signature = hex::encode(hmac_sha256(&key, policy_base64.as_bytes()));
+    let signature = hex_lower(&hmac_sha256(&key, policy_base64.as_bytes()));
     let mut out = super::post::owned(fields);
     out.extend(required.into_iter().map(|(k, v)| (k.to_string(), v)));
     out.push(("policy".into(), policy_base64.clone()));
