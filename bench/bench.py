@@ -390,7 +390,7 @@ R: dict[str, dict] = {}
 
 def part_hello(body_bytes: int | None) -> None:
     port = free_port()
-    binary = ROOT / "target/bench-hello/release/bench-hello"
+    binary = ROOT / "target/release/bench-hello"
     p, logf = spawn("hello", pinned(SERVER_CPU, [str(binary), f"127.0.0.1:{port}"]), base_env())
     wait_port(port, p, "bench-hello", logf)
     R["hello"] = wrk(f"http://127.0.0.1:{port}/hello", p.pid)
@@ -398,6 +398,13 @@ def part_hello(body_bytes: int | None) -> None:
         # The same server answering a body as large as ossvend's credentials body.
         R["hello_sized"] = wrk(f"http://127.0.0.1:{port}/bytes/{body_bytes}", p.pid)
         R["hello_sized"]["bytes"] = body_bytes
+    stop(p)
+    # The same server writing one line shaped like ossvend's audit line per request,
+    # through ossvend's own logging: what that line alone costs.
+    port = free_port()
+    p, logf = spawn("hello-logged", pinned(SERVER_CPU, [str(binary), f"127.0.0.1:{port}", "--log"]), base_env())
+    wait_port(port, p, "bench-hello", logf)
+    R["hello_logged"] = wrk(f"http://127.0.0.1:{port}/logged", p.pid)
     stop(p)
 
 
@@ -538,6 +545,9 @@ def table() -> str:
     if "hello_sized" in R:
         tp("bare axum, body as large as the credentials body", "hello_sized",
            f"body {R['hello_sized']['bytes']} bytes", f"{ratio(R['hello_sized']['rps'], hr)} hello")
+    if "hello_logged" in R:
+        tp("bare axum + one audit-shaped log line (ossvend's logging, `bench-hello --log`)", "hello_logged",
+           "body 5 bytes", f"{ratio(R['hello_logged']['rps'], hr)} hello")
     if "cred" in R:
         c = R["cred"]
         rat = f"{ratio(c['rps'], hr)} hello"
