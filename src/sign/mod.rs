@@ -326,23 +326,40 @@ pub struct PostForm {
     pub signature: String,
 }
 
-/// `YYYYMMDDThhmmssZ` (UTC), as used by V4 and SigV4. Written field by field:
-/// chrono's `format` parses its pattern on every call, a visible cost per URL.
+/// `YYYYMMDDThhmmssZ` (UTC), as used by V4 and SigV4.
 pub fn format_iso8601_basic(t: DateTime<Utc>) -> String {
+    format_utc(t, false)
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` (UTC): STS's `Expiration`, the exact form strict clients parse.
+pub fn format_iso8601_extended(t: DateTime<Utc>) -> String {
+    format_utc(t, true)
+}
+
+/// Both ISO 8601 layouts, written digit by digit: they are formatted several
+/// times per request, and chrono's `format` parses its pattern on every call.
+/// Years outside 0..=9999 and leap seconds (which chrono prints as :60) take
+/// chrono's own spelling, so the output is always chrono's.
+fn format_utc(t: DateTime<Utc>, extended: bool) -> String {
     use chrono::Timelike as _;
+    // Convert once: each accessor on a DateTime<Utc> converts again.
     let n = t.naive_utc();
-    // Signers accept 1970..=9999 only (`check_time`); a leap second prints as :60.
     if !(0..=9999).contains(&n.year()) || n.nanosecond() >= 1_000_000_000 {
-        return t.format("%Y%m%dT%H%M%SZ").to_string();
+        let pattern = if extended {
+            "%Y-%m-%dT%H:%M:%SZ"
+        } else {
+            "%Y%m%dT%H%M%SZ"
+        };
+        return t.format(pattern).to_string();
     }
-    let mut b = *b"00000000T000000Z";
+    let mut b = *b"0000-00-00T00:00:00Z";
     for (at, width, v) in [
         (0, 4, n.year() as u32),
-        (4, 2, n.month()),
-        (6, 2, n.day()),
-        (9, 2, n.hour()),
-        (11, 2, n.minute()),
-        (13, 2, n.second()),
+        (5, 2, n.month()),
+        (8, 2, n.day()),
+        (11, 2, n.hour()),
+        (14, 2, n.minute()),
+        (17, 2, n.second()),
     ] {
         let mut v = v;
         for d in b[at..at + width].iter_mut().rev() {
@@ -350,7 +367,13 @@ pub fn format_iso8601_basic(t: DateTime<Utc>) -> String {
             v /= 10;
         }
     }
-    String::from_utf8(b.to_vec()).unwrap_or_default()
+    let bytes = if extended {
+        b.to_vec()
+    } else {
+        b.into_iter().filter(|c| !matches!(c, b'-' | b':')).collect()
+    };
+    // Only ASCII digits and separators were written.
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// RFC 1123 GMT, e.g. `Tue, 14 Nov 2023 22:13:21 GMT`, as in HTTP `Date`.
@@ -575,17 +598,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn iso8601_basic_matches_chrono() {
+    fn iso8601_layouts_match_chrono() {
         use chrono::TimeZone as _;
-        let chrono_way = |t: DateTime<Utc>| t.format("%Y%m%dT%H%M%SZ").to_string();
+        let check = |t: DateTime<Utc>, what: &str| {
+            assert_eq!(
+                format_iso8601_basic(t),
+                t.format("%Y%m%dT%H%M%SZ").to_string(),
+                "{what}"
+            );
+            assert_eq!(
+                format_iso8601_extended(t),
+                t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "{what}"
+            );
+        };
         let mut secs: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
         while secs < 253_402_300_800 + 86_400 * 400 {
-            let t = Utc.timestamp_opt(secs, 999_999_999).unwrap();
-            assert_eq!(format_iso8601_basic(t), chrono_way(t), "{secs}");
-            secs += 7_777_777;
+            check(Utc.timestamp_opt(secs, 999_999_999).unwrap(), &secs.to_string());
+            secs += 7_777_777; // about 90 days, with every field moving
         }
-        let leap = Utc.timestamp_opt(1_483_228_799, 1_500_000_000).unwrap();
-        assert_eq!(format_iso8601_basic(leap), chrono_way(leap));
+        check(
+            Utc.timestamp_opt(1_483_228_799, 1_500_000_000).unwrap(),
+            "leap second",
+        );
+        check(Utc.timestamp_opt(-62_167_219_201, 0).unwrap(), "before year 0");
         assert_eq!(hex_lower(&[0x00, 0x9f, 0xff]), "009fff");
         assert_eq!(hex_lower(&[0xab; 32]), hex::encode([0xab; 32]));
     }

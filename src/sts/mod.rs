@@ -163,53 +163,8 @@ impl StsError {
     }
 }
 
-/// `YYYY-MM-DDThh:mm:ssZ`: the exact form STS uses and strict clients parse.
-///
-/// Written digit by digit: this runs several times per issued credential, and
-/// chrono's pattern interpreter costs ten times as much. Years outside
-/// 0..=9999 (never an expiry) take chrono's spelling.
+/// `YYYY-MM-DDThh:mm:ssZ`: the exact form STS uses and strict clients parse
+/// (written without chrono's pattern interpreter; see `sign::format_iso8601_extended`).
 pub fn format_expiration(t: DateTime<Utc>) -> String {
-    use chrono::{Datelike as _, Timelike as _};
-    // Convert once: each accessor on a DateTime<Utc> converts again.
-    let t = t.naive_utc();
-    let year = t.year();
-    // A leap second (nanosecond ≥ 1e9) prints as :60 in chrono's spelling.
-    if !(0..=9999).contains(&year) || t.nanosecond() >= 1_000_000_000 {
-        return t.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    }
-    let mut b = *b"0000-00-00T00:00:00Z";
-    let mut put = |at: usize, width: usize, mut v: u32| {
-        for i in (at..at + width).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, year as u32);
-    put(5, 2, t.month());
-    put(8, 2, t.day());
-    put(11, 2, t.hour());
-    put(14, 2, t.minute());
-    put(17, 2, t.second());
-    // Only ASCII digits and separators were written.
-    String::from_utf8(b.to_vec()).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::{DateTime, TimeZone as _, Utc};
-
-    #[test]
-    fn expiration_format_matches_chrono() {
-        let chrono_way = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let mut secs: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
-        while secs < 253_402_300_800 + 86_400 * 400 {
-            let t = Utc.timestamp_opt(secs, 999_999_999).unwrap();
-            assert_eq!(super::format_expiration(t), chrono_way(t), "{secs}");
-            secs += 7_777_777; // about 90 days, with every field moving
-        }
-        let leap = Utc.timestamp_opt(1_483_228_799, 1_500_000_000).unwrap();
-        assert_eq!(super::format_expiration(leap), chrono_way(leap));
-        let before_year_0 = Utc.timestamp_opt(-62_167_219_201, 0).unwrap();
-        assert_eq!(super::format_expiration(before_year_0), chrono_way(before_year_0));
-    }
+    crate::sign::format_iso8601_extended(t)
 }
