@@ -632,10 +632,10 @@ async fn ecs_ram_role_falls_back_to_v1_only_when_allowed() {
 /// identity a moment later, then logs it. Until then a request is (rightly)
 /// still served with the previous identity, so tests wait for the log line.
 async fn wait_installed(server: &Server) {
-    let installed = eventually(Duration::from_secs(5), || async {
-        server.logs.text().contains("server identity refreshed")
-    })
-    .await;
+    let installed = server
+        .logs
+        .wait_for("server identity refreshed", Duration::from_secs(5))
+        .await;
     assert!(
         installed,
         "refreshed identity not installed; logs:\n{}",
