@@ -354,27 +354,36 @@ mod tests {
         info!(r#type = "raw name", "raw identifiers");
     }
 
-    fn capture(plain: bool) -> String {
+    /// What `events` writes through the subscriber `make` builds on a buffer.
+    fn output<S>(make: impl FnOnce(Buf) -> S, events: fn()) -> String
+    where
+        S: tracing::Subscriber + Send + Sync + 'static,
+    {
         let buf = Buf::default();
-        let builder = tracing_subscriber::fmt()
-            .with_writer(buf.clone())
-            .with_ansi(false)
-            .without_time();
-        if plain {
-            let sub = builder.fmt_fields(super::PlainFields).finish();
-            tracing::subscriber::with_default(sub, events);
-        } else {
-            let sub = builder.finish();
-            tracing::subscriber::with_default(sub, events);
-        }
+        tracing::subscriber::with_default(make(buf.clone()), events);
         String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Untimed, uncoloured lines with our field formatter (`plain`) or the default one.
+    fn capture(plain: bool, events: fn()) -> String {
+        let untimed = |b: Buf| {
+            tracing_subscriber::fmt()
+                .with_writer(b)
+                .with_ansi(false)
+                .without_time()
+        };
+        if plain {
+            output(|b| untimed(b).fmt_fields(super::PlainFields).finish(), events)
+        } else {
+            output(|b| untimed(b).finish(), events)
+        }
     }
 
     /// Same bytes as tracing-subscriber's own field formatting, for everything
     /// but control characters in free text.
     #[test]
     fn plain_fields_spell_fields_like_the_default_formatter() {
-        let (ours, theirs) = (capture(true), capture(false));
+        let (ours, theirs) = (capture(true, events), capture(false, events));
         assert_eq!(ours.lines().count(), 6, "{ours}");
         for (a, b) in ours.lines().zip(theirs.lines()) {
             assert_eq!(a, b);
@@ -408,23 +417,20 @@ mod tests {
     }
 
     fn capture_lines(ours: bool) -> String {
-        let buf = Buf::default();
-        let builder = tracing_subscriber::fmt()
-            .with_writer(buf.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::TRACE)
-            .with_timer(FixedTime)
-            .fmt_fields(super::PlainFields);
+        let timed = |b: Buf| {
+            tracing_subscriber::fmt()
+                .with_writer(b)
+                .with_ansi(false)
+                .with_max_level(tracing::Level::TRACE)
+                .with_timer(FixedTime)
+                .fmt_fields(super::PlainFields)
+        };
         if ours {
-            let sub = builder
-                .event_format(super::PlainLine { timer: FixedTime })
-                .finish();
-            tracing::subscriber::with_default(sub, every_level_and_nesting);
+            let line = super::PlainLine { timer: FixedTime };
+            output(|b| timed(b).event_format(line).finish(), every_level_and_nesting)
         } else {
-            let sub = builder.finish();
-            tracing::subscriber::with_default(sub, every_level_and_nesting);
+            output(|b| timed(b).finish(), every_level_and_nesting)
         }
-        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
     }
 
     /// Same bytes as tracing-subscriber's default line format without colours.
@@ -471,17 +477,7 @@ mod tests {
 
     #[test]
     fn control_characters_in_messages_are_escaped() {
-        let buf = Buf::default();
-        let sub = tracing_subscriber::fmt()
-            .with_writer(buf.clone())
-            .with_ansi(false)
-            .without_time()
-            .fmt_fields(super::PlainFields)
-            .finish();
-        tracing::subscriber::with_default(sub, || {
-            info!("bell \u{7} and {}", "\u{1b}[2J");
-        });
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let out = capture(true, || info!("bell \u{7} and {}", "\u{1b}[2J"));
         assert!(out.contains(r"bell \u{7} and \u{1b}[2J"), "{out}");
         assert!(!out.contains('\u{1b}'), "{out}");
     }
