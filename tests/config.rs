@@ -331,3 +331,94 @@ fn serve_without_config_or_identity_falls_back_to_local_mode_loudly() {
     assert!(stderr.contains("config/ossvend.toml"), "{stderr}");
     assert!(!stderr.contains("LOCAL MODE"), "{stderr}");
 }
+
+/// An explicit grant policy is a JSON document whose string values may hold
+/// placeholders. Before, every `{` of the JSON was read as a placeholder and
+/// `check-config` refused any such document ("has a } without {").
+const EXPLICIT_POLICY_GRANT: &str = r#"
+[[grants]]
+name = "explicit"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "users/{subject}/"
+auth = ["api_key"]
+policy = '''
+{"Version": "1", "Statement": [
+  {"Effect": "Allow", "Action": ["oss:PutObject"],
+   "Resource": ["acs:oss:*:*:examplebucket/users/{subject}/*"]},
+  {"Effect": "Allow", "Action": ["oss:ListObjects"], "Resource": ["acs:oss:*:*:examplebucket"],
+   "Condition": {"StringLike": {"oss:Prefix": ["users/{subject}/*"]}}},
+  {"Effect": "Deny", "Action": ["oss:*"], "Resource": ["*"],
+   "Condition": {"NotIpAddress": {"acs:SourceIp": ["192.0.2.0/24", "198.51.100.7"]}}}
+]}
+'''
+"#;
+
+fn explicit_policy_config(sts_endpoint: &str) -> String {
+    let key = ossvend::auth::api_key::hash_key("alice-secret-key-0001");
+    format!(
+        "{}\n[[auth.api_keys]]\nid = \"alice\"\nsha256 = \"{key}\"\n{EXPLICIT_POLICY_GRANT}",
+        common::config(sts_endpoint)
+    )
+}
+
+#[test]
+fn an_explicit_multi_statement_policy_with_placeholders_is_valid() {
+    let out = run(
+        &explicit_policy_config("https://sts.aliyuncs.com"),
+        &["check-config"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A placeholder the policy may not use is still reported, with its path.
+    let bad =
+        explicit_policy_config("https://sts.aliyuncs.com").replace("users/{subject}/*\"]}}", "{uuid}\"]}}");
+    let out = run(&bad, &["check-config"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("grants[2].policy:") && err.contains("{uuid}"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_explicit_policy_is_rendered_per_caller_inside_its_strings() {
+    let sts = FakeSts::start();
+    let server = Server::start(explicit_policy_config(&sts.endpoint));
+    let r = http()
+        .get(server.url("/v1/grants/explicit/explain"))
+        .header("x-api-key", "alice-secret-key-0001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let policy = &body["policy"];
+    assert_eq!(policy["Statement"].as_array().unwrap().len(), 3, "{body}");
+    assert_eq!(
+        policy["Statement"][0]["Resource"][0],
+        "acs:oss:*:*:examplebucket/users/alice/*"
+    );
+    assert_eq!(
+        policy["Statement"][1]["Condition"]["StringLike"]["oss:Prefix"][0],
+        "users/alice/*"
+    );
+    assert_eq!(policy["Statement"][2]["Effect"], "Deny");
+    assert!(
+        !body["policy_text"].as_str().unwrap().contains(' '),
+        "compacted: {body}"
+    );
+
+    // The credentials route sends exactly that document to STS.
+    let r = http()
+        .get(server.url("/v1/grants/explicit/credentials"))
+        .header("x-api-key", "alice-secret-key-0001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let calls = sts.calls().await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["params"]["Policy"], body["policy_text"]);
+}

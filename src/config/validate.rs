@@ -474,8 +474,20 @@ fn check_grants(config: &Config, p: &mut Problems) {
                 );
             }
         }
-        if let Some(t) = &g.policy {
-            check_template(&at("policy"), t, &["subject", "date"], config, p);
+        if let Some(text) = &g.policy {
+            // Placeholders live inside the document's string values; a document
+            // that is not JSON is reported once, by render_grant_policy below.
+            if let Ok(doc) = policy::PolicyTemplate::parse(text) {
+                for s in doc.strings() {
+                    check_template(&at("policy"), s, &["subject", "date"], config, p);
+                }
+                for k in doc.keys_with_braces() {
+                    p.add(
+                        at("policy"),
+                        format!("placeholders are filled only in string values, not in the key {k:?}"),
+                    );
+                }
+            }
         }
         check_grant_auth(i, g, config, p);
         if let Some(ep) = &g.s3_endpoint {
@@ -537,7 +549,9 @@ pub fn render_grant_policy(g: &GrantConfig) -> Result<String, policy::PolicyErro
         out
     };
     match &g.policy {
-        Some(text) => policy::compact_explicit_policy(&fill(text)),
+        Some(text) => policy::PolicyTemplate::parse(text)?
+            .render(|s| Ok::<_, std::convert::Infallible>(fill(s)))
+            .unwrap_or_else(|never| match never {}),
         None => policy::render_prefix_policy(&g.bucket, &fill(&g.prefix), &g.actions),
     }
 }

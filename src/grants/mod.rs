@@ -29,7 +29,7 @@ pub struct Grant {
     pub prefix: String,
     pub actions: Vec<String>,
     /// Explicit policy template, instead of the one rendered from prefix and actions.
-    pub policy: Option<String>,
+    pub policy: Option<policy::PolicyTemplate>,
     pub session_name: String,
     pub role_arn: String,
     pub duration_seconds: u32,
@@ -166,10 +166,10 @@ impl Grant {
 
     /// Whether no template names a caller value (only server values such as `{date}`).
     fn is_caller_independent(&self) -> bool {
-        let templates = [Some(&self.prefix), self.policy.as_ref(), Some(&self.session_name)];
-        templates
+        let policy_strings = self.policy.as_ref().map(|p| p.strings()).unwrap_or_default();
+        [self.prefix.as_str(), self.session_name.as_str()]
             .into_iter()
-            .flatten()
+            .chain(policy_strings)
             .all(|t| template::placeholder_names(t).is_ok_and(|names| names.iter().all(|n| *n == "date")))
     }
 
@@ -189,10 +189,9 @@ impl Grant {
         };
         let prefix = template::render(&self.prefix, &values).map_err(invalid_principal)?;
         let policy = match &self.policy {
-            Some(t) => {
-                let text = template::render(t, &values).map_err(invalid_principal)?;
-                policy::compact_explicit_policy(&text)
-            }
+            Some(t) => t
+                .render(|s| template::render(s, &values))
+                .map_err(invalid_principal)?,
             None => policy::render_prefix_policy(&self.bucket, &prefix, &self.actions),
         }
         .map_err(policy_error)?;
@@ -297,7 +296,12 @@ impl Grants {
                 endpoint: g.endpoint(),
                 prefix: g.prefix.clone(),
                 actions: g.actions.clone(),
-                policy: g.policy.clone(),
+                policy: g
+                    .policy
+                    .as_deref()
+                    .map(policy::PolicyTemplate::parse)
+                    .transpose()
+                    .map_err(|e| format!("grant {:?}: policy {e}", g.name))?,
                 session_name: g
                     .session_name
                     .clone()

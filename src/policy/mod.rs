@@ -59,13 +59,84 @@ pub fn object_resource(bucket: &str, prefix: &str) -> String {
     format!("acs:oss:*:*:{bucket}/{prefix}*")
 }
 
-/// Validates an explicit policy document and returns it compacted (STS counts
-/// characters, and whitespace would also trip one official SDK's signer).
-pub fn compact_explicit_policy(text: &str) -> Result<String, PolicyError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| PolicyError::Json(e.to_string()))?;
-    check_shape(&value)?;
-    let compact = serde_json::to_string(&value).map_err(|e| PolicyError::Json(e.to_string()))?;
-    check_length(compact)
+/// An explicit policy document whose string values may hold placeholders
+/// (`"acs:oss:*:*:b/users/{subject}/*"`). It is parsed as JSON once, so the
+/// document's own braces are never taken for placeholders, and a filled-in
+/// value can only ever land inside a JSON string (serde escapes it again).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyTemplate(Value);
+
+impl PolicyTemplate {
+    /// Parses and checks the document's shape (placeholders still unfilled).
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| PolicyError::Json(e.to_string()))?;
+        check_shape(&value)?;
+        Ok(PolicyTemplate(value))
+    }
+
+    /// Every string value of the document, in order: where placeholders may stand.
+    pub fn strings(&self) -> Vec<&str> {
+        fn walk<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+            match v {
+                Value::String(s) => out.push(s),
+                Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+                Value::Object(map) => map.values().for_each(|i| walk(i, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.0, &mut out);
+        out
+    }
+
+    /// Object keys that look like templates (`{`/`}`): placeholders are only
+    /// filled in string values, so such a key is a mistake worth reporting.
+    pub fn keys_with_braces(&self) -> Vec<&str> {
+        fn walk<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+            match v {
+                Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+                Value::Object(map) => {
+                    for (k, i) in map {
+                        if k.contains(['{', '}']) {
+                            out.push(k);
+                        }
+                        walk(i, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.0, &mut out);
+        out
+    }
+
+    /// Fills every string value with `fill` and returns the compact document
+    /// (STS counts characters, and whitespace would also trip one official
+    /// SDK's signer); the outer error is `fill`'s, the inner one the length check.
+    pub fn render<E>(
+        &self,
+        mut fill: impl FnMut(&str) -> Result<String, E>,
+    ) -> Result<Result<String, PolicyError>, E> {
+        fn walk<E>(v: &Value, fill: &mut dyn FnMut(&str) -> Result<String, E>) -> Result<Value, E> {
+            Ok(match v {
+                Value::String(s) if s.contains('{') => Value::String(fill(s)?),
+                Value::Array(items) => {
+                    Value::Array(items.iter().map(|i| walk(i, fill)).collect::<Result<_, E>>()?)
+                }
+                Value::Object(map) => Value::Object(
+                    map.iter()
+                        .map(|(k, i)| Ok((k.clone(), walk(i, fill)?)))
+                        .collect::<Result<_, E>>()?,
+                ),
+                other => other.clone(),
+            })
+        }
+        let filled = walk(&self.0, &mut fill)?;
+        Ok(serde_json::to_string(&filled)
+            .map_err(|e| PolicyError::Json(e.to_string()))
+            .and_then(check_length))
+    }
 }
 
 fn check_length(text: String) -> Result<String, PolicyError> {
@@ -286,29 +357,80 @@ mod tests {
         );
     }
 
+    fn compact(text: &str) -> Result<String, PolicyError> {
+        PolicyTemplate::parse(text)?
+            .render(|s| Ok::<_, ()>(s.to_owned()))
+            .unwrap()
+    }
+
     #[test]
     fn explicit_policy_is_compacted_and_checked() {
-        let p = compact_explicit_policy(
+        let p = compact(
             r#"{ "Version": "1", "Statement": [ { "Effect": "Allow", "Action": "oss:PutObject", "Resource": ["acs:oss:*:*:b/x/*"] } ] }"#,
         )
         .unwrap();
         assert!(!p.contains(' '));
-        assert!(matches!(compact_explicit_policy("{"), Err(PolicyError::Json(_))));
+        assert!(matches!(compact("{"), Err(PolicyError::Json(_))));
         assert!(matches!(
-            compact_explicit_policy(r#"{"Version":"2","Statement":[]}"#),
+            compact(r#"{"Version":"2","Statement":[]}"#),
             Err(PolicyError::Shape(_))
         ));
         assert!(matches!(
-            compact_explicit_policy(
-                r#"{"Version":"1","Statement":[{"Effect":"Maybe","Action":"a","Resource":"r"}]}"#
-            ),
+            compact(r#"{"Version":"1","Statement":[{"Effect":"Maybe","Action":"a","Resource":"r"}]}"#),
             Err(PolicyError::Shape(_))
         ));
         assert!(matches!(
-            compact_explicit_policy(
-                r#"{"Version":"1","Statement":[{"Effect":"Allow","Action":[],"Resource":"r"}]}"#
-            ),
+            compact(r#"{"Version":"1","Statement":[{"Effect":"Allow","Action":[],"Resource":"r"}]}"#),
             Err(PolicyError::Shape(_))
+        ));
+    }
+
+    /// A realistic multi-statement document: its own braces are JSON, only
+    /// `{subject}` inside strings is a placeholder, and whatever a value holds
+    /// stays inside its string.
+    #[test]
+    fn explicit_policy_template_fills_strings_only() {
+        let t = PolicyTemplate::parse(
+            r#"{"Version":"1","Statement":[
+                {"Effect":"Allow","Action":["oss:PutObject"],"Resource":["acs:oss:*:*:b/users/{subject}/*"]},
+                {"Effect":"Allow","Action":"oss:ListObjects","Resource":"acs:oss:*:*:b",
+                 "Condition":{"StringLike":{"oss:Prefix":["users/{subject}/*"]}}},
+                {"Effect":"Deny","Action":"oss:*","Resource":"*",
+                 "Condition":{"NotIpAddress":{"acs:SourceIp":["192.0.2.0/24"]}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(t.strings().iter().filter(|s| s.contains("{subject}")).count(), 2);
+        let doc = t
+            .render(|s| Ok::<_, ()>(s.replace("{subject}", "alice")))
+            .unwrap()
+            .unwrap();
+        assert!(doc.contains(r#""acs:oss:*:*:b/users/alice/*""#) && doc.contains(r#""users/alice/*""#));
+        // Even a value that tries to close the string and add a statement stays one string.
+        let evil = r#"x"]},{"Effect":"Allow","Action":"oss:*","Resource":"*"#;
+        let doc = t
+            .render(|s| Ok::<_, ()>(s.replace("{subject}", evil)))
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(v["Statement"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            v["Statement"][0]["Resource"][0],
+            Value::String(format!("acs:oss:*:*:b/users/{evil}/*"))
+        );
+        // The fill's own error comes first.
+        assert_eq!(t.render(|_| Err::<String, _>("nope")), Err("nope"));
+        // With the real template renderer such a caller value is refused outright.
+        let claims = std::collections::BTreeMap::new();
+        let placeholders = template::Placeholders::default();
+        let values = template::Values {
+            subject: Some(evil),
+            claims: &claims,
+            server: &[],
+            placeholders: &placeholders,
+        };
+        assert!(matches!(
+            t.render(|s| template::render(s, &values)),
+            Err(template::TemplateError::InvalidPrincipal(_))
         ));
     }
 
