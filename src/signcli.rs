@@ -40,6 +40,8 @@ pub struct CredArgs {
 pub enum Scheme {
     OssV4,
     OssV1,
+    /// Spelled as in grants (`presign_scheme = "s3-v4"`); `s3v4` is still accepted.
+    #[value(name = "s3-v4", alias = "s3v4")]
     S3V4,
 }
 
@@ -201,10 +203,25 @@ pub fn run(cmd: &SignCommand) -> Result<String, String> {
             let at = a.cred.at.unwrap_or_else(Utc::now);
             let c = creds(&a.cred, &s);
             let form = match a.version {
-                PostVersionArg::V4 => sign::post::sign_v4(&c, &V4Scope::oss(&a.region), at, &a.policy, &[]),
-                PostVersionArg::V1 => sign::post::sign_v1(&c, &a.policy, &[]),
-            }
-            .map_err(|e| e.to_string())?;
+                PostVersionArg::V4 => {
+                    let scope = V4Scope::oss(&a.region);
+                    sign::post::sign_v4(&c, &scope, at, &a.policy, &[]).map_err(|e| {
+                        // Say exactly what to add: the conditions depend on the key id, region and --at.
+                        let needed = sign::post::v4_required_conditions(&c, &scope, at)
+                            .map(|r| {
+                                let list: Vec<String> =
+                                    r.iter().map(|(k, v)| format!(r#"{{"{k}":"{v}"}}"#)).collect();
+                                format!(
+                                    "\na V4 policy signed at {at} must contain these conditions: {}",
+                                    list.join(",")
+                                )
+                            })
+                            .unwrap_or_default();
+                        sign::SignError::to_string(&e) + &needed
+                    })
+                }
+                PostVersionArg::V1 => sign::post::sign_v1(&c, &a.policy, &[]).map_err(|e| e.to_string()),
+            }?;
             if a.cred.explain {
                 out.push_str(&format!(
                     "string to sign (the base64 policy):\n{}\n\nsignature: {}\n\n",
@@ -216,6 +233,8 @@ pub fn run(cmd: &SignCommand) -> Result<String, String> {
             }
         }
         SignCommand::StsRequest(a) => {
+            // The same checks as the other two subcommands (an id like `LTAI…` is refused, not signed).
+            creds(&a.cred, &s).check().map_err(|e| e.to_string())?;
             let at = a.cred.at.unwrap_or_else(Utc::now);
             let ts = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let nonce = a

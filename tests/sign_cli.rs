@@ -177,3 +177,111 @@ fn the_secret_is_never_a_command_line_argument() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ALIBABA_CLOUD_ACCESS_KEY_SECRET"));
 }
+
+/// The README's `ossvend sign` block runs as written (with the `ossvend` under
+/// test first on PATH), so its examples cannot drift from the program.
+#[test]
+fn the_readme_sign_examples_run_as_written() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .find(|b| b.contains("ossvend sign presign"))
+        .and_then(|b| b.split("```").next())
+        .expect("README has an ossvend sign block");
+    assert_eq!(block.matches("\nossvend sign ").count(), 5, "{block}");
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_ossvend"))
+        .parent()
+        .unwrap();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("signature: ").count(), 3, "{stdout}");
+    assert!(stdout.contains("x-oss-signature="), "{stdout}");
+    assert!(stdout.contains("X-Amz-Signature="), "{stdout}");
+}
+
+#[test]
+fn placeholder_key_ids_and_missing_v4_conditions_are_explained() {
+    // `LTAI…` is not a key id: every subcommand refuses it alike.
+    for args in [
+        vec![
+            "presign",
+            "--bucket",
+            "b",
+            "--key",
+            "k",
+            "--region",
+            "cn-hangzhou",
+        ],
+        vec![
+            "post-policy",
+            "--version",
+            "v1",
+            "--policy",
+            r#"{"expiration":"2023-12-15T01:00:00.000Z","conditions":[]}"#,
+        ],
+        vec![
+            "sts-request",
+            "--role-arn",
+            "acs:ram::1:role/x",
+            "--session-name",
+            "s",
+        ],
+    ] {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend(["--access-key-id".into(), "LTAI…".into()]);
+        let (ok, _, err) = sign(&a, "unused", "fakeSecret", None);
+        assert!(!ok && err.contains("access key id"), "{args:?}: {err}");
+    }
+    // A V4 policy without its conditions: the error lists them, ready to paste.
+    let a: Vec<String> = [
+        "post-policy",
+        "--access-key-id",
+        "LTAI5tFake",
+        "--at",
+        "2023-12-15T00:00:00Z",
+        "--policy",
+        r#"{"expiration":"2023-12-15T01:00:00.000Z","conditions":[]}"#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (ok, _, err) = sign(&a, "unused", "fakeSecret", None);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(r#"{"x-oss-credential":"LTAI5tFake/20231215/cn-hangzhou/oss/aliyun_v4_request"}"#)
+            && err.contains(r#"{"x-oss-date":"20231215T000000Z"}"#),
+        "{err}"
+    );
+    // s3-v4 is spelled as in grants; the old s3v4 still works.
+    for scheme in ["s3-v4", "s3v4"] {
+        let a: Vec<String> = [
+            "presign",
+            "--scheme",
+            scheme,
+            "--access-key-id",
+            "AKIDFAKE",
+            "--bucket",
+            "b",
+            "--key",
+            "k",
+            "--region",
+            "cn-hangzhou",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (ok, out, err) = sign(&a, "unused", "fakeSecret", None);
+        assert!(ok && out.contains("X-Amz-Signature="), "{scheme}: {err}");
+    }
+}

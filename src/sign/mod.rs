@@ -76,7 +76,7 @@ impl fmt::Debug for SigningCredentials<'_> {
 impl SigningCredentials<'_> {
     /// The id and the token end up in headers, URLs and form fields, so they must
     /// be visible ASCII; the secret only has to be non-empty.
-    fn check(&self) -> Result<(), SignError> {
+    pub(crate) fn check(&self) -> Result<(), SignError> {
         if !is_visible_ascii(self.access_key_id) {
             return Err(SignError::InvalidAccessKeyId);
         }
