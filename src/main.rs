@@ -202,9 +202,17 @@ fn load_checked(
 fn credential_process(url: &str, api_key_file: Option<&Path>) -> ExitCode {
     let run = async {
         let mut url = url::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
-        if !url.query_pairs().any(|(k, _)| k == "format") {
-            url.query_pairs_mut().append_pair("format", "credential-process");
-        }
+        // This command prints credential_process JSON and nothing else: any
+        // `format` in the URL is replaced (the server would take the first one).
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "format")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(kept)
+            .append_pair("format", "credential-process");
         ossvend::sts::client::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(15))

@@ -623,7 +623,8 @@ async fn credential_formats() {
 async fn credential_process_client_mode() {
     let sts = FakeSts::start();
     let server = Server::start(config(&sts.endpoint));
-    let url = server.url("/v1/grants/browser-upload/credentials");
+    // A `format` already in the URL is replaced, not appended after (the server takes the first).
+    let url = server.url("/v1/grants/browser-upload/credentials?format=aws&x=1");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_ossvend"))
             .args(["credential-process", "--url", &url])
