@@ -94,9 +94,17 @@ async fn reload(
     }
 }
 
-/// 401 without a bearer token, 403 with a wrong one or when no admin token is
-/// configured. The digest is compared like an API key's (constant time).
+/// 403 when no admin token is configured (no token could help, so none is
+/// asked for), else 401 without a bearer token and 403 with a wrong one. The
+/// digest is compared like an API key's (constant time).
 fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(digest) = &state.config.admin.token_sha256 else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_token_not_configured",
+            "admin.token_sha256 is not set: reloading over HTTP is disabled (SIGHUP still works)",
+        ));
+    };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -112,13 +120,6 @@ fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         );
         e.www_authenticate = Some("Bearer realm=\"ossvend-admin\"".into());
         return Err(e);
-    };
-    let Some(digest) = &state.config.admin.token_sha256 else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_token_not_configured",
-            "admin.token_sha256 is not set: reloading over HTTP is disabled (SIGHUP still works)",
-        ));
     };
     let keys = crate::auth::api_key::ApiKeys::new(&[ApiKeyConfig {
         id: "admin".into(),
