@@ -187,6 +187,68 @@ fn env_overrides_apply_to_sections() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sts.duration_seconds:"));
+    // [admin] is overridable too (documented); a section that is not is refused, not ignored.
+    let out = run(
+        ISSUE_EXAMPLE,
+        &["check-config"],
+        &[("OSSVEND_ADMIN_LISTEN", "0.0.0.0:9000")],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin.listen:"));
+    let out = run(
+        ISSUE_EXAMPLE,
+        &["check-config"],
+        &[("OSSVEND_CORS_MAX_AGE", "abc")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("OSSVEND_CORS_MAX_AGE") && err.contains("[cors] cannot be set"),
+        "{err}"
+    );
+    // A wrong type from the environment is refused like one in the file.
+    let out = run(
+        ISSUE_EXAMPLE,
+        &["check-config"],
+        &[("OSSVEND_SERVER_REQUEST_TIMEOUT", "abc")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Variables of other programs (or a ticket secret named OSSVEND_TICKET_SECRET) are left alone.
+    let out = run(
+        ISSUE_EXAMPLE,
+        &["check-config"],
+        &[("OSSVEND_TICKET_SECRET", "x")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The example config says a key set in it shows its default unless the line
+/// says "# example" or "# required": with those lines dropped (required ones
+/// kept), it must mean exactly what an almost empty file means.
+#[test]
+fn the_example_config_shows_real_defaults() {
+    let text = std::fs::read_to_string(repo_root().join("config/ossvend.example.toml")).unwrap();
+    let defaults_only: String = text
+        .lines()
+        .filter(|l| !l.contains("# example"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let minimal = r#"
+[sts]
+role_arn = "acs:ram::1234567890123456:role/oss-upload"
+[[grants]]
+name = "browser-upload"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+"#;
+    let env = std::collections::BTreeMap::new();
+    let a = ossvend::config::parse(&defaults_only, &env).unwrap();
+    let b = ossvend::config::parse(minimal, &env).unwrap();
+    assert_eq!(format!("{a:#?}"), format!("{b:#?}"));
 }
 
 #[test]

@@ -735,6 +735,9 @@ pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Config, Strin
         .map_err(|e| e.to_string())
 }
 
+/// The sections whose keys `OSSVEND_<SECTION>_<KEY>` variables override.
+pub const ENV_SECTIONS: [&str; 4] = ["server", "identity", "sts", "admin"];
+
 /// `OSSVEND_SERVER_LISTEN=0.0.0.0:8000` sets `server.listen`, and so on for the
 /// `server`, `identity`, `sts` and `admin` sections. Values are read as TOML when they
 /// parse as such (numbers, booleans) and as plain strings otherwise.
@@ -744,12 +747,23 @@ fn apply_env_overrides(doc: &mut toml::Table, env: &BTreeMap<String, String>) ->
             continue;
         };
         let lower = rest.to_ascii_lowercase();
-        let Some((section, key)) = ["server", "identity", "sts", "admin"].iter().find_map(|s| {
+        let Some((section, key)) = ENV_SECTIONS.iter().find_map(|s| {
             lower
                 .strip_prefix(s)
                 .and_then(|k| k.strip_prefix('_'))
                 .map(|k| (*s, k))
         }) else {
+            // A variable aimed at a section that cannot be overridden would
+            // otherwise be ignored in silence (OSSVEND_CORS_MAX_AGE, say).
+            if let Some(s) = ["cors", "rate_limit", "audit", "auth", "grants"]
+                .iter()
+                .find(|s| lower.strip_prefix(*s).is_some_and(|k| k.starts_with('_')))
+            {
+                return Err(format!(
+                    "{name}: [{s}] cannot be set from the environment; only {} can (OSSVEND_<SECTION>_<KEY>)",
+                    ENV_SECTIONS.map(|s| format!("[{s}]")).join(", ")
+                ));
+            }
             continue;
         };
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
