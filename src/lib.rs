@@ -17,6 +17,8 @@ pub mod identity;
 pub mod local;
 pub mod policy;
 pub mod prom;
+#[cfg(test)]
+mod proptests;
 pub mod ratelimit;
 pub mod reload;
 pub mod routes;

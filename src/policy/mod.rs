@@ -216,6 +216,24 @@ pub fn check_key_template(t: &str) -> Result<(), String> {
             "{t:?} must contain {{uuid}}, or two uploads would overwrite each other"
         ));
     }
+    // Placeholders stand for non-empty values without `/`, a prefix usually
+    // ends in one: a segment is `.`/`..` only if the template writes it so.
+    let filled = |prefix: &str| -> String {
+        t.split(['{', '}'])
+            .enumerate()
+            .map(|(i, part)| match (i % 2, part) {
+                (1, "prefix") => prefix,
+                (1, _) => "x",
+                _ => part,
+            })
+            .collect()
+    };
+    let dot_segment = |k: String| k.split('/').any(|seg| seg == "." || seg == "..");
+    if dot_segment(filled("p/")) || dot_segment(filled("p")) {
+        return Err(format!(
+            "{t:?} has a \".\" or \"..\" path segment, which URL clients remove"
+        ));
+    }
     let literal: String = t.split(['{', '}']).step_by(2).collect();
     if literal.contains(['*', '?', '"', '\\', '$']) || literal.chars().any(char::is_control) {
         return Err(format!(
@@ -316,6 +334,9 @@ mod tests {
         assert!(check_key_template("{uuid}{ext}").is_err());
         assert!(check_key_template("{prefix}fixed").is_err());
         assert!(check_key_template("{prefix}{uuid}*").is_err());
+        assert!(check_key_template("{prefix}../{uuid}{ext}").is_err());
+        assert!(check_key_template("{prefix}./{uuid}").is_err());
+        assert!(check_key_template("{prefix}{date}.{uuid}").is_ok());
     }
 
     #[test]

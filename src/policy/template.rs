@@ -58,7 +58,9 @@ impl Default for Placeholders {
 
 /// Refused in any caller value, whatever the configured pattern.
 fn is_dangerous(v: &str) -> bool {
+    // `.` alone is a path segment that URL clients remove (`users/./`).
     v.is_empty()
+        || v == "."
         || v.contains("..")
         || v.chars().any(|c| {
             matches!(c, '*' | '?' | '/' | '\\' | '"' | '\'' | '$' | '{' | '}')
@@ -215,6 +217,7 @@ mod tests {
             "аlice", /* Cyrillic а */
             &"a".repeat(65),
             "a\u{0}b",
+            ".", // a path segment URL clients remove
         ] {
             assert_eq!(
                 render("u/{subject}/", &vals(Some(bad), &none, &p)),
