@@ -1290,3 +1290,71 @@ async fn sts_emulator_refuses_keys_it_did_not_issue() {
         "{again}"
     );
 }
+
+// ---------------------------------------------------------------- README snippets
+
+/// The top-level keys of a (possibly abbreviated, so not parseable) JSON
+/// example: every `"name":` at brace depth 1.
+fn documented_keys(example: &str) -> std::collections::BTreeSet<String> {
+    let (mut depth, mut in_str, mut escaped, mut current, mut keys) =
+        (0, false, false, String::new(), std::collections::BTreeSet::new());
+    let mut last_str = None;
+    for c in example.chars() {
+        if in_str {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    in_str = false;
+                    last_str = Some(std::mem::take(&mut current));
+                }
+                _ => {
+                    escaped = false;
+                    current.push(c);
+                }
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth -= 1,
+            ':' if depth == 1 => {
+                if let Some(k) = last_str.take() {
+                    keys.insert(k);
+                }
+            }
+            c if !c.is_whitespace() => last_str = None,
+            _ => {}
+        }
+    }
+    keys
+}
+
+/// The README's `$ curl -s http://127.0.0.1:8000/…` examples, run against
+/// `ossvend local` (what the README's first command starts): each answers 200
+/// with exactly the top-level keys the README shows.
+#[tokio::test]
+async fn the_readme_curl_examples_answer_as_shown() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let ls = LocalServer::start(None, &[]);
+    let mut checked = 0;
+    for block in readme.split("```sh\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        let Some(rest) = block.strip_prefix("$ curl -s ") else {
+            continue;
+        };
+        let (cmd, output) = rest.split_once('\n').unwrap();
+        let url = cmd.trim().trim_matches('\'');
+        let path = url
+            .strip_prefix("http://127.0.0.1:8000")
+            .expect("examples use the local address");
+        let output = output.split("\n$ ").next().unwrap();
+        let r = http().get(ls.server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let body: Value = r.json().await.unwrap();
+        let actual: std::collections::BTreeSet<String> = body.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(documented_keys(output), actual, "README example for {url}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "the README's three curl examples");
+}
