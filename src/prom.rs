@@ -15,6 +15,8 @@
 //! | `ossvend_cache_refreshes_total` | counter | `outcome` (`success`, `failure`): background refreshes |
 //! | `ossvend_sts_calls_total` | counter | `action`, `outcome` (`success`, `error`), `code` |
 //! | `ossvend_sts_call_duration_seconds` | histogram | `action` |
+//! | `ossvend_sts_backoff_total` | counter | `scope` (`key`: a failed key's back-off, `client`: throttling): calls not made, answered 503 at once |
+//! | `ossvend_sts_failing` | gauge | 1 while the last AssumeRole of the cache failed (5xx, timeout, throttling), else 0 |
 //! | `ossvend_sts_budget_waits_total` | counter | calls that waited for the STS call budget |
 //! | `ossvend_sts_budget_wait_duration_seconds` | histogram | how long those calls waited |
 //! | `ossvend_identity_refreshes_total` | counter | `source`, `outcome` (`success`, `failure`) |
@@ -131,6 +133,14 @@ fn describe() {
         "ossvend_sts_call_duration_seconds",
         metrics::Unit::Seconds,
         "STS call latency (each attempt) by action"
+    );
+    describe_counter!(
+        "ossvend_sts_backoff_total",
+        "STS calls not made because of a back-off (scope: key after a failed call, client after throttling)"
+    );
+    describe_gauge!(
+        "ossvend_sts_failing",
+        "1 while the credential cache's last AssumeRole call failed (5xx, timeout, throttling), else 0"
     );
     describe_counter!(
         "ossvend_sts_budget_waits_total",
@@ -281,6 +291,15 @@ pub fn sts_call(action: &'static str, error_code: Option<&str>, elapsed: Duratio
     };
     counter!("ossvend_sts_calls_total", "action" => action, "outcome" => result, "code" => code).increment(1);
     histogram!("ossvend_sts_call_duration_seconds", "action" => action).record(elapsed.as_secs_f64());
+}
+
+/// A call not made: the key (`key`) or the whole client (`client`) is backing off.
+pub fn sts_backoff(scope: &'static str) {
+    counter!("ossvend_sts_backoff_total", "scope" => scope).increment(1);
+}
+
+pub fn sts_failing(failing: bool) {
+    gauge!("ossvend_sts_failing").set(if failing { 1.0 } else { 0.0 });
 }
 
 pub fn sts_budget_wait(waited: Duration) {

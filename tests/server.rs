@@ -221,6 +221,7 @@ async fn stale_if_error_then_503_when_nothing_valid_is_left() {
     let r = client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let header_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "sts_unavailable");
     assert_eq!(body["sts_code"], "ServiceUnavailable");
@@ -228,8 +229,9 @@ async fn stale_if_error_then_503_when_nothing_valid_is_left() {
     assert_eq!(body["StatusCode"], 503);
     assert_eq!(body["ErrorCode"], "sts_unavailable");
 
-    // STS back: served again without a restart.
+    // STS back: served again without a restart, once the announced back-off is over.
     sts.mode(json!({})).await;
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
     let r = client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
@@ -305,6 +307,7 @@ async fn sts_errors_map_to_stable_codes_and_permanent_ones_are_not_retried() {
             3,
         ),
     ];
+    let mut retry_after = None;
     for (behaviour, status, code, sts_code, calls) in cases {
         let before = sts.call_count().await;
         sts.mode(behaviour.clone()).await;
@@ -314,14 +317,22 @@ async fn sts_errors_map_to_stable_codes_and_permanent_ones_are_not_retried() {
             .await
             .unwrap();
         assert_eq!(r.status(), status, "{behaviour}");
+        // Only STS trouble (503) says when to come back.
+        retry_after = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        assert_eq!(retry_after.is_some(), status == 503, "{behaviour}");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["code"], code, "{behaviour}");
         assert_eq!(body["sts_code"], sts_code, "{behaviour}");
         assert!(body["sts_request_id"].is_string());
         assert_eq!(sts.call_count().await - before, calls, "{behaviour}: calls");
-        // Errors are not cached: the next request asks STS again.
+        // Permanent errors are not cached: the next request asks STS again.
     }
+    // After STS trouble, the grant backs off for the announced time, then asks again.
     sts.mode(json!({})).await;
+    tokio::time::sleep(Duration::from_secs(retry_after.unwrap())).await;
     let r = client
         .get(server.url("/get_sts_token_for_oss_upload"))
         .send()

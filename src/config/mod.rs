@@ -461,9 +461,28 @@ pub struct StsConfig {
     pub max_retries: u32,
     #[serde(default = "default_retry_base", with = "humantime_serde")]
     pub retry_base_delay: Duration,
+    /// After a failed AssumeRole (5xx, timeout, throttling), misses of that key
+    /// get the same 503 without a call for this long, doubling per failure in
+    /// a row up to `failure_backoff_max` (jittered down by up to half; reset on
+    /// success). Throttling backs every call of the client off the same way.
+    /// `0s` turns both off.
+    #[serde(default = "default_failure_backoff", with = "humantime_serde")]
+    pub failure_backoff: Duration,
+    #[serde(default = "default_failure_backoff_max", with = "humantime_serde")]
+    pub failure_backoff_max: Duration,
     /// Upper bound on cached credentials (one per grant, user and policy).
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: u64,
+}
+
+impl StsConfig {
+    /// `failure_backoff` .. `failure_backoff_max`, for the cache and the client.
+    pub fn failure_backoff(&self) -> crate::sts::Backoff {
+        crate::sts::Backoff {
+            initial: self.failure_backoff,
+            max: self.failure_backoff_max,
+        }
+    }
 }
 
 /// The global endpoint, default of every credentials SDK (spec §1.1).
@@ -533,6 +552,12 @@ fn default_max_retries() -> u32 {
 }
 fn default_retry_base() -> Duration {
     Duration::from_millis(200)
+}
+fn default_failure_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_failure_backoff_max() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_cache_capacity() -> u64 {
     100_000

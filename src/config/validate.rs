@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::time::Duration;
 
 use super::{Config, GrantConfig};
 use crate::policy;
@@ -397,6 +398,19 @@ fn check_sts(config: &Config, env: &BTreeMap<String, String>, p: &mut Problems) 
     }
     if sts.cache_capacity == 0 {
         p.add("sts.cache_capacity", "must be at least 1");
+    }
+    if sts.failure_backoff > Duration::from_secs(300) {
+        p.add("sts.failure_backoff", "must be at most 5m");
+    }
+    if sts.failure_backoff_max < sts.failure_backoff || sts.failure_backoff_max > Duration::from_secs(3600) {
+        p.add(
+            "sts.failure_backoff_max",
+            format!(
+                "({}s) must be at least sts.failure_backoff ({}s) and at most 1h",
+                sts.failure_backoff_max.as_secs_f64(),
+                sts.failure_backoff.as_secs_f64()
+            ),
+        );
     }
     if let Some(ext) = &sts.external_id {
         check_external_id("sts.external_id", ext, p);

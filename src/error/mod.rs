@@ -20,7 +20,7 @@ pub struct ApiError {
     pub sts_request_id: Option<String>,
     /// Challenge for 401 responses.
     pub www_authenticate: Option<String>,
-    /// Seconds, for 429 responses.
+    /// Seconds, for 429 responses and 503s caused by STS trouble.
     pub retry_after: Option<u64>,
 }
 
@@ -81,6 +81,11 @@ impl From<StsError> for ApiError {
                 "STS is unavailable and no valid cached credential is left",
             ),
         };
+        // STS trouble passes: say when to come back. The back-off knows how
+        // long no call will be made; otherwise a second is a fair guess.
+        let retry_after = e
+            .is_transient()
+            .then(|| e.retry_after().map_or(1, crate::sts::retry_after_secs));
         ApiError {
             status,
             code,
@@ -88,7 +93,7 @@ impl From<StsError> for ApiError {
             sts_code: e.sts_code().map(str::to_owned),
             sts_request_id: e.sts_request_id().map(str::to_owned),
             www_authenticate: None,
-            retry_after: None,
+            retry_after,
         }
     }
 }
@@ -160,5 +165,40 @@ impl IntoResponse for ApiError {
         let mut resp = self.render("");
         resp.extensions_mut().insert(self);
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn api(status: u16, code: &str) -> StsError {
+        StsError::Api {
+            status,
+            code: code.into(),
+            message: String::new(),
+            request_id: Some("r-1".into()),
+        }
+    }
+
+    #[test]
+    fn sts_trouble_says_when_to_come_back_in_whole_seconds() {
+        let backing_off = |ms, e| ApiError::from(StsError::backing_off(Duration::from_millis(ms), e));
+        let e = backing_off(1200, api(500, "InternalError"));
+        assert_eq!((e.status.as_u16(), e.code), (503, "sts_unavailable"));
+        assert_eq!(e.retry_after, Some(2), "rounded up");
+        assert_eq!(e.sts_code.as_deref(), Some("InternalError"));
+        assert_eq!(e.sts_request_id.as_deref(), Some("r-1"));
+        let e = backing_off(300, api(400, "Throttling.User"));
+        assert_eq!((e.status.as_u16(), e.code), (503, "sts_throttled"));
+        assert_eq!(e.retry_after, Some(1), "never 0");
+        let e = ApiError::from(StsError::Transport("timed out".into()));
+        assert_eq!((e.code, e.retry_after), ("sts_unavailable", Some(1)));
+        let resp = backing_off(29_001, api(503, "ServiceUnavailable")).render("id");
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "30");
+        // Permanent refusals have nothing to wait for.
+        assert_eq!(ApiError::from(api(403, "NoPermission")).retry_after, None);
     }
 }

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
+use crate::error::ApiError;
 use crate::server::AppState;
 
 /// Liveness: always `{"status": "ok"}`.
@@ -27,6 +28,44 @@ pub(crate) struct Readiness {
     /// `cached credential valid`, `reachable` or `unreachable`.
     #[schema(example = "reachable")]
     sts: &'static str,
+    sts_health: StsHealthReport,
+}
+
+/// Whether the credential cache's calls to STS succeed. A failing STS does
+/// not make the server unready while cached credentials can still be served.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct StsHealthReport {
+    /// `ok`, or `failing` (the last AssumeRole failed: 5xx, timeout, throttling).
+    #[schema(example = "failing")]
+    status: &'static str,
+    /// While failing: since when, `YYYY-MM-DDThh:mm:ssZ`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "2025-01-01T12:00:00Z")]
+    since: Option<String>,
+    /// While failing: the error code callers get, `sts_unavailable` or `sts_throttled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "sts_unavailable")]
+    last_error: Option<&'static str>,
+    /// While failing: STS's own error code, when STS answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "InternalError")]
+    sts_code: Option<String>,
+}
+
+impl StsHealthReport {
+    fn from(h: crate::sts::StsHealth) -> Self {
+        let error = h.last_error.filter(|_| h.failing_since.is_some());
+        StsHealthReport {
+            status: if h.failing_since.is_some() {
+                "failing"
+            } else {
+                "ok"
+            },
+            since: h.failing_since.map(crate::sts::format_expiration),
+            last_error: error.as_ref().map(|e| ApiError::from(e.clone()).code),
+            sts_code: error.as_ref().and_then(|e| e.sts_code()).map(str::to_owned),
+        }
+    }
 }
 
 /// The server's own cloud identity (never a secret).
@@ -66,12 +105,13 @@ pub async fn healthz() -> Json<Health> {
 /// Ready when the server holds a currently valid identity (asked without I/O:
 /// the identity refreshes itself in the background) and can get credentials:
 /// STS answers a TCP connect, or a cached credential is still valid
-/// (stale-if-error keeps serving through a short STS outage).
+/// (stale-if-error keeps serving through a short STS outage, so the fleet is
+/// not drained by it). `sts_health` says whether STS calls are failing.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
-    summary = "Readiness: an identity is held and STS answers or a cached credential is valid",
+    summary = "Readiness: an identity is held and STS answers or a cached credential is valid; sts_health tells an STS outage",
     params(("X-Request-Id" = Option<String>, Header, description = "The caller's request id")),
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -108,6 +148,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Rea
             status: if ready { "ready" } else { "unready" },
             identity,
             sts,
+            sts_health: StsHealthReport::from(state.issuer.cache.sts_health()),
         }),
     )
 }

@@ -5,12 +5,20 @@
 //!   `min_remaining` left, so no client considers it stale on arrival.
 //! - **Single flight**: concurrent lookups of one key share one AssumeRole call;
 //!   callers that queued behind a failed call get that failure, not a call each.
+//!   The call belongs to the cache, not to the caller that started it: a caller
+//!   whose deadline passes stops waiting, the call runs on (to its own timeout
+//!   and retries) and its result serves whoever asks next.
 //! - **Refresh ahead**: from `refresh_at` (`refresh_before` before expiry, minus up
 //!   to 10 % jitter) the first lookup starts one background refresh and every
 //!   caller keeps getting the still-valid credential meanwhile.
 //! - **Stale if error**: if that refresh fails, the old credential keeps being
 //!   served (with a warning) while it satisfies `min_remaining`; afterwards the
 //!   lookup fails with the STS error.
+//! - **Failure back-off**: after a call fails for STS's own reasons (5xx,
+//!   timeout, throttling), misses of that key get the same failure, with the
+//!   time to come back, without calling STS until a jittered back-off has
+//!   passed (growing with failures in a row, reset by a success). Permission and
+//!   parameter errors are not remembered: fixing the role takes effect at once.
 //! - **Budget**: only calls to STS pass through the client's token bucket; a hit
 //!   never waits for anything but a short read lock.
 //!
@@ -18,14 +26,16 @@
 //! identity that signs the call, the role, the SHA-256 of the exact policy text,
 //! the duration and the session name.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng as _;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::backoff::Backoff;
 use super::client::AssumeRole;
 use super::{AssumeRoleRequest, StsError, TempCredentials};
 use crate::identity::{Credentials, key_id_prefix};
@@ -79,6 +89,8 @@ pub struct CacheTimings {
     pub refresh_retry_after: Duration,
     /// Upper bound on the number of cached credentials.
     pub capacity: u64,
+    /// How long a key's failed call is answered again without a call.
+    pub failure_backoff: Backoff,
 }
 
 /// How a lookup was answered; logged with every issued credential.
@@ -108,20 +120,43 @@ pub struct Lookup {
     pub refresh_after: DateTime<Utc>,
 }
 
+/// Whether the cache's calls to STS are failing, for readiness.
+#[derive(Debug, Clone, Default)]
+pub struct StsHealth {
+    /// Since when calls have failed for STS's own reasons, without a success since.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// The last such failure.
+    pub last_error: Option<StsError>,
+}
+
 struct Entry {
     creds: Arc<TempCredentials>,
     refresh_at: DateTime<Utc>,
 }
 
+type FlightResult = Result<Arc<Entry>, StsError>;
+
+/// A receiver of the result of a call in flight.
+type Flight = watch::Receiver<Option<FlightResult>>;
+
+/// A failed call, answered again until `until`.
+struct Failure {
+    error: StsError,
+    until: DateTime<Utc>,
+}
+
 #[derive(Default)]
 struct Slot {
     current: RwLock<Option<Arc<Entry>>>,
-    /// Held while a call to STS for this key is in flight.
-    fetching: tokio::sync::Mutex<()>,
-    /// Bumped when a call finishes, so queued callers know one just happened.
-    generation: AtomicU64,
-    last_error: RwLock<Option<StsError>>,
-    refreshing: AtomicBool,
+    /// The call to STS in flight for this key: a task the cache owns, so that a
+    /// caller giving up (its request deadline passed) does not cancel it.
+    flight: Mutex<Option<Flight>>,
+    /// Whether `flight` is set; lets hits in the refresh window skip the lock.
+    in_flight: AtomicBool,
+    /// The last failed call, while misses get its failure without a call.
+    failure: RwLock<Option<Failure>>,
+    /// Failed calls in a row (the back-off grows with it); 0 after a success.
+    failures: AtomicU32,
     refresh_failed: AtomicBool,
     retry_refresh_at: RwLock<Option<DateTime<Utc>>>,
 }
@@ -130,6 +165,25 @@ impl Slot {
     fn current(&self) -> Option<Arc<Entry>> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// Clears a slot's flight when dropped.
+struct Landed<'a>(&'a Slot);
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        *self.0.flight.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.0.in_flight.store(false, Ordering::Release);
+    }
+}
+
+/// What a lookup found under the flight lock.
+enum Join {
+    /// A call is (now) in flight: wait for it.
+    Wait(Flight),
+    /// No call: a call that ended just before answered already, or the key
+    /// backs off after a failure.
+    Answered(FlightResult),
 }
 
 #[derive(Clone)]
@@ -142,6 +196,7 @@ struct Inner {
     sts: Arc<dyn AssumeRole>,
     clock: Arc<dyn Clock>,
     timings: CacheTimings,
+    health: RwLock<StsHealth>,
 }
 
 impl CredentialCache {
@@ -157,6 +212,7 @@ impl CredentialCache {
                 sts,
                 clock,
                 timings,
+                health: RwLock::new(StsHealth::default()),
             }),
         }
     }
@@ -173,6 +229,15 @@ impl CredentialCache {
             .slots
             .iter()
             .any(|(_, slot)| slot.current().is_some_and(|e| self.inner.servable(&e, now)))
+    }
+
+    /// Whether calls to STS are failing, and since when (for readiness).
+    pub fn sts_health(&self) -> StsHealth {
+        self.inner
+            .health
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub async fn get(&self, identity: &Credentials, req: &AssumeRoleRequest) -> Result<Lookup, StsError> {
@@ -242,21 +307,66 @@ impl CredentialCache {
             return Ok(inner.lookup(entry, outcome));
         }
 
-        // Miss: one caller calls STS, the others queue on the lock and reuse its result.
-        let seen = slot.generation.load(Ordering::Acquire);
-        let _guard = slot.fetching.lock().await;
-        if slot.generation.load(Ordering::Acquire) != seen {
-            if let Some(entry) = slot.current()
-                && inner.servable(&entry, inner.clock.now())
-            {
-                return Ok(inner.lookup(entry, Outcome::Hit));
-            }
-            if let Some(err) = slot.last_error.read().unwrap_or_else(|e| e.into_inner()).clone() {
-                return Err(err);
-            }
+        // Miss: join the call in flight, or start one. Dropping this future
+        // (the request's deadline) only stops the waiting, never the call.
+        let mut flight = match self.join(&slot, identity, req, false) {
+            Join::Wait(flight) => flight,
+            Join::Answered(result) => return result.map(|e| inner.lookup(e, Outcome::Hit)),
+        };
+        let result = match flight.wait_for(Option::is_some).await {
+            Ok(done) => done.clone(),
+            Err(_) => None,
+        };
+        match result {
+            Some(result) => result.map(|e| inner.lookup(e, Outcome::Miss)),
+            // The task ended without an answer (it panicked): nothing was stored.
+            None => Err(StsError::Transport(
+                "the call to STS ended without an answer".into(),
+            )),
         }
-        let entry = inner.fetch_into(&slot, identity, req).await?;
-        Ok(inner.lookup(entry, Outcome::Miss))
+    }
+
+    /// The call in flight for `slot`, or a new one. Under the flight lock, so
+    /// that a call ending meanwhile is seen: it stores its result before it
+    /// clears the flight. A miss gets a still-valid credential instead of a new
+    /// call; no call starts while the key backs off after a failure.
+    fn join(&self, slot: &Arc<Slot>, identity: &Credentials, req: &AssumeRoleRequest, refresh: bool) -> Join {
+        let inner = &self.inner;
+        let mut flight = slot.flight.lock().unwrap_or_else(|e| e.into_inner());
+        // A closed channel is a task that died without answering: start anew.
+        if let Some(running) = flight.as_ref().filter(|f| f.has_changed().is_ok()) {
+            return Join::Wait(running.clone());
+        }
+        let now = inner.clock.now();
+        if !refresh
+            && let Some(entry) = slot.current()
+            && inner.servable(&entry, now)
+        {
+            return Join::Answered(Ok(entry));
+        }
+        if let Some(f) = slot.failure.read().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && now < f.until
+        {
+            if !refresh {
+                crate::prom::sts_backoff("key");
+            }
+            let left = (f.until - now).to_std().unwrap_or_default();
+            return Join::Answered(Err(StsError::backing_off(left, f.error.clone())));
+        }
+        let (tx, rx) = watch::channel(None);
+        *flight = Some(rx.clone());
+        slot.in_flight.store(true, Ordering::Release);
+        let (this, slot, identity, req) = (self.clone(), slot.clone(), identity.clone(), req.clone());
+        tokio::spawn(async move {
+            let result = {
+                // Cleared before the answer goes out (callers arriving later find
+                // the stored result), and even if the call panics.
+                let _landed = Landed(&slot);
+                this.fly(&slot, &identity, &req, refresh).await
+            };
+            let _ = tx.send(Some(result));
+        });
+        Join::Wait(rx)
     }
 
     fn refresh_in_background(
@@ -271,41 +381,92 @@ impl CredentialCache {
         {
             return;
         }
-        if slot.refreshing.swap(true, Ordering::AcqRel) {
-            return; // one refresh per key at a time
+        if slot.in_flight.load(Ordering::Acquire) {
+            return; // one call per key at a time
         }
-        let (this, slot, identity, req) = (self.clone(), slot.clone(), identity.clone(), req.clone());
-        tokio::spawn(async move {
-            let inner = &this.inner;
-            let _guard = slot.fetching.lock().await;
-            // A synchronous miss may have replaced the entry while we waited.
-            let still_due = slot.current().is_none_or(|e| inner.clock.now() >= e.refresh_at);
-            if still_due {
-                match inner.fetch_into(&slot, &identity, &req).await {
-                    Ok(_) => {
-                        crate::prom::cache_refresh(true);
-                        slot.refresh_failed.store(false, Ordering::Release);
-                        *slot.retry_refresh_at.write().unwrap_or_else(|e| e.into_inner()) = None;
-                    }
-                    Err(e) => {
-                        crate::prom::cache_refresh(false);
-                        let retry = inner.clock.now()
-                            + TimeDelta::from_std(inner.timings.refresh_retry_after).unwrap_or_default();
-                        slot.refresh_failed.store(true, Ordering::Release);
-                        *slot.retry_refresh_at.write().unwrap_or_else(|e| e.into_inner()) = Some(retry);
-                        let left = slot
-                            .current()
-                            .map(|c| (c.creds.expiration - inner.clock.now()).num_seconds());
-                        warn!(
-                            role_arn = %req.role_arn, session_name = %req.session_name, error = %e,
-                            remaining_secs = left.unwrap_or(0),
-                            "background refresh failed; serving the cached credential while it has min_remaining left"
-                        );
-                    }
+        // Nobody waits for it; the stored result serves the next lookups.
+        let _ = self.join(slot, identity, req, true);
+    }
+
+    /// One call to STS for `slot` (run by the cache's own task) and its
+    /// bookkeeping: the new entry, or the failure and its back-off.
+    async fn fly(
+        &self,
+        slot: &Slot,
+        identity: &Credentials,
+        req: &AssumeRoleRequest,
+        refresh: bool,
+    ) -> FlightResult {
+        let inner = &self.inner;
+        match inner.fetch(identity, req).await {
+            Ok(creds) => {
+                let entry = Arc::new(Entry {
+                    refresh_at: inner.refresh_at(&creds),
+                    creds: Arc::new(creds),
+                });
+                info!(
+                    role_arn = %req.role_arn, session_name = %req.session_name,
+                    access_key_id = %key_id_prefix(&entry.creds.access_key_id),
+                    expiration = %super::format_expiration(entry.creds.expiration),
+                    refresh_at = %super::format_expiration(entry.refresh_at),
+                    "cached new STS credential"
+                );
+                *slot.current.write().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
+                *slot.failure.write().unwrap_or_else(|e| e.into_inner()) = None;
+                slot.failures.store(0, Ordering::Release);
+                // A new credential is not stale, whichever call brought it.
+                slot.refresh_failed.store(false, Ordering::Release);
+                *slot.retry_refresh_at.write().unwrap_or_else(|e| e.into_inner()) = None;
+                if refresh {
+                    crate::prom::cache_refresh(true);
                 }
+                inner.record_health(None);
+                Ok(entry)
             }
-            slot.refreshing.store(false, Ordering::Release);
-        });
+            Err(e) => {
+                let now = inner.clock.now();
+                let mut backoff = Duration::ZERO;
+                let e = if e.is_transient() && !inner.timings.failure_backoff.is_off() {
+                    let streak = slot.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+                    // At least as long as the client's own throttling back-off, if it says so.
+                    backoff = inner
+                        .timings
+                        .failure_backoff
+                        .delay(streak)
+                        .max(e.retry_after().unwrap_or_default());
+                    let cause = e.into_cause();
+                    *slot.failure.write().unwrap_or_else(|e| e.into_inner()) = Some(Failure {
+                        error: cause.clone(),
+                        until: now + TimeDelta::from_std(backoff).unwrap_or_default(),
+                    });
+                    warn!(
+                        role_arn = %req.role_arn, session_name = %req.session_name, error = %cause,
+                        backoff_ms = backoff.as_millis() as u64, failures_in_a_row = streak,
+                        "STS call failed; misses of this key get this failure without a call until the back-off has passed"
+                    );
+                    StsError::backing_off(backoff, cause)
+                } else {
+                    e
+                };
+                if e.is_transient() {
+                    inner.record_health(Some((now, &e)));
+                }
+                if refresh {
+                    crate::prom::cache_refresh(false);
+                    let wait = inner.timings.refresh_retry_after.max(backoff);
+                    slot.refresh_failed.store(true, Ordering::Release);
+                    *slot.retry_refresh_at.write().unwrap_or_else(|e| e.into_inner()) =
+                        Some(now + TimeDelta::from_std(wait).unwrap_or_default());
+                    let left = slot.current().map(|c| (c.creds.expiration - now).num_seconds());
+                    warn!(
+                        role_arn = %req.role_arn, session_name = %req.session_name, error = %e,
+                        remaining_secs = left.unwrap_or(0),
+                        "background refresh failed; serving the cached credential while it has min_remaining left"
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -323,47 +484,34 @@ impl Inner {
         }
     }
 
-    /// Calls STS (the caller holds `slot.fetching`) and stores the result.
-    async fn fetch_into(
+    /// Calls STS and refuses a credential too short-lived to hand out.
+    async fn fetch(
         &self,
-        slot: &Slot,
         identity: &Credentials,
         req: &AssumeRoleRequest,
-    ) -> Result<Arc<Entry>, StsError> {
-        let result = self.sts.assume_role(identity, req).await.and_then(|creds| {
-            let left = remaining(&creds, self.clock.now());
-            if left < self.timings.min_remaining {
-                return Err(StsError::ShortLived {
-                    remaining_secs: (creds.expiration - self.clock.now()).num_seconds(),
-                    min_remaining_secs: self.timings.min_remaining.as_secs(),
-                });
+    ) -> Result<TempCredentials, StsError> {
+        let creds = self.sts.assume_role(identity, req).await?;
+        let left = remaining(&creds, self.clock.now());
+        if left < self.timings.min_remaining {
+            return Err(StsError::ShortLived {
+                remaining_secs: (creds.expiration - self.clock.now()).num_seconds(),
+                min_remaining_secs: self.timings.min_remaining.as_secs(),
+            });
+        }
+        Ok(creds)
+    }
+
+    /// A call succeeded (`None`) or failed for STS's own reasons.
+    fn record_health(&self, failure: Option<(DateTime<Utc>, &StsError)>) {
+        let mut h = self.health.write().unwrap_or_else(|e| e.into_inner());
+        match failure {
+            None => *h = StsHealth::default(),
+            Some((now, e)) => {
+                h.failing_since.get_or_insert(now);
+                h.last_error = Some(e.clone().into_cause());
             }
-            Ok(creds)
-        });
-        let out = match result {
-            Ok(creds) => {
-                let entry = Arc::new(Entry {
-                    refresh_at: self.refresh_at(&creds),
-                    creds: Arc::new(creds),
-                });
-                info!(
-                    role_arn = %req.role_arn, session_name = %req.session_name,
-                    access_key_id = %key_id_prefix(&entry.creds.access_key_id),
-                    expiration = %super::format_expiration(entry.creds.expiration),
-                    refresh_at = %super::format_expiration(entry.refresh_at),
-                    "cached new STS credential"
-                );
-                *slot.current.write().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
-                *slot.last_error.write().unwrap_or_else(|e| e.into_inner()) = None;
-                Ok(entry)
-            }
-            Err(e) => {
-                *slot.last_error.write().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
-                Err(e)
-            }
-        };
-        slot.generation.fetch_add(1, Ordering::AcqRel);
-        out
+        }
+        crate::prom::sts_failing(h.failing_since.is_some());
     }
 
     /// `refresh_before` ahead of expiry, up to 10 % earlier so that entries minted
@@ -406,6 +554,8 @@ mod tests {
         clock: Arc<ManualClock>,
         calls: AtomicUsize,
         fail: AtomicBool,
+        /// Answered instead of `ServiceUnavailable` while `fail` is set.
+        error: Mutex<Option<StsError>>,
         life: Mutex<Duration>,
         delay: Duration,
     }
@@ -422,6 +572,9 @@ mod tests {
                 tokio::time::sleep(self.delay).await;
             }
             if self.fail.load(Ordering::SeqCst) {
+                if let Some(e) = self.error.lock().unwrap().clone() {
+                    return Err(e);
+                }
                 return Err(StsError::Api {
                     status: 503,
                     code: "ServiceUnavailable".into(),
@@ -441,11 +594,30 @@ mod tests {
     }
 
     fn setup(delay_ms: u64) -> (CredentialCache, Arc<FakeSts>, Arc<ManualClock>) {
+        setup_timed(delay_ms, Backoff::OFF)
+    }
+
+    /// Like [`setup`], with the failure back-off of the defaults (1 s doubling
+    /// to 30 s). The tests of the other guarantees run without it.
+    fn setup_with_backoff(delay_ms: u64) -> (CredentialCache, Arc<FakeSts>, Arc<ManualClock>) {
+        setup_timed(delay_ms, BACKOFF)
+    }
+
+    const BACKOFF: Backoff = Backoff {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(30),
+    };
+
+    fn setup_timed(
+        delay_ms: u64,
+        failure_backoff: Backoff,
+    ) -> (CredentialCache, Arc<FakeSts>, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock(Mutex::new(Utc::now())));
         let sts = Arc::new(FakeSts {
             clock: clock.clone(),
             calls: AtomicUsize::new(0),
             fail: AtomicBool::new(false),
+            error: Mutex::new(None),
             life: Mutex::new(Duration::from_secs(3600)),
             delay: Duration::from_millis(delay_ms),
         });
@@ -454,6 +626,7 @@ mod tests {
             refresh_before: Duration::from_secs(20 * 60),
             refresh_retry_after: Duration::from_secs(10),
             capacity: 1000,
+            failure_backoff,
         };
         (
             CredentialCache::new(sts.clone(), clock.clone(), timings),
@@ -592,6 +765,185 @@ mod tests {
         sts.fail.store(false, Ordering::SeqCst);
         let fresh = cache.get(&identity(), &req).await.unwrap();
         assert_eq!(fresh.outcome, Outcome::Miss);
+    }
+
+    /// Issue 13 item 2: a caller whose deadline passes stops waiting, but the
+    /// call it started goes on and its result serves whoever asks next.
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_caller_does_not_cancel_the_call() {
+        let (cache, sts, _) = setup(1000);
+        let req = request("p");
+        let gave_up = tokio::time::timeout(Duration::from_millis(300), cache.get(&identity(), &req)).await;
+        assert!(gave_up.is_err(), "the caller's deadline passes first");
+        tokio::time::sleep(Duration::from_secs(2)).await; // the call finishes meanwhile
+        let next = cache.get(&identity(), &req).await.unwrap();
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1, "calls");
+        assert_eq!(next.outcome, Outcome::Hit);
+    }
+
+    /// Waves of callers that each give up before STS answers share one call:
+    /// every wave joins the call in flight instead of starting its own.
+    #[tokio::test(start_paused = true)]
+    async fn waves_of_impatient_callers_share_one_call() {
+        let (cache, sts, _) = setup(1000);
+        let req = request("p");
+        for _wave in 0..3 {
+            let tasks: Vec<_> = (0..50)
+                .map(|_| {
+                    let (c, r) = (cache.clone(), req.clone());
+                    tokio::spawn(async move {
+                        tokio::time::timeout(Duration::from_millis(300), c.get(&identity(), &r)).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                assert!(t.await.unwrap().is_err(), "every caller of the wave gives up");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let served = cache.get(&identity(), &req).await.unwrap();
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1, "calls");
+        assert_eq!(served.credentials.access_key_id, "STS.test0");
+    }
+
+    /// Issue 13 item 3: misses right after a failed call get its failure
+    /// without calling STS again.
+    #[tokio::test]
+    async fn misses_after_a_failed_call_do_not_call_again_during_the_backoff() {
+        let (cache, sts, _) = setup_with_backoff(0);
+        sts.fail.store(true, Ordering::SeqCst);
+        let req = request("p");
+        for _ in 0..10 {
+            let err = cache.get(&identity(), &req).await.unwrap_err();
+            assert_eq!(err.sts_code(), Some("ServiceUnavailable"));
+            let wait = err.retry_after().expect("says when to come back");
+            assert!(wait > Duration::ZERO && wait <= BACKOFF.initial, "{wait:?}");
+        }
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1, "calls");
+        // Other keys are not affected.
+        cache.get(&identity(), &request("other")).await.unwrap_err();
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2, "calls");
+    }
+
+    fn until_next_call(err: &StsError) -> Duration {
+        err.retry_after()
+            .expect("a transient failure says when to come back")
+    }
+
+    #[tokio::test]
+    async fn the_backoff_grows_with_failures_in_a_row_and_a_success_resets_it() {
+        let (cache, sts, clock) = setup_with_backoff(0);
+        sts.fail.store(true, Ordering::SeqCst);
+        let req = request("p");
+        let calls = || sts.calls.load(Ordering::SeqCst);
+        let mut waits = Vec::new();
+        for n in 1..=4u32 {
+            let err = cache.get(&identity(), &req).await.unwrap_err();
+            assert_eq!(calls(), n as usize);
+            let wait = until_next_call(&err);
+            // Jittered: between half the step and the whole step (1, 2, 4, 8 s).
+            let step = BACKOFF.initial * 2u32.pow(n - 1);
+            assert!(wait * 2 >= step && wait <= step, "failure {n}: {wait:?}");
+            // Just before the wait is over: still no call.
+            clock.advance(wait - Duration::from_millis(1));
+            assert!(cache.get(&identity(), &req).await.is_err());
+            assert_eq!(calls(), n as usize);
+            clock.advance(Duration::from_millis(1));
+            waits.push(wait);
+        }
+        // STS is back: the next miss after the wait calls once and is served.
+        sts.fail.store(false, Ordering::SeqCst);
+        let fresh = cache.get(&identity(), &req).await.unwrap();
+        assert_eq!(fresh.outcome, Outcome::Miss);
+        assert_eq!(calls(), 5);
+        // The next failure (once this credential is used up) starts over at the first step.
+        sts.fail.store(true, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(46 * 60));
+        let err = cache.get(&identity(), &req).await.unwrap_err();
+        assert!(until_next_call(&err) <= BACKOFF.initial, "{waits:?}");
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_backed_off() {
+        let (cache, sts, _) = setup_with_backoff(0);
+        sts.fail.store(true, Ordering::SeqCst);
+        *sts.error.lock().unwrap() = Some(StsError::Api {
+            status: 403,
+            code: "NoPermission".into(),
+            message: "no".into(),
+            request_id: None,
+        });
+        let req = request("p");
+        for _ in 0..3 {
+            let err = cache.get(&identity(), &req).await.unwrap_err();
+            assert_eq!(err.sts_code(), Some("NoPermission"));
+            assert_eq!(err.retry_after(), None);
+        }
+        // Fixing the role in RAM takes effect with the next request.
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
+        assert!(cache.sts_health().failing_since.is_none());
+    }
+
+    /// The client's throttling back-off (carried by its error) is honoured by
+    /// the key's back-off when it is the longer one.
+    #[tokio::test]
+    async fn a_throttled_call_backs_the_key_off_as_long_as_the_client_says() {
+        let (cache, sts, clock) = setup_with_backoff(0);
+        sts.fail.store(true, Ordering::SeqCst);
+        let throttled = StsError::Api {
+            status: 400,
+            code: "Throttling.User".into(),
+            message: "flow control".into(),
+            request_id: None,
+        };
+        *sts.error.lock().unwrap() = Some(StsError::backing_off(Duration::from_secs(5), throttled));
+        let req = request("p");
+        let err = cache.get(&identity(), &req).await.unwrap_err();
+        assert_eq!(err.kind(), crate::sts::StsErrorKind::Throttled);
+        assert_eq!(err.sts_code(), Some("Throttling.User"));
+        assert_eq!(until_next_call(&err), Duration::from_secs(5));
+        clock.advance(Duration::from_secs(3));
+        let err = cache.get(&identity(), &req).await.unwrap_err();
+        assert_eq!(until_next_call(&err), Duration::from_secs(2));
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_secs(2));
+        sts.fail.store(false, Ordering::SeqCst);
+        assert!(cache.get(&identity(), &req).await.is_ok());
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A call whose callers all gave up still leaves its failure behind.
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_call_that_fails_still_backs_the_key_off() {
+        let (cache, sts, _) = setup_with_backoff(1000);
+        sts.fail.store(true, Ordering::SeqCst);
+        let req = request("p");
+        let gave_up = tokio::time::timeout(Duration::from_millis(300), cache.get(&identity(), &req)).await;
+        assert!(gave_up.is_err());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let err = cache.get(&identity(), &req).await.unwrap_err();
+        assert_eq!(err.sts_code(), Some("ServiceUnavailable"));
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn health_tells_since_when_sts_is_failing() {
+        let (cache, sts, clock) = setup_with_backoff(0);
+        let req = request("p");
+        assert!(cache.sts_health().failing_since.is_none());
+        sts.fail.store(true, Ordering::SeqCst);
+        let since = clock.now();
+        cache.get(&identity(), &req).await.unwrap_err();
+        clock.advance(Duration::from_secs(60));
+        cache.get(&identity(), &req).await.unwrap_err();
+        let h = cache.sts_health();
+        assert_eq!(h.failing_since, Some(since), "the first failure of the streak");
+        assert_eq!(h.last_error.unwrap().sts_code(), Some("ServiceUnavailable"));
+        sts.fail.store(false, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(60));
+        cache.get(&identity(), &req).await.unwrap();
+        let h = cache.sts_health();
+        assert!(h.failing_since.is_none() && h.last_error.is_none());
     }
 
     #[tokio::test]

@@ -1,19 +1,22 @@
 //! The AssumeRole HTTP client: RPC signature v1.0, bounded retries with
-//! jittered exponential backoff, and the STS call budget.
+//! jittered exponential backoff, the client-wide back-off after throttling,
+//! and the STS call budget.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng as _;
 use serde::Deserialize;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use secrecy::ExposeSecret as _;
 
-use super::{AssumeRoleRequest, OidcRequest, StsError, TempCredentials};
+use super::backoff::Gate;
+use super::{AssumeRoleRequest, OidcRequest, StsError, StsErrorKind, TempCredentials};
 use crate::config::StsConfig;
 use crate::identity::{Credentials, key_id_prefix};
 use crate::sign::sts_rpc;
@@ -36,6 +39,8 @@ pub struct StsClient {
     retry_base: Duration,
     /// Every HTTP attempt (retries included) takes a token; cache hits never get here.
     budget: DefaultDirectRateLimiter,
+    /// Closed by a throttling answer: no attempt, of any caller, goes out until it opens.
+    gate: Gate,
     stamp: Arc<dyn Fn() -> Stamp + Send + Sync>,
 }
 
@@ -59,6 +64,11 @@ impl Stamp {
 
 /// STS answers are small; anything bigger is not an STS answer.
 const MAX_STS_BODY: usize = 1024 * 1024;
+
+/// The longest a retry waits for the throttling back-off; beyond it the call
+/// gives up and says when to come back (a call that sleeps keeps every caller
+/// of its key waiting until their deadlines).
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 
 /// What the retry loop logs about a call.
 struct CallInfo<'a> {
@@ -88,6 +98,7 @@ impl StsClient {
             max_retries: cfg.max_retries,
             retry_base: cfg.retry_base_delay,
             budget: RateLimiter::direct(Quota::per_second(rate)),
+            gate: Gate::new(cfg.failure_backoff()),
             stamp: Arc::new(Stamp::now),
         })
     }
@@ -251,7 +262,9 @@ impl StsClient {
         })
     }
 
-    /// Runs `attempt` until it succeeds, fails permanently, or the retries are spent.
+    /// Runs `attempt` until it succeeds, fails permanently, or the retries are
+    /// spent. While the throttling back-off is on, no attempt goes out: the
+    /// first one fails at once with its remaining time, a retry waits for it.
     async fn retrying<F, Fut>(
         &self,
         info: CallInfo<'_>,
@@ -269,6 +282,10 @@ impl StsClient {
         } = info;
         let mut attempt = 0;
         loop {
+            if let Some((wait, cause)) = self.gate.closed(Instant::now()) {
+                crate::prom::sts_backoff("client");
+                return Err(StsError::backing_off(wait, cause));
+            }
             let started = Instant::now();
             let result = attempt_fn().await;
             let latency_ms = started.elapsed().as_millis() as u64;
@@ -280,6 +297,7 @@ impl StsClient {
                     StsError::BadResponse(_) => "bad_response",
                     StsError::ShortLived { .. } => "short_lived",
                     StsError::Identity(_) => "identity",
+                    StsError::BackingOff { .. } => "backoff",
                 }),
                 started.elapsed(),
             );
@@ -295,12 +313,27 @@ impl StsClient {
                     error = %e, "{action} failed"
                 ),
             }
-            match result {
-                Err(e) if e.retryable() && attempt < self.max_retries => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
+            match &result {
+                Ok(_) => self.gate.answered(),
+                Err(e) if e.kind() == StsErrorKind::Throttled => self.gate.throttled(Instant::now(), e),
+                Err(_) => {}
+            }
+            let e = match result {
+                Err(e) if e.retryable() => e,
+                other => return other,
+            };
+            let gate = self.gate.closed(Instant::now()).map(|(wait, _)| wait);
+            match gate {
+                // Throttled: say when to come back rather than sleep long or retry early.
+                Some(wait) if attempt >= self.max_retries || wait > MAX_RETRY_WAIT => {
+                    return Err(StsError::backing_off(wait, e));
+                }
+                _ if attempt >= self.max_retries => return Err(e),
+                _ => {
+                    let delay = self.backoff(attempt).max(gate.unwrap_or_default());
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                other => return other,
             }
         }
     }
@@ -436,6 +469,126 @@ struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn client(max_retries: u32) -> StsClient {
+        let cfg: StsConfig = toml::from_str(&format!(
+            "endpoint = \"http://127.0.0.1:9\"\nrole_arn = \"acs:ram::1:role/r\"\nretry_base_delay = \"10ms\"\nmax_retries = {max_retries}\n"
+        ))
+        .unwrap();
+        StsClient::new(&cfg).unwrap()
+    }
+
+    fn info() -> CallInfo<'static> {
+        CallInfo {
+            action: "AssumeRole",
+            role_arn: "acs:ram::1:role/r",
+            session_name: "s",
+            caller: "test".into(),
+        }
+    }
+
+    fn throttling() -> Result<TempCredentials, StsError> {
+        Err(StsError::Api {
+            status: 400,
+            code: "Throttling.User".into(),
+            message: "Request was denied due to user flow control.".into(),
+            request_id: Some("r-1".into()),
+        })
+    }
+
+    fn minted() -> Result<TempCredentials, StsError> {
+        Ok(TempCredentials {
+            access_key_id: "STS.test".into(),
+            access_key_secret: "s".to_string().into(),
+            security_token: "t".to_string().into(),
+            expiration: Utc::now() + chrono::TimeDelta::hours(1),
+            request_id: "r-2".into(),
+        })
+    }
+
+    /// Issue 13 item 3: a throttling answer backs the whole client off. The
+    /// retry loop waits for the back-off, and a call of any other caller made
+    /// meanwhile fails at once, without reaching STS, saying when to come back.
+    #[tokio::test(start_paused = true)]
+    async fn throttling_backs_every_caller_off_and_retries_wait_for_it() {
+        let sts = client(2);
+        let calls = AtomicUsize::new(0);
+        let started = Instant::now();
+        let err = sts
+            .retrying(info(), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                throttling()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "1 + max_retries attempts");
+        // Jittered back-off steps of at least 0.5 s and 1 s came between them.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(err.kind(), StsErrorKind::Throttled);
+        assert_eq!(err.sts_code(), Some("Throttling.User"));
+        let wait = err.retry_after().expect("says when to come back");
+        assert!(
+            wait >= Duration::from_secs(2) && wait <= Duration::from_secs(4),
+            "{wait:?}"
+        );
+
+        // Another caller (another key, the identity's refresh, …): no call.
+        let others = AtomicUsize::new(0);
+        let turned_away = sts
+            .retrying(info(), || async {
+                others.fetch_add(1, Ordering::SeqCst);
+                minted()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(others.load(Ordering::SeqCst), 0, "calls while backing off");
+        assert_eq!(turned_away.sts_code(), Some("Throttling.User"));
+        assert!(turned_away.retry_after().unwrap() <= wait);
+
+        // Once the wait is over, calls go out again; a success starts the back-off over.
+        tokio::time::sleep(wait).await;
+        assert!(sts.retrying(info(), || async { minted() }).await.is_ok());
+        assert!(sts.gate.closed(Instant::now()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_once_then_fine_is_not_seen_by_the_caller() {
+        let sts = client(2);
+        let calls = AtomicUsize::new(0);
+        let got = sts
+            .retrying(info(), || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 => throttling(),
+                    _ => minted(),
+                }
+            })
+            .await;
+        assert!(got.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A wait longer than a retry may sleep ends the call with the time to come back.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_throttling_backoff_ends_the_retries_early() {
+        let sts = client(10);
+        let calls = AtomicUsize::new(0);
+        let err = sts
+            .retrying(info(), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                throttling()
+            })
+            .await
+            .unwrap_err();
+        // Waits of at most 1, 2, 4 s are slept; the 4th (4-8 s) may exceed MAX_RETRY_WAIT.
+        let n = calls.load(Ordering::SeqCst);
+        assert!((3..=5).contains(&n), "{n} attempts");
+        assert!(err.retry_after().is_some());
+    }
 
     #[test]
     fn redaction_covers_every_encoding_of_the_token() {
