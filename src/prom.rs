@@ -24,6 +24,8 @@
 //! | `ossvend_auth_failures_total` | counter | `grant`, `method`, `reason` |
 //! | `ossvend_rate_limited_total` | counter | `grant`, `scope` (`ip`, `subject`) |
 //! | `ossvend_config_reloads_total` | counter | `outcome` (`success`, `failure`) |
+//! | `ossvend_connections_open` | gauge | client connections open, all listeners together |
+//! | `ossvend_connections_closed_total` | counter | `reason` (`header_timeout`, `idle`, `evicted`): closed by ossvend |
 
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
@@ -171,6 +173,15 @@ fn describe() {
     describe_counter!(
         "ossvend_config_reloads_total",
         "Configuration reloads (SIGHUP, POST /admin/reload) by outcome"
+    );
+    describe_gauge!(
+        "ossvend_connections_open",
+        "Client connections open, all listeners together"
+    );
+    describe_counter!(
+        "ossvend_connections_closed_total",
+        "Connections closed by ossvend: header_timeout (server.header_read_timeout), idle (server.idle_timeout), \
+         evicted (to make room at server.max_connections)"
     );
 }
 
@@ -327,6 +338,15 @@ pub fn rate_limited(grant: &str, scope: &'static str) {
 
 pub fn config_reload(ok: bool) {
     counter!("ossvend_config_reloads_total", "outcome" => outcome(ok)).increment(1);
+}
+
+pub fn connections_open(n: usize) {
+    gauge!("ossvend_connections_open").set(n as f64);
+}
+
+/// `reason`: `header_timeout`, `idle` or `evicted`.
+pub fn connection_closed(reason: &'static str) {
+    counter!("ossvend_connections_closed_total", "reason" => reason).increment(1);
 }
 
 fn outcome(ok: bool) -> &'static str {

@@ -198,6 +198,16 @@ fn diff(old: &AppState, new: &AppState) -> Changes {
     if o.server.log_format != n.server.log_format {
         restart_needed.push("server.log_format");
     }
+    // Read once by the accept loop (src/connections.rs).
+    if o.server.header_read_timeout != n.server.header_read_timeout {
+        restart_needed.push("server.header_read_timeout");
+    }
+    if o.server.idle_timeout != n.server.idle_timeout {
+        restart_needed.push("server.idle_timeout");
+    }
+    if o.server.max_connections != n.server.max_connections {
+        restart_needed.push("server.max_connections");
+    }
     if o.admin.listen != n.admin.listen {
         restart_needed.push("admin.listen");
     }

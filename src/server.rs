@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::connections::{ConnectionLimits, Connections};
 use crate::grants::{Grants, Issuer};
 use crate::identity::{self, RefreshTimings};
 use crate::ratelimit::Limits;
@@ -160,7 +161,8 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener) -> std::io::Result
         identity_source = state.issuer.identity.source_name(),
         "ossvend listening on http://{addr}"
     );
-    serve(crate::routes::app(state), listener).await?;
+    let connections = Connections::new(ConnectionLimits::from_config(&state.config.server));
+    serve(crate::routes::app(state), listener, &connections).await?;
     info!("ossvend stopped");
     Ok(())
 }
@@ -168,7 +170,8 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener) -> std::io::Result
 /// Serves the live (reloadable) application on `listener` and, when
 /// `[admin] listen` is configured, the admin application (`/metrics`,
 /// `POST /admin/reload`) on `admin`; reloads the config on SIGHUP; runs until
-/// a shutdown signal, letting in-flight requests finish.
+/// a shutdown signal, letting in-flight requests finish. Both listeners share
+/// one connection budget (`server.max_connections`).
 pub async fn run_live(
     live: Arc<crate::reload::Live>,
     listener: TcpListener,
@@ -178,6 +181,8 @@ pub async fn run_live(
     crate::reload::spawn_sighup(live.clone())?;
     crate::prom::spawn_upkeep();
     let state = live.state();
+    // Connection settings are read once: a reload that changes them asks for a restart.
+    let connections = Connections::new(ConnectionLimits::from_config(&state.config.server));
     if let Some(a) = &admin {
         let addr = a.local_addr()?;
         info!(admin_listen = %addr, "ossvend admin listening on http://{addr} (GET /metrics, POST /admin/reload)");
@@ -192,17 +197,10 @@ pub async fn run_live(
         "ossvend listening on http://{addr}"
     );
     drop(state);
-    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-        std::net::SocketAddr,
-    >(live.service());
-    let main = async {
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-    };
+    let main = serve(live.service(), listener, &connections);
     match admin {
         Some(a) => {
-            tokio::try_join!(main, serve(crate::routes::admin_app(live), a))?;
+            tokio::try_join!(main, serve(crate::routes::admin_app(live), a, &connections))?;
         }
         None => main.await?,
     }
@@ -210,14 +208,25 @@ pub async fn run_live(
     Ok(())
 }
 
-/// Serves `router` on `listener` with connect info (the rate limits and the
-/// audit trail need the client's address) until a shutdown signal, letting
-/// in-flight requests finish.
-pub async fn serve(router: axum::Router, listener: TcpListener) -> std::io::Result<()> {
-    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+/// Serves `service` on `listener` within `connections`' limits, with connect
+/// info (the rate limits and the audit trail need the client's address),
+/// until a shutdown signal, letting in-flight requests finish.
+pub async fn serve<S>(
+    service: S,
+    listener: TcpListener,
+    connections: &Arc<Connections>,
+) -> std::io::Result<()>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    connections.serve(listener, service, shutdown_signal()).await
 }
 
 /// Ctrl-C or SIGTERM. Every caller gets its own notification, so several

@@ -202,6 +202,19 @@ pub struct ServerConfig {
     pub allow_anonymous: bool,
     /// Serve this directory at `/` (the demo upload page).
     pub static_dir: Option<PathBuf>,
+    /// How long a client has to send a complete request header, counted from
+    /// the connection's start, or on a kept-alive connection from the first
+    /// byte of the next request. Cuts off slow-header (slowloris) clients.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight and none arriving
+    /// (kept alive after a response) stays open.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once, all listeners together; lowered at
+    /// start-up to fit the open-file limit. At the cap, the oldest connection
+    /// with no request in flight is closed to make room for the new one.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -214,6 +227,12 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             allow_anonymous: false,
             static_dir: None,
+            header_read_timeout: Duration::from_secs(10),
+            // Longer than ingress-nginx's 60 s upstream keep-alive, so that a
+            // proxy in front closes first and never reuses a connection
+            // ossvend is closing.
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 4096,
         }
     }
 }

@@ -36,6 +36,11 @@ pub const MIN_DURATION_SECONDS: u32 = 900;
 /// PostObject accepts objects up to 5 GiB.
 pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 pub const MAX_DURATION_SECONDS: u32 = 43_200;
+/// Longer would let slow-header clients hold connections for no purpose.
+pub const MAX_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+pub const MAX_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Far above what one process can hold open (each connection is a file descriptor).
+pub const MAX_CONNECTIONS: usize = 1_048_576;
 
 /// Checks `config` as loaded; `env` is the process environment (for the identity).
 pub fn validate(config: &Config, env: &BTreeMap<String, String>) -> Vec<Problem> {
@@ -86,6 +91,34 @@ fn check_server(config: &Config, p: &mut Problems) {
     }
     if server.body_limit_bytes == 0 {
         p.add("server.body_limit_bytes", "must be greater than zero");
+    }
+    for (key, value, max) in [
+        (
+            "server.header_read_timeout",
+            server.header_read_timeout,
+            MAX_HEADER_READ_TIMEOUT,
+        ),
+        ("server.idle_timeout", server.idle_timeout, MAX_IDLE_TIMEOUT),
+    ] {
+        if value.is_zero() || value > max {
+            p.add(
+                key,
+                format!(
+                    "{} must be greater than zero and at most {}",
+                    humantime_serde::re::humantime::format_duration(value),
+                    humantime_serde::re::humantime::format_duration(max)
+                ),
+            );
+        }
+    }
+    if !(1..=MAX_CONNECTIONS).contains(&server.max_connections) {
+        p.add(
+            "server.max_connections",
+            format!(
+                "{} must be between 1 and {MAX_CONNECTIONS}",
+                server.max_connections
+            ),
+        );
     }
 }
 
@@ -911,6 +944,67 @@ pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MINIMAL: &str = r#"
+[sts]
+endpoint = "http://127.0.0.1:9"
+role_arn = "acs:ram::1234567890123456:role/oss-upload"
+
+[[grants]]
+name = "g"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "uploads/"
+"#;
+
+    fn server_problems(env: &[(&str, &str)]) -> Vec<String> {
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let config = super::super::parse(MINIMAL, &env).unwrap();
+        validate(&config, &env)
+            .into_iter()
+            .filter(|p| p.path.starts_with("server."))
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn connection_settings_have_safe_defaults_and_refuse_zero_or_absurd_values() {
+        let config = super::super::parse(MINIMAL, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            config.server.header_read_timeout,
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(config.server.idle_timeout, std::time::Duration::from_secs(75));
+        assert_eq!(config.server.max_connections, 4096);
+        assert!(server_problems(&[]).is_empty());
+        // Set through the environment, like every [server] key.
+        assert!(
+            server_problems(&[
+                ("OSSVEND_SERVER_HEADER_READ_TIMEOUT", "2s"),
+                ("OSSVEND_SERVER_IDLE_TIMEOUT", "90s"),
+                ("OSSVEND_SERVER_MAX_CONNECTIONS", "100"),
+            ])
+            .is_empty()
+        );
+        let bad = server_problems(&[
+            ("OSSVEND_SERVER_HEADER_READ_TIMEOUT", "0s"),
+            ("OSSVEND_SERVER_IDLE_TIMEOUT", "2h"),
+            ("OSSVEND_SERVER_MAX_CONNECTIONS", "0"),
+        ]);
+        assert_eq!(
+            bad,
+            [
+                "server.header_read_timeout: 0s must be greater than zero and at most 5m",
+                "server.idle_timeout: 2h must be greater than zero and at most 1h",
+                "server.max_connections: 0 must be between 1 and 1048576",
+            ]
+        );
+        let bad = server_problems(&[
+            ("OSSVEND_SERVER_HEADER_READ_TIMEOUT", "10m"),
+            ("OSSVEND_SERVER_MAX_CONNECTIONS", "2000000"),
+        ]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+    }
 
     #[test]
     fn names() {

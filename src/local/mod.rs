@@ -270,6 +270,8 @@ pub async fn run(opts: Options, env: &BTreeMap<String, String>) -> Result<(), Ve
     let env = local_env(env, &local.root);
     let cfg = local_config(&opts, main_addr, oss_addr, &env)?;
     let embedded_page = cfg.server.static_dir.is_none();
+    let connections =
+        crate::connections::Connections::new(crate::connections::ConnectionLimits::from_config(&cfg.server));
     let grants: Vec<String> = cfg.grants.iter().map(|g| g.name.clone()).collect();
     let status = serde_json::json!({
         "mode": "local",
@@ -310,8 +312,8 @@ pub async fn run(opts: Options, env: &BTreeMap<String, String>) -> Result<(), Ve
         data_dir.display()
     );
     let served = tokio::try_join!(
-        crate::server::serve(router, main_listener),
-        crate::server::serve(sink, oss_listener),
+        crate::server::serve(router, main_listener, &connections),
+        crate::server::serve(sink, oss_listener, &connections),
     );
     info!("ossvend local stopped");
     served.map(|_| ()).map_err(|e| vec![format!("server error: {e}")])
