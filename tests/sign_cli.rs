@@ -31,6 +31,10 @@ fn sign(args: &[String], ak: &str, sk: &str, token: Option<&str>) -> (bool, Stri
     )
 }
 
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
 fn at(epoch: i64) -> String {
     chrono::DateTime::from_timestamp(epoch, 0)
         .unwrap()
@@ -96,7 +100,7 @@ fn presign_reproduces_the_oss_v4_vectors() {
 
 #[test]
 fn presign_refuses_more_than_seven_days() {
-    let args: Vec<String> = [
+    let args = strings(&[
         "presign",
         "--bucket",
         "b",
@@ -106,10 +110,7 @@ fn presign_refuses_more_than_seven_days() {
         "cn-hangzhou",
         "--expires",
         "604801",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let (ok, _, err) = sign(&args, "LTAIfake", "fakeSecret", None);
     assert!(!ok);
     assert!(err.contains("604800"), "{err}");
@@ -238,13 +239,13 @@ fn placeholder_key_ids_and_missing_v4_conditions_are_explained() {
             "s",
         ],
     ] {
-        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut a = strings(&args);
         a.extend(["--access-key-id".into(), "LTAI…".into()]);
         let (ok, _, err) = sign(&a, "unused", "fakeSecret", None);
         assert!(!ok && err.contains("access key id"), "{args:?}: {err}");
     }
     // A V4 policy without its conditions: the error lists them, ready to paste.
-    let a: Vec<String> = [
+    let a = strings(&[
         "post-policy",
         "--access-key-id",
         "LTAI5tFake",
@@ -252,10 +253,7 @@ fn placeholder_key_ids_and_missing_v4_conditions_are_explained() {
         "2023-12-15T00:00:00Z",
         "--policy",
         r#"{"expiration":"2023-12-15T01:00:00.000Z","conditions":[]}"#,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let (ok, _, err) = sign(&a, "unused", "fakeSecret", None);
     assert!(!ok, "{err}");
     assert!(
@@ -265,7 +263,7 @@ fn placeholder_key_ids_and_missing_v4_conditions_are_explained() {
     );
     // s3-v4 is spelled as in grants; the old s3v4 still works.
     for scheme in ["s3-v4", "s3v4"] {
-        let a: Vec<String> = [
+        let a = strings(&[
             "presign",
             "--scheme",
             scheme,
@@ -277,10 +275,7 @@ fn placeholder_key_ids_and_missing_v4_conditions_are_explained() {
             "k",
             "--region",
             "cn-hangzhou",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ]);
         let (ok, out, err) = sign(&a, "unused", "fakeSecret", None);
         assert!(ok && out.contains("X-Amz-Signature="), "{scheme}: {err}");
     }
