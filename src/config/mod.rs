@@ -4,6 +4,7 @@
 //! This module reads the file and the environment and nothing else; it never
 //! touches the network.
 
+pub mod redact;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -727,17 +728,20 @@ pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Config, LoadE
     })
 }
 
+/// Errors say where, never what, when the place holds a secret (see [`redact`]).
 pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Config, String> {
-    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| redact::syntax_error(text, &e))?;
     apply_env_overrides(&mut doc, env)?;
+    let secrets = redact::secret_values(&doc);
     toml::Value::Table(doc)
         .try_into::<Config>()
-        .map_err(|e| e.to_string())
+        .map_err(|e| redact::value_error(&e, &secrets))
 }
 
 /// `OSSVEND_SERVER_LISTEN=0.0.0.0:8000` sets `server.listen`, and so on for the
 /// `server`, `identity`, `sts` and `admin` sections. Values are read as TOML when they
-/// parse as such (numbers, booleans) and as plain strings otherwise.
+/// parse as such (numbers, booleans) and as plain strings otherwise; keys that name a
+/// secret ([`redact::names_secret`]) are always plain strings.
 fn apply_env_overrides(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), String> {
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("OSSVEND_") else {
@@ -752,10 +756,15 @@ fn apply_env_overrides(doc: &mut toml::Table, env: &BTreeMap<String, String>) ->
         }) else {
             continue;
         };
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        // A secret is a string even when it looks like a number or a boolean.
+        let value = if redact::names_secret(key) {
+            toml::Value::String(raw.clone())
+        } else {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()))
+        };
         let table = doc
             .entry(section)
             .or_insert_with(|| toml::Value::Table(Default::default()))
