@@ -97,12 +97,18 @@ async fn reload(
 /// 401 without a bearer token, 403 with a wrong one or when no admin token is
 /// configured. The digest is compared like an API key's (constant time).
 fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(ApiError::bad_request(
+            "ambiguous_credentials",
+            "send exactly one Authorization header",
+        ));
+    }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|a| a.split_once(' '))
+        .and_then(crate::auth::split_scheme)
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
+        .map(|(_, token)| token)
         .filter(|t| !t.is_empty());
     let Some(token) = presented else {
         let mut e = ApiError::new(
