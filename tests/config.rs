@@ -415,3 +415,61 @@ fn secret_env_overrides_are_strings_and_never_echoed() {
         assert!(!err.contains(secret), "{err}");
     }
 }
+
+/// Issue 13 item 7b: CORS origins and patterns must be what a browser sends.
+#[test]
+fn cors_origins_and_patterns_must_be_browser_origins() {
+    let env: std::collections::BTreeMap<String, String> = [
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", CALLER_AK),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", CALLER_SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let problems = |cors: &str| -> Vec<String> {
+        let text = format!("{ISSUE_EXAMPLE}\n[cors]\n{cors}\n");
+        let cfg = ossvend::config::parse(&text, &env).unwrap();
+        ossvend::config::validate(&cfg, &env)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let good = r#"allowed_origins = ["https://app.example.com", "http://localhost:3000"]
+allowed_origin_patterns = ["https://*.example.com", "http://*.localhost:3000", "https://*.xn--bcher-kva.example"]"#;
+    assert_eq!(problems(good), Vec::<String>::new());
+    for bad in [
+        "https://*.example.com?",
+        "https://*.example.com?x=1",
+        "https://*.example.com#",
+        "https://*.exa\\\\mple.com",
+        "https://*.example.com/",
+        "https://*.example.com/path",
+        "https://*.Example.com",
+        "https://*.example.com:443",
+        "https://*.user@example.com",
+        "https://*.exa mple.com",
+        "https://*.*.example.com",
+        "ftp://*.example.com",
+        "https://*example.com",
+        "*.example.com",
+    ] {
+        let p = problems(&format!("allowed_origin_patterns = [\"{bad}\"]"));
+        assert!(
+            p.len() == 1 && p[0].starts_with("cors.allowed_origin_patterns[0]:"),
+            "{bad}: {p:?}"
+        );
+    }
+    for bad in [
+        "https://app.example.com?",
+        "https://app.example.com/",
+        "null",
+        "*",
+        "https://APP.example.com",
+    ] {
+        let p = problems(&format!("allowed_origins = [\"{bad}\"]"));
+        assert!(
+            p.len() == 1 && p[0].starts_with("cors.allowed_origins[0]:"),
+            "{bad}: {p:?}"
+        );
+    }
+}

@@ -156,11 +156,12 @@ impl Default for TicketConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
-    /// Exact origins, e.g. `https://app.example.com`.
+    /// Exact origins as browsers send them, e.g. `https://app.example.com`.
     pub allowed_origins: Vec<String>,
-    /// Origins by pattern: `https://*.example.com` (one leading `*.` label).
+    /// Origins by pattern: `https://*.example.com` (the `*` is one or more labels).
     pub allowed_origin_patterns: Vec<String>,
-    /// `*`: every origin. Refused on routes that return credentials unless
+    /// Every well-formed origin (answered with itself and `Vary: Origin`, not
+    /// `*`). Refused on routes that return credentials unless
     /// `allow_any_origin_for_credentials` is also set.
     pub allow_any_origin: bool,
     pub allow_any_origin_for_credentials: bool,
