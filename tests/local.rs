@@ -1147,6 +1147,51 @@ async fn local_mode_serves_the_demo_page_and_its_status() {
     assert!(c["AccessKeyId"].as_str().unwrap().starts_with("STS."), "{c}");
 }
 
+/// Issue 13 item 7f: `server.log_format = "json"` holds in local mode too: every
+/// line on stderr — the start-up lines, ossvend's requests, the sink's — is JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_honours_json_logs() {
+    let config = std::fs::read_to_string(repo_root().join("config/ossvend.local.toml"))
+        .unwrap()
+        .replacen("[server]\n", "[server]\nlog_format = \"json\"\n", 1);
+    let ls = LocalServer::start(Some(&config), &[]);
+    let c = get_json(&creds_url(&ls, "sdk-upload")).await;
+    assert!(c["AccessKeyId"].is_string(), "{c}");
+    let r = http()
+        .get(format!("{}/{BUCKET}/nothing-here", ls.oss))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        ls.server
+            .logs
+            .wait_for("local OSS request", Duration::from_secs(10))
+            .await,
+        "{}",
+        ls.server.logs.text()
+    );
+    let text = ls.server.logs.text();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{text}")))
+        .collect();
+    let message = |m: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().is_some_and(|s| s.contains(m)))
+            .unwrap_or_else(|| panic!("no {m:?} line in\n{text}"))
+    };
+    assert_eq!(message("LOCAL MODE")["level"], "WARN");
+    assert!(
+        message("ossvend local listening on")["oss"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    );
+    assert_eq!(message("local OSS request")["status"], 403);
+}
+
 /// Runs `ossvend local` with `args`; (exit code, stderr), or a panic if it keeps running.
 fn run_local_expecting_exit(args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
