@@ -981,3 +981,27 @@ async fn a_broken_secret_line_is_never_echoed() {
     assert!(logs.contains("line "), "{logs}");
     assert!(!logs.contains(SECRET), "{logs}");
 }
+
+/// Issue 13 items 7d/7e on the admin listener: two `Authorization` headers are
+/// refused (400 `ambiguous_credentials`), and `Bearer<TAB>token` is a bearer token.
+#[tokio::test]
+async fn admin_reload_parses_the_scheme_and_refuses_two_tokens() {
+    let sts = FakeSts::start();
+    let server = Server::start(ops_config(&sts.endpoint, true, ""));
+    let reload = format!("{}/admin/reload", server.admin_base());
+    let client = http();
+    let mut two = reqwest::header::HeaderMap::new();
+    for token in [ADMIN_TOKEN, "adm_wrong"] {
+        two.append("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let r = client.post(&reload).headers(two).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "ambiguous_credentials");
+    let r = client
+        .post(&reload)
+        .header("authorization", format!("Bearer\t{ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
