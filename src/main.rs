@@ -166,7 +166,7 @@ fn main() -> ExitCode {
 }
 
 fn run_local(opts: ossvend::local::Options, env: &BTreeMap<String, String>) -> ExitCode {
-    let _log = ossvend::telemetry::init(config::LogFormat::Text);
+    let _log = ossvend::telemetry::init(ossvend::local::log_format(&opts, env));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return report(&[format!("cannot start the runtime: {e}")]),

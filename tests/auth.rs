@@ -645,3 +645,117 @@ async fn rate_limits_answer_429_with_retry_after_then_recover() {
         assert_eq!(get(url, auth).await.0, 200, "{grant}: did not recover");
     }
 }
+
+/// Issue 13 item 7d/7e: credentials are never guessed. Two of the same kind
+/// (headers, ticket parameters, or an X-Api-Key and an `Authorization` key that
+/// disagree) are refused 400 `ambiguous_credentials` instead of first-wins; the
+/// auth scheme is parsed per RFC 9110, so `Bearer<TAB>token` is a bearer token,
+/// not an API key.
+#[tokio::test]
+async fn ambiguous_credentials_are_refused_and_schemes_are_parsed() {
+    let e = start().await;
+    let mut c = claims("alice");
+    c["tenant"] = json!("acme");
+    let jwt = e.key.sign(&c);
+    let explain = |grant: &str, query: &str| e.server.url(&format!("/v1/grants/{grant}/explain{query}"));
+    let send = |url: String, headers: Vec<(&'static str, String)>| async move {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (k, v) in headers {
+            map.append(k, v.parse().unwrap());
+        }
+        let r = http().get(url).headers(map).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        (status, body)
+    };
+
+    // A tab (or several spaces) after the scheme: still Bearer, on a JWT-only grant.
+    for sep in ["\t", "  ", " \t "] {
+        let (s, body) = send(
+            explain("tenants", ""),
+            vec![("authorization", format!("Bearer{sep}{jwt}"))],
+        )
+        .await;
+        assert_eq!(s, 200, "Bearer{sep:?}: {body}");
+    }
+    // A bad token after a tab is a bad bearer token (401), not an unknown API key.
+    let (s, body) = send(
+        explain("tenants", ""),
+        vec![("authorization", "Bearer\tnot-a-jwt".into())],
+    )
+    .await;
+    assert_eq!(
+        (s, body["code"].as_str().unwrap()),
+        (401, "invalid_credentials"),
+        "{body}"
+    );
+
+    let (_, t) = mint(&e, "users", Some(("x-api-key", BACKEND_KEY))).await;
+    let ticket = t["ticket"].as_str().unwrap().to_string();
+    let ambiguous: Vec<(String, Vec<(&'static str, String)>)> = vec![
+        (
+            explain("users", ""),
+            vec![
+                ("authorization", format!("Bearer {jwt}")),
+                ("authorization", format!("Bearer {jwt}")),
+            ],
+        ),
+        (
+            explain("users", ""),
+            vec![
+                ("authorization", format!("ApiKey {BACKEND_KEY}")),
+                ("authorization", format!("Bearer {jwt}")),
+            ],
+        ),
+        (
+            explain("users", ""),
+            vec![
+                ("x-api-key", BACKEND_KEY.into()),
+                ("x-api-key", LIMITED_KEY.into()),
+            ],
+        ),
+        (
+            explain("users", ""),
+            vec![
+                ("x-api-key", BACKEND_KEY.into()),
+                ("authorization", format!("ApiKey {LIMITED_KEY}")),
+            ],
+        ),
+        (
+            explain("users", ""),
+            vec![
+                ("x-api-key", BACKEND_KEY.into()),
+                ("authorization", LIMITED_KEY.into()),
+            ],
+        ),
+        (
+            explain("users", &format!("?ticket={ticket}&ticket={ticket}")),
+            vec![],
+        ),
+        (
+            explain("users", &format!("?ticket={ticket}&ticket=other")),
+            vec![],
+        ),
+    ];
+    for (url, headers) in ambiguous {
+        let shown = format!("{url} {headers:?}");
+        let (s, body) = send(url, headers).await;
+        assert_eq!(
+            (s, body["code"].as_str().unwrap_or_default()),
+            (400, "ambiguous_credentials"),
+            "{shown}: {body}"
+        );
+        assert!(!body.to_string().contains(BACKEND_KEY), "{body}");
+    }
+    // The same key both ways is not ambiguous.
+    let (s, body) = send(
+        explain("users", ""),
+        vec![
+            ("x-api-key", BACKEND_KEY.into()),
+            ("authorization", format!("ApiKey {BACKEND_KEY}")),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(e.sts.call_count().await, 0);
+}

@@ -483,4 +483,145 @@ async fn an_explicit_policy_is_rendered_per_caller_inside_its_strings() {
     let calls = sts.calls().await;
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["params"]["Policy"], body["policy_text"]);
+
+/// Issue 13 item 6: a config that does not parse must not echo a secret. Each
+/// config is broken on (or in a string starting on) a line that sets a secret;
+/// `check-config` and `serve` report where, never what.
+#[test]
+fn parse_errors_never_echo_a_secret() {
+    const SECRET: &str = "NotARealSecretButSecretAnyway42";
+    let static_identity = |line: &str| {
+        ISSUE_EXAMPLE.replace(
+            "[identity]\nsource = \"env\"",
+            &format!(
+                "[identity]\nsource = \"static\"\naccess_key_id = \"LTAIfakeTestKeyId0001\"\n\
+                 allow_inline_secret = true\n{line}"
+            ),
+        )
+    };
+    let broken = [
+        // Unterminated string: the excerpt is the secret's line.
+        static_identity(&format!("access_key_secret = \"{SECRET}")),
+        // Trailing garbage after the value.
+        static_identity(&format!("access_key_secret = \"{SECRET}\" x")),
+        // Mixed case key, literal string, garbage.
+        static_identity(&format!("Access_Key_Secret = '{SECRET}' ]")),
+        // A multi-line string that starts on the secret's line and breaks later.
+        static_identity(&format!(
+            "access_key_secret = \"\"\"\nfirst-half\n{SECRET}\\q\n\"\"\""
+        )),
+        // An inline table naming a secret.
+        ISSUE_EXAMPLE.replace(
+            "[identity]\nsource = \"env\"",
+            &format!(
+                "[identity]\nsource = \"ram_role_arn\"\nrole_arn = \"{ROLE_ARN}\"\n\
+                 base = {{ source = \"static\", allow_inline_secret = true, access_key_secret = \"{SECRET}\" x }}"
+            ),
+        ),
+        // A number where a string is expected: the type error names the value.
+        static_identity("access_key_secret = 31415926535897932"),
+    ];
+    for config in &broken {
+        for args in [&["check-config"][..], &["serve"][..]] {
+            let out = run(config, args, &[]);
+            assert_eq!(out.status.code(), Some(2), "{args:?}\n{config}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !err.contains(SECRET) && !err.contains("31415926535897932"),
+                "{args:?} echoed the secret:\n{err}"
+            );
+            assert!(err.contains("ossvend.toml"), "{args:?} no file named:\n{err}");
+        }
+    }
+    // Where is still said: the line, for a syntax error.
+    let out = run(&broken[0], &["check-config"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 10"), "{err}");
+    assert!(err.contains("access_key_secret"), "{err}");
+    // A syntax error on an ordinary line keeps its excerpt.
+    let out = run(
+        &ISSUE_EXAMPLE.replace("prefix = \"uploads/\"", "prefix = \"uploads/\" x"),
+        &["check-config"],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("prefix = \"uploads/\" x"), "{err}");
+}
+
+/// The same through `OSSVEND_*`: a secret that looks like a number or a boolean is
+/// a string (it used to be a type error that printed it).
+#[test]
+fn secret_env_overrides_are_strings_and_never_echoed() {
+    let cfg = ISSUE_EXAMPLE.replace(
+        "[identity]\nsource = \"env\"",
+        "[identity]\nsource = \"static\"\naccess_key_id = \"LTAIfakeTestKeyId0001\"\nallow_inline_secret = true",
+    );
+    for secret in ["31415926535897932", "true", "[1, 2]"] {
+        let out = run(
+            &cfg,
+            &["check-config"],
+            &[("OSSVEND_IDENTITY_ACCESS_KEY_SECRET", secret)],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{secret}: {err}");
+        assert!(!err.contains(secret), "{err}");
+    }
+}
+
+/// Issue 13 item 7b: CORS origins and patterns must be what a browser sends.
+#[test]
+fn cors_origins_and_patterns_must_be_browser_origins() {
+    let env: std::collections::BTreeMap<String, String> = [
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID", CALLER_AK),
+        ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", CALLER_SECRET),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let problems = |cors: &str| -> Vec<String> {
+        let text = format!("{ISSUE_EXAMPLE}\n[cors]\n{cors}\n");
+        let cfg = ossvend::config::parse(&text, &env).unwrap();
+        ossvend::config::validate(&cfg, &env)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let good = r#"allowed_origins = ["https://app.example.com", "http://localhost:3000"]
+allowed_origin_patterns = ["https://*.example.com", "http://*.localhost:3000", "https://*.xn--bcher-kva.example"]"#;
+    assert_eq!(problems(good), Vec::<String>::new());
+    for bad in [
+        "https://*.example.com?",
+        "https://*.example.com?x=1",
+        "https://*.example.com#",
+        "https://*.exa\\\\mple.com",
+        "https://*.example.com/",
+        "https://*.example.com/path",
+        "https://*.Example.com",
+        "https://*.example.com:443",
+        "https://*.user@example.com",
+        "https://*.exa mple.com",
+        "https://*.*.example.com",
+        "ftp://*.example.com",
+        "https://*example.com",
+        "*.example.com",
+    ] {
+        let p = problems(&format!("allowed_origin_patterns = [\"{bad}\"]"));
+        assert!(
+            p.len() == 1 && p[0].starts_with("cors.allowed_origin_patterns[0]:"),
+            "{bad}: {p:?}"
+        );
+    }
+    for bad in [
+        "https://app.example.com?",
+        "https://app.example.com/",
+        "null",
+        "*",
+        "https://APP.example.com",
+    ] {
+        let p = problems(&format!("allowed_origins = [\"{bad}\"]"));
+        assert!(
+            p.len() == 1 && p[0].starts_with("cors.allowed_origins[0]:"),
+            "{bad}: {p:?}"
+        );
+    }
 }

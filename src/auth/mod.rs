@@ -55,31 +55,58 @@ pub struct Presented<'a> {
     pub bearer: Option<&'a str>,
     pub api_key: Option<&'a str>,
     pub ticket: Option<String>,
+    /// Two credentials of a kind: two `Authorization` or `X-Api-Key` headers, two
+    /// `ticket` parameters, or an `X-Api-Key` and an `Authorization` key that
+    /// differ. Refused (400 `ambiguous_credentials`) rather than first-wins: a
+    /// proxy and a client disagreeing about who is calling must not be settled
+    /// by header order.
+    pub ambiguous: bool,
+}
+
+/// RFC 9110 `token` characters (an auth scheme).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `Authorization: <scheme> <credentials>` split per RFC 9110 §11.4: a token,
+/// then 1*SP — leniently, any run of spaces and tabs. `None` without
+/// whitespace (a bare value) or when the scheme is not a token.
+pub fn split_scheme(value: &str) -> Option<(&str, &str)> {
+    let at = value.find([' ', '\t'])?;
+    let (scheme, rest) = value.split_at(at);
+    (!scheme.is_empty() && scheme.bytes().all(is_tchar)).then(|| (scheme, rest.trim_matches([' ', '\t'])))
 }
 
 impl<'a> Presented<'a> {
     pub fn from_request(headers: &'a HeaderMap, query: Option<&str>) -> Self {
-        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let mut authorizations = headers.get_all(header::AUTHORIZATION).iter();
+        let authorization = authorizations.next().and_then(|v| v.to_str().ok());
+        let mut x_api_keys = headers.get_all("x-api-key").iter();
+        let x_api_key = x_api_keys.next().and_then(|v| v.to_str().ok());
+        let parsed = authorization.and_then(split_scheme);
         let scheme = |name: &str| {
-            authorization.and_then(|a| {
-                let (s, rest) = a.split_once(' ')?;
-                s.eq_ignore_ascii_case(name).then(|| rest.trim())
-            })
+            parsed
+                .filter(|(s, _)| s.eq_ignore_ascii_case(name))
+                .map(|(_, rest)| rest)
         };
-        let ticket = query.and_then(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "ticket")
-                .map(|(_, v)| v.into_owned())
-        });
+        let header_key = scheme("ApiKey")
+            // AWS SDKs send AWS_CONTAINER_AUTHORIZATION_TOKEN verbatim: a bare key.
+            .or_else(|| authorization.filter(|a| !a.is_empty() && !a.contains([' ', '\t'])));
+        let mut tickets = query
+            .into_iter()
+            .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+            .filter(|(k, _)| k == "ticket")
+            .map(|(_, v)| v.into_owned());
+        let ticket = tickets.next();
+        let ambiguous = authorizations.next().is_some()
+            || x_api_keys.next().is_some()
+            || tickets.next().is_some()
+            || matches!((x_api_key, header_key), (Some(a), Some(b)) if a != b);
         Presented {
             bearer: scheme("Bearer"),
-            api_key: headers
-                .get("x-api-key")
-                .and_then(|v| v.to_str().ok())
-                .or_else(|| scheme("ApiKey"))
-                // AWS SDKs send AWS_CONTAINER_AUTHORIZATION_TOKEN verbatim: a bare key.
-                .or_else(|| authorization.filter(|a| !a.is_empty() && !a.contains(' '))),
+            api_key: x_api_key.or(header_key),
             ticket,
+            ambiguous,
         }
     }
 }
@@ -111,6 +138,18 @@ impl Authenticator {
         presented: &Presented<'_>,
         now: DateTime<Utc>,
     ) -> Result<Principal, ApiError> {
+        if presented.ambiguous {
+            crate::prom::auth_failure(grant_name, "multiple", "ambiguous");
+            warn!(
+                grant = grant_name,
+                "authentication refused: ambiguous credentials"
+            );
+            return Err(ApiError::bad_request(
+                "ambiguous_credentials",
+                "the request carries more than one credential of a kind (Authorization, X-Api-Key or \
+                 ticket); send exactly one",
+            ));
+        }
         let accepts = |m| methods.contains(&m);
         let fail = |method: AuthMethod, e: AuthError| {
             crate::prom::auth_failure(grant_name, method.as_str(), e.reason());
@@ -217,4 +256,64 @@ fn auth_error(methods: &[AuthMethod], failed: AuthMethod, e: AuthError) -> ApiEr
         err.www_authenticate = Some(challenges.join(", "));
     }
     err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_scheme_is_a_token_then_spaces_or_tabs() {
+        assert_eq!(split_scheme("Bearer abc"), Some(("Bearer", "abc")));
+        assert_eq!(split_scheme("Bearer\tabc"), Some(("Bearer", "abc")));
+        assert_eq!(split_scheme("bearer \t  abc "), Some(("bearer", "abc")));
+        assert_eq!(split_scheme("Bearer "), Some(("Bearer", "")));
+        assert_eq!(split_scheme("ovk_bare-key"), None);
+        assert_eq!(split_scheme(" abc"), None);
+        assert_eq!(split_scheme("Bea(rer abc"), None);
+
+        let h = headers(&[("authorization", "Bearer\tjwt.x.y")]);
+        let p = Presented::from_request(&h, None);
+        assert_eq!((p.bearer, p.api_key, p.ambiguous), (Some("jwt.x.y"), None, false));
+        let h = headers(&[("authorization", "ovk_bare")]);
+        let p = Presented::from_request(&h, None);
+        assert_eq!((p.bearer, p.api_key), (None, Some("ovk_bare")));
+        let h = headers(&[("authorization", "ApiKey\tovk_k")]);
+        assert_eq!(Presented::from_request(&h, None).api_key, Some("ovk_k"));
+    }
+
+    #[test]
+    fn two_credentials_of_a_kind_are_ambiguous() {
+        let ambiguous = |pairs: &[(&'static str, &str)], query: Option<&str>| {
+            Presented::from_request(&headers(pairs), query).ambiguous
+        };
+        assert!(ambiguous(
+            &[("authorization", "Bearer a"), ("authorization", "Bearer a")],
+            None
+        ));
+        assert!(ambiguous(&[("x-api-key", "k1"), ("x-api-key", "k1")], None));
+        assert!(ambiguous(
+            &[("x-api-key", "k1"), ("authorization", "ApiKey k2")],
+            None
+        ));
+        assert!(ambiguous(&[("x-api-key", "k1"), ("authorization", "k2")], None));
+        assert!(ambiguous(&[], Some("ticket=a&x=1&ticket=a")));
+        assert!(!ambiguous(
+            &[("x-api-key", "k1"), ("authorization", "ApiKey k1")],
+            None
+        ));
+        assert!(!ambiguous(&[("x-api-key", "k1")], Some("ticket=t&format=aws")));
+        assert!(!ambiguous(
+            &[("authorization", "Bearer a")],
+            Some("tickets=1&ticket=t")
+        ));
+    }
 }

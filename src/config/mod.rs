@@ -4,6 +4,7 @@
 //! This module reads the file and the environment and nothing else; it never
 //! touches the network.
 
+pub mod redact;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -155,11 +156,12 @@ impl Default for TicketConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
-    /// Exact origins, e.g. `https://app.example.com`.
+    /// Exact origins as browsers send them, e.g. `https://app.example.com`.
     pub allowed_origins: Vec<String>,
-    /// Origins by pattern: `https://*.example.com` (one leading `*.` label).
+    /// Origins by pattern: `https://*.example.com` (the `*` is one or more labels).
     pub allowed_origin_patterns: Vec<String>,
-    /// `*`: every origin. Refused on routes that return credentials unless
+    /// Every well-formed origin (answered with itself and `Vary: Origin`, not
+    /// `*`). Refused on routes that return credentials unless
     /// `allow_any_origin_for_credentials` is also set.
     pub allow_any_origin: bool,
     pub allow_any_origin_for_credentials: bool,
@@ -771,12 +773,14 @@ pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Config, LoadE
     })
 }
 
+/// Errors say where, never what, when the place holds a secret (see [`redact`]).
 pub fn parse(text: &str, env: &BTreeMap<String, String>) -> Result<Config, String> {
-    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| redact::syntax_error(text, &e))?;
     apply_env_overrides(&mut doc, env)?;
+    let secrets = redact::secret_values(&doc);
     toml::Value::Table(doc)
         .try_into::<Config>()
-        .map_err(|e| e.to_string())
+        .map_err(|e| redact::value_error(&e, &secrets))
 }
 
 /// The sections whose keys `OSSVEND_<SECTION>_<KEY>` variables override.
@@ -784,7 +788,8 @@ pub const ENV_SECTIONS: [&str; 4] = ["server", "identity", "sts", "admin"];
 
 /// `OSSVEND_SERVER_LISTEN=0.0.0.0:8000` sets `server.listen`, and so on for the
 /// `server`, `identity`, `sts` and `admin` sections. Values are read as TOML when they
-/// parse as such (numbers, booleans) and as plain strings otherwise.
+/// parse as such (numbers, booleans) and as plain strings otherwise; keys that name a
+/// secret ([`redact::names_secret`]) are always plain strings.
 fn apply_env_overrides(doc: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), String> {
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("OSSVEND_") else {
@@ -810,10 +815,15 @@ fn apply_env_overrides(doc: &mut toml::Table, env: &BTreeMap<String, String>) ->
             }
             continue;
         };
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        // A secret is a string even when it looks like a number or a boolean.
+        let value = if redact::names_secret(key) {
+            toml::Value::String(raw.clone())
+        } else {
+            toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()))
+        };
         let table = doc
             .entry(section)
             .or_insert_with(|| toml::Value::Table(Default::default()))

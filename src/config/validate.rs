@@ -761,25 +761,25 @@ fn check_auth(config: &Config, p: &mut Problems) {
     }
     let cors = &config.cors;
     for (i, o) in cors.allowed_origins.iter().enumerate() {
-        if o == "*"
-            || url::Url::parse(o)
-                .map(|u| u.origin().ascii_serialization() != *o)
-                .unwrap_or(true)
-        {
+        if !is_browser_origin(o) {
             p.add(
                 format!("cors.allowed_origins[{i}]"),
-                format!("{o:?} is not an origin like https://app.example.com (use allow_any_origin for *)"),
+                format!(
+                    "{o:?} is not an origin as a browser sends it: scheme://host[:port], http or https, \
+                     lower case, no path, query or default port, like https://app.example.com \
+                     (use allow_any_origin for *)"
+                ),
             );
         }
     }
     for (i, o) in cors.allowed_origin_patterns.iter().enumerate() {
-        let ok = o.split_once("://*.").is_some_and(|(scheme, rest)| {
-            (scheme == "https" || scheme == "http") && !rest.is_empty() && !rest.contains(['*', '/'])
-        });
-        if !ok {
+        if origin_pattern(o).is_none() {
             p.add(
                 format!("cors.allowed_origin_patterns[{i}]"),
-                format!("{o:?} must look like https://*.example.com"),
+                format!(
+                    "{o:?} must be scheme://*.host[:port] as a browser sends origins, like \
+                     https://*.example.com (http or https, lower case, no path, query or default port)"
+                ),
             );
         }
     }
@@ -939,6 +939,25 @@ pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
         return Err("is longer than an OSS key may be");
     }
     Ok(())
+}
+
+/// True if `s` is an origin exactly as a browser serializes it in `Origin`:
+/// `http(s)://host[:port]`, lower case, no default port, nothing else. Anything
+/// else (`null`, `?`, `#`, `\\`, a path, user info) is never sent by a browser.
+pub fn is_browser_origin(s: &str) -> bool {
+    url::Url::parse(s)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.origin().ascii_serialization() == s)
+}
+
+/// A CORS origin pattern `scheme://*.suffix[:port]` as (`scheme://`, `.suffix[:port]`),
+/// if every origin it can match is a browser origin; `None` otherwise. The `*`
+/// stands for one or more labels (`a.example.com`, `a.b.example.com`, not the apex).
+pub fn origin_pattern(pattern: &str) -> Option<(String, String)> {
+    let (scheme, rest) = pattern.split_once("://*.")?;
+    let ok = matches!(scheme, "http" | "https")
+        && !rest.contains('*')
+        && is_browser_origin(&format!("{scheme}://x.{rest}"));
+    ok.then(|| (format!("{scheme}://"), format!(".{rest}")))
 }
 
 #[cfg(test)]

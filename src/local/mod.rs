@@ -171,6 +171,18 @@ pub fn env_has_cloud_identity(env: &BTreeMap<String, String>) -> bool {
     NAMES.iter().any(|n| env.get(*n).is_some_and(|v| !v.is_empty()))
 }
 
+/// `server.log_format` of the config local mode will use (`OSSVEND_SERVER_LOG_FORMAT`
+/// applies), read before logging starts; text when the config does not load (its
+/// problems are reported as usual once it is loaded for real).
+pub fn log_format(opts: &Options, env: &BTreeMap<String, String>) -> config::LogFormat {
+    let text = match &opts.config {
+        Some(p) => std::fs::read_to_string(p).ok(),
+        None => Some(READY_CONFIG.to_string()),
+    };
+    text.and_then(|t| config::parse(&t, env).ok())
+        .map_or(config::LogFormat::Text, |c| c.server.log_format)
+}
+
 /// Loads the config (the ready one unless `opts.config`) and points it at the
 /// emulators. Every problem is returned at once.
 pub fn local_config(

@@ -25,13 +25,15 @@
 //! first segment is not that bucket, the whole path is the key.
 
 use std::future::poll_fn;
-use std::ops::Range;
 use std::path::PathBuf;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll, ready};
+
+use futures_util::Stream;
 
 use axum::Router;
-use axum::body::{Body, Bytes, HttpBody as _};
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
@@ -263,10 +265,14 @@ fn credential(state: &LocalState, access_key_id: &str) -> Option<Credential> {
     })
 }
 
-/// A request body: PUT bodies go to a temp file, the rest (forms, XML) stay in memory.
+/// A request body: PUT bodies go to a temp file, PostObject forms are streamed by
+/// [`post_object`] (the file part to a temp file), the rest (XML) stay in memory.
 enum BodyData {
     Memory(Bytes),
     Spooled(Spooled),
+    /// A form, not read yet: PostObject streams it; any other operation reads it
+    /// whole first ([`Incoming::materialize`]).
+    Unread(Capped),
 }
 
 /// One request, parsed as the fake parses it.
@@ -298,11 +304,22 @@ impl Incoming {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Reads a form that PostObject does not stream into memory: every other
+    /// operation wants its body whole (and checked against the cap) first.
+    async fn materialize(&mut self) -> Result<(), OssError> {
+        if let Some(BodyData::Unread(_)) = &self.body
+            && let Some(BodyData::Unread(body)) = self.body.take()
+        {
+            self.body = Some(BodyData::Memory(body.into_memory().await?));
+        }
+        Ok(())
+    }
+
     fn received(&self) -> Received<'_> {
         let payload = match &self.body {
             Some(BodyData::Memory(b)) => Payload::Bytes(b),
             Some(BodyData::Spooled(s)) => Payload::Sha256Hex(&s.sha256_hex),
-            None => Payload::Bytes(b""),
+            Some(BodyData::Unread(_)) | None => Payload::Bytes(b""),
         };
         Received {
             method: &self.method,
@@ -406,10 +423,11 @@ async fn serve(State(state): State<Arc<LocalState>>, request: Request) -> Respon
     let outcome = if parts.method == Method::OPTIONS {
         Ok(Reply::new(200, None, None).header("Access-Control-Max-Age", "600"))
     } else {
-        match read_body(&state, &parts, body).await {
+        let headers = received_headers(&parts.headers);
+        let is_form = is_form(&headers);
+        match read_body(&state, &parts, body, is_form).await {
             Err(err) => Err(err),
             Ok(body) => {
-                let headers = received_headers(&parts.headers);
                 let host = headers
                     .iter()
                     .find(|(n, _)| n == "host")
@@ -601,12 +619,158 @@ fn resolve_target(path: &str, host: &str) -> (Option<String>, Option<String>) {
     (some(first), some(tail))
 }
 
+/// True for a `multipart/form-data` body (a PostObject form, if it goes to a bucket).
+fn is_form(headers: &[(String, String)]) -> bool {
+    headers
+        .iter()
+        .find(|(n, _)| n == "content-type")
+        .is_some_and(|(_, v)| v.to_lowercase().starts_with("multipart/form-data"))
+}
+
+/// Why a [`Capped`] body ended early.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    TooLarge,
+    Unreadable,
+}
+
+impl Cut {
+    fn error(self) -> OssError {
+        match self {
+            Cut::TooLarge => OssError::new("EntityTooLarge"),
+            Cut::Unreadable => OssError::msg("InvalidArgument", "The request body could not be read."),
+        }
+    }
+}
+
+/// A request body as a stream of chunks, cut off beyond `max_object_bytes`
+/// (EntityTooLarge), so that no body is ever held or stored whole by accident.
+struct Capped {
+    inner: axum::body::BodyDataStream,
+    total: u64,
+    cap: u64,
+    cut: Option<Cut>,
+    /// Bytes handed out since the stream last answered `Pending`.
+    burst: usize,
+}
+
+/// multer buffers every chunk that is ready before it parses, and over loopback
+/// a fast client keeps the socket ready: its buffer would grow at the client's
+/// pace, not the disk's. After this many bytes the stream yields once, so the
+/// parser (and the spool's bounded queue) sets the pace.
+const BURST_BYTES: usize = 256 * 1024;
+
+impl Stream for Capped {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.cut.is_some() {
+            return Poll::Ready(None);
+        }
+        if self.burst >= BURST_BYTES {
+            self.burst = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let cut = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+            None => return Poll::Ready(None),
+            Some(Ok(data)) => {
+                self.burst += data.len();
+                self.total += data.len() as u64;
+                if self.total <= self.cap {
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Cut::TooLarge
+            }
+            Some(Err(_)) => Cut::Unreadable,
+        };
+        self.cut = Some(cut);
+        Poll::Ready(Some(Err(std::io::Error::other(format!("{cut:?}")))))
+    }
+}
+
+impl Capped {
+    fn new(body: Body, cap: u64) -> Self {
+        Capped {
+            inner: body.into_data_stream(),
+            total: 0,
+            cap,
+            cut: None,
+            burst: 0,
+        }
+    }
+
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, OssError>> {
+        let next = poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await?;
+        Some(next.map_err(|_| self.cut.unwrap_or(Cut::Unreadable).error()))
+    }
+
+    /// Reads and drops the rest: the error a read-it-all-first reader meets first
+    /// (too large, unreadable) wins over what the parser found.
+    async fn drain(&mut self) -> Result<(), OssError> {
+        while let Some(chunk) = self.next_chunk().await {
+            chunk?;
+        }
+        self.cut.map_or(Ok(()), |c| Err(c.error()))
+    }
+
+    async fn into_memory(mut self) -> Result<Bytes, OssError> {
+        let mut buf = Vec::new();
+        while let Some(chunk) = self.next_chunk().await {
+            buf.extend_from_slice(&chunk?);
+        }
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// A body being written to `tmp/` by a blocking task, chunk by chunk (hashed on
+/// the way); a bounded queue, so a fast client never piles chunks up in memory.
+/// Dropped unfinished, the temp file is deleted.
+struct SpoolTask {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    task: tokio::task::JoinHandle<std::io::Result<Spooled>>,
+}
+
+impl SpoolTask {
+    fn start(data_dir: PathBuf) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut spool = store::Spool::create(&data_dir)?;
+            while let Some(chunk) = rx.blocking_recv() {
+                spool.write(&chunk)?;
+            }
+            spool.finish()
+        });
+        SpoolTask { tx, task }
+    }
+
+    /// False once the writer has failed (`finish` says why).
+    async fn write(&self, data: Bytes) -> bool {
+        self.tx.send(data).await.is_ok()
+    }
+
+    async fn finish(self) -> Result<Spooled, OssError> {
+        drop(self.tx);
+        let failed = || OssError::msg("InternalError", "The request body could not be stored.");
+        match self.task.await {
+            Ok(Ok(spooled)) => Ok(spooled),
+            Ok(Err(e)) => {
+                tracing::warn!(target: "ossvend::local::oss", error = %e, "could not spool a request body");
+                Err(failed())
+            }
+            Err(_) => Err(failed()),
+        }
+    }
+}
+
 /// Reads the body up to `max_object_bytes` (EntityTooLarge beyond, as soon as
-/// the length is known). PUT bodies are spooled to disk, others kept in memory.
+/// the length is known). PUT bodies are spooled to disk, forms left to stream,
+/// others kept in memory.
 async fn read_body(
     state: &LocalState,
     parts: &axum::http::request::Parts,
     body: Body,
+    is_form: bool,
 ) -> Result<BodyData, OssError> {
     let cap = state.max_object_bytes;
     let declared = parts
@@ -617,65 +781,31 @@ async fn read_body(
     if declared.is_some_and(|n| n > cap) {
         return Err(OssError::new("EntityTooLarge"));
     }
-    let unreadable = || OssError::msg("InvalidArgument", "The request body could not be read.");
-    let mut body = pin!(body);
-    if parts.method != Method::PUT {
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            if let Ok(data) = frame.map_err(|_| unreadable())?.into_data() {
-                if (buf.len() + data.len()) as u64 > cap {
-                    return Err(OssError::new("EntityTooLarge"));
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        return Ok(BodyData::Memory(Bytes::from(buf)));
+    let mut body = Capped::new(body, cap);
+    if parts.method == Method::POST && is_form {
+        return Ok(BodyData::Unread(body));
     }
-
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let dir = state.data_dir.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut spool = store::Spool::create(&dir)?;
-        while let Some(chunk) = rx.blocking_recv() {
-            spool.write(&chunk)?;
-        }
-        spool.finish()
-    });
-    let mut total = 0u64;
+    if parts.method != Method::PUT {
+        return body.into_memory().await.map(BodyData::Memory);
+    }
+    let spool = SpoolTask::start(state.data_dir.clone());
     let mut outcome = Ok(());
-    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        let Ok(frame) = frame else {
-            outcome = Err(unreadable());
-            break;
-        };
-        if let Ok(data) = frame.into_data() {
-            total += data.len() as u64;
-            if total > cap {
-                outcome = Err(OssError::new("EntityTooLarge"));
+    while let Some(chunk) = body.next_chunk().await {
+        match chunk {
+            Ok(data) => {
+                if !spool.write(data).await {
+                    break; // the writer failed: `finish` reports it
+                }
+            }
+            Err(e) => {
+                outcome = Err(e);
                 break;
             }
-            if tx.send(data).await.is_err() {
-                break; // the writer failed; its error is reported below
-            }
         }
     }
-    drop(tx);
-    let written = writer.await;
+    let written = spool.finish().await;
     outcome?;
-    match written {
-        Ok(Ok(spooled)) => Ok(BodyData::Spooled(spooled)),
-        Ok(Err(e)) => {
-            tracing::warn!(target: "ossvend::local::oss", error = %e, "could not spool a request body");
-            Err(OssError::msg(
-                "InternalError",
-                "The request body could not be stored.",
-            ))
-        }
-        Err(_) => Err(OssError::msg(
-            "InternalError",
-            "The request body could not be stored.",
-        )),
-    }
+    written.map(BodyData::Spooled)
 }
 
 // ---------------------------------------------------------------------------
@@ -691,6 +821,14 @@ async fn operate(state: &Arc<LocalState>, req: &mut Incoming, now: DateTime<Utc>
         .to_lowercase()
         .starts_with("multipart/form-data");
     let method = req.method.clone();
+    let post_object_route = method == "POST"
+        && ops.is_empty()
+        && is_form
+        && req.key.is_none()
+        && req.bucket.as_deref().is_some_and(|b| BUCKET_RE.is_match(b));
+    if !post_object_route {
+        req.materialize().await?;
+    }
 
     let Some(bucket) = req.bucket.as_deref() else {
         authenticate(state, req, now)?;
@@ -789,7 +927,7 @@ fn check_md5(req: &Incoming) -> Result<(), OssError> {
     let digest: Vec<u8> = match &req.body {
         Some(BodyData::Spooled(s)) => hex::decode(&s.md5_hex).unwrap_or_default(),
         Some(BodyData::Memory(b)) => Md5::digest(b).to_vec(),
-        None => Md5::digest(b"").to_vec(),
+        Some(BodyData::Unread(_)) | None => Md5::digest(b"").to_vec(),
     };
     if given == crate::sign::b64(&digest) {
         Ok(())
@@ -803,7 +941,7 @@ async fn take_spooled(state: &LocalState, req: &mut Incoming) -> Result<Spooled,
     let bytes = match req.body.take() {
         Some(BodyData::Spooled(s)) => return Ok(s),
         Some(BodyData::Memory(b)) => b,
-        None => Bytes::new(),
+        Some(BodyData::Unread(_)) | None => Bytes::new(),
     };
     let dir = state.data_dir.clone();
     blocking(move || {
@@ -816,8 +954,9 @@ async fn take_spooled(state: &LocalState, req: &mut Incoming) -> Result<Spooled,
 fn take_memory(req: &mut Incoming) -> Bytes {
     match req.body.take() {
         Some(BodyData::Memory(b)) => b,
-        // Only PUT bodies are spooled, and no PUT operation reads its body back.
-        Some(BodyData::Spooled(_)) | None => Bytes::new(),
+        // Only PUT bodies are spooled, and no PUT operation reads its body back;
+        // only PostObject leaves a form unread, and it streams it.
+        Some(BodyData::Spooled(_) | BodyData::Unread(_)) | None => Bytes::new(),
     }
 }
 
@@ -1038,19 +1177,33 @@ async fn post_object(
     req: &mut Incoming,
     now: DateTime<Utc>,
 ) -> Result<Reply, OssError> {
-    let body = take_memory(req);
     let content_type = req.header("content-type").unwrap_or("").to_string();
-    let parts = parse_multipart(&content_type, &body)?;
-    let (fields, file) = split_form(&parts, &body)?;
-    let form = PostFields {
+    let Some(BodyData::Unread(body)) = req.body.take() else {
+        return Err(OssError::msg(
+            "InternalError",
+            "The form was read before PostObject.",
+        ));
+    };
+    let form = read_form(&state.data_dir, &content_type, body).await?;
+    if form.file_not_last {
+        return Err(OssError::msg(
+            "InvalidArgument",
+            "The file field must be the last field of the form.",
+        ));
+    }
+    let Some(file) = form.file else {
+        return Err(OssError::msg("InvalidArgument", "The form has no file field."));
+    };
+    let fields = form.fields;
+    let post = PostFields {
         fields: &fields,
         file_name: file.filename.as_deref(),
         file_content_type: file.content_type.as_deref(),
-        file_size: file.data.len() as u64,
+        file_size: file.size,
     };
     let bucket = req.bucket().to_string();
     let lookup = |ak: &str| credential(state, ak);
-    let upload = verify::verify_post(&bucket, &form, &lookup, now)?;
+    let upload = verify::verify_post(&bucket, &post, &lookup, now)?;
     let (scheme, ak) = (upload.scheme, upload.credential.access_key_id.clone());
     let tag = |e: OssError| e.tag(Some(scheme), Some(&ak));
     store::check_key(&upload.key).map_err(tag)?;
@@ -1062,10 +1215,18 @@ async fn post_object(
     )
     .map_err(tag)?;
 
-    let data = body.slice(file.data.clone());
+    let spooled = file.spool.finish().await.map_err(tag)?;
+    if !file.complete {
+        // Only if reading the policy's size limit here disagreed with the verifier:
+        // never store a file cut short.
+        return Err(tag(OssError::msg(
+            "InternalError",
+            "The file was not stored whole.",
+        )));
+    }
     let dir: PathBuf = state.data_dir.clone();
     let (b, k, ct) = (bucket.clone(), upload.key.clone(), upload.content_type.clone());
-    let meta = blocking(move || store::put_bytes(&dir, &b, &k, &data, &ct, scheme.as_str(), now))
+    let meta = blocking(move || store::commit(&dir, &b, &k, spooled, &ct, scheme.as_str(), None, now))
         .await
         .map_err(tag)?;
 
@@ -1114,15 +1275,6 @@ async fn post_object(
 // multipart/form-data (PostObject)
 // ---------------------------------------------------------------------------
 
-/// One part of a form; `data` indexes the request body.
-#[derive(Debug, Clone)]
-struct FormPart {
-    name: String,
-    filename: Option<String>,
-    content_type: Option<String>,
-    data: Range<usize>,
-}
-
 static PARAM_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#";\s*([A-Za-z0-9_*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)"#).expect("valid regex")
 });
@@ -1145,102 +1297,137 @@ fn header_param(value: &str, name: &str) -> Option<String> {
     }
 }
 
-/// Finds `needle` in `hay` from `from` on (a literal byte regex: fast on large bodies).
-fn find_bytes(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    let pattern: String = std::iter::once("(?-u)".to_string())
-        .chain(needle.iter().map(|b| format!("\\x{b:02X}")))
-        .collect();
-    let re = regex::bytes::Regex::new(&pattern).ok()?;
-    re.find_at(hay, from.min(hay.len())).map(|m| m.start())
-}
-
 fn malformed(why: &str) -> OssError {
     OssError::msg("MalformedPOSTRequest", why)
-}
-
-/// The fake's `parse_multipart`: boundary from the Content-Type, CRLF after each
-/// boundary, a header block per part, `form-data; name=…` required.
-fn parse_multipart(content_type: &str, body: &[u8]) -> Result<Vec<FormPart>, OssError> {
-    let boundary = header_param(content_type, "boundary")
-        .filter(|b| !b.is_empty())
-        .ok_or_else(|| malformed("multipart/form-data without a boundary."))?;
-    let mut delim = b"--".to_vec();
-    delim.extend(
-        boundary
-            .chars()
-            .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?')),
-    );
-    let mut next_delim = b"\r\n".to_vec();
-    next_delim.extend_from_slice(&delim);
-
-    let start =
-        find_bytes(body, &delim, 0).ok_or_else(|| malformed("The boundary does not occur in the body."))?;
-    let mut pos = start + delim.len();
-    let mut parts = Vec::new();
-    loop {
-        match body.get(pos..pos + 2) {
-            Some(b"--") => return Ok(parts),
-            Some(b"\r\n") => {}
-            _ => return Err(malformed("Expected CRLF after a boundary.")),
-        }
-        let end = find_bytes(body, &next_delim, pos + 2)
-            .ok_or_else(|| malformed("The closing boundary is missing."))?;
-        let segment = &body[pos + 2..end];
-        let split = find_bytes(segment, b"\r\n\r\n", 0)
-            .ok_or_else(|| malformed("A form part has no header block."))?;
-        let mut headers: Vec<(String, String)> = Vec::new();
-        for line in String::from_utf8_lossy(&segment[..split]).split("\r\n") {
-            if let Some((name, value)) = line.split_once(':') {
-                let name = py_strip(name).to_lowercase();
-                let value = py_strip(value).to_string();
-                match headers.iter_mut().find(|(n, _)| *n == name) {
-                    Some(slot) => slot.1 = value,
-                    None => headers.push((name, value)),
-                }
-            }
-        }
-        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let disposition = get("content-disposition").unwrap_or_default();
-        let name = header_param(&disposition, "name");
-        let Some(name) = name.filter(|_| disposition.to_lowercase().starts_with("form-data")) else {
-            return Err(malformed(
-                "A form part lacks Content-Disposition: form-data; name=...",
-            ));
-        };
-        parts.push(FormPart {
-            name,
-            filename: header_param(&disposition, "filename"),
-            content_type: get("content-type"),
-            data: pos + 2 + split + 4..end,
-        });
-        pos = end + 2 + delim.len();
-    }
 }
 
 /// A form's non-file fields: lower-case names, the first of a name counts, form order.
 type FormFields = Vec<(String, String)>;
 
-/// Non-file fields and the `file` part, which must come last.
-fn split_form<'p>(parts: &'p [FormPart], body: &[u8]) -> Result<(FormFields, &'p FormPart), OssError> {
-    let mut fields: Vec<(String, String)> = Vec::new();
-    let mut file = None;
-    for (index, part) in parts.iter().enumerate() {
-        let name = part.name.to_lowercase();
-        if name == "file" {
-            if index != parts.len() - 1 {
-                return Err(OssError::msg(
-                    "InvalidArgument",
-                    "The file field must be the last field of the form.",
-                ));
-            }
-            file = Some(part);
-        } else if !fields.iter().any(|(n, _)| *n == name) {
-            let value = String::from_utf8_lossy(&body[part.data.clone()]).into_owned();
-            fields.push((name, value));
+/// A PostObject form as read: the fields before the file, and the file, spooled.
+#[derive(Default)]
+struct Form {
+    fields: FormFields,
+    file: Option<FilePart>,
+    /// A part came after the first `file` part (the file must be the last field).
+    file_not_last: bool,
+}
+
+struct FilePart {
+    filename: Option<String>,
+    content_type: Option<String>,
+    /// Every byte received, stored or not.
+    size: u64,
+    spool: SpoolTask,
+    /// False when bytes beyond the policy's `content-length-range` were not stored.
+    complete: bool,
+}
+
+/// Reads a PostObject form as the fake's `parse_multipart` + `split_form` do —
+/// boundary from the Content-Type, `form-data; name=…` on every part, the `file`
+/// part last — but streaming: [multer] splits the parts, fields stay in memory,
+/// the file goes to a temp file as it arrives. The whole body is read whatever
+/// the parser finds, so a body over the cap is EntityTooLarge first, as before.
+async fn read_form(
+    data_dir: &std::path::Path,
+    content_type: &str,
+    mut body: Capped,
+) -> Result<Form, OssError> {
+    // The fake turns each boundary character into one latin-1 byte; multer takes
+    // UTF-8, so only ASCII boundaries (all that browsers and SDKs make) are the same.
+    let boundary = header_param(content_type, "boundary").filter(|b| !b.is_empty());
+    let parsed = match &boundary {
+        None => Err(malformed("multipart/form-data without a boundary.")),
+        Some(b) if !b.is_ascii() => Err(malformed("The boundary is not ASCII.")),
+        Some(b) => parse_form(data_dir, b, &mut body).await,
+    };
+    body.drain().await?;
+    parsed
+}
+
+async fn parse_form(data_dir: &std::path::Path, boundary: &str, body: &mut Capped) -> Result<Form, OssError> {
+    let bad = |e: multer::Error| malformed(&format!("The form could not be parsed: {e}."));
+    let mut multipart = multer::Multipart::new(body, boundary);
+    let mut form = Form::default();
+    while let Some(mut part) = multipart.next_field().await.map_err(bad)? {
+        // The fake's header block: lower-case names, the last of a name counts, values stripped.
+        let header = |name: &str| {
+            part.headers()
+                .get_all(name)
+                .iter()
+                .next_back()
+                .map(|v| py_strip(&String::from_utf8_lossy(v.as_bytes())).to_string())
+        };
+        let disposition = header("content-disposition").unwrap_or_default();
+        let Some(name) = header_param(&disposition, "name")
+            .filter(|_| disposition.to_lowercase().starts_with("form-data"))
+        else {
+            return Err(malformed(
+                "A form part lacks Content-Disposition: form-data; name=...",
+            ));
+        };
+        let (filename, content_type) = (header_param(&disposition, "filename"), header("content-type"));
+        if form.file.is_some() {
+            // Refused once the form is read; its bytes are not kept.
+            form.file_not_last = true;
+            while part.chunk().await.map_err(bad)?.is_some() {}
+            continue;
         }
+        let name = name.to_lowercase();
+        if name != "file" {
+            let value = part.bytes().await.map_err(bad)?;
+            if !form.fields.iter().any(|(n, _)| *n == name) {
+                form.fields
+                    .push((name, String::from_utf8_lossy(&value).into_owned()));
+            }
+            continue;
+        }
+        // The policy, sent before the file, bounds what is worth storing; the
+        // rest is counted (the verdict names the size) but not written.
+        let limit = policy_size_limit(&form.fields);
+        let spool = SpoolTask::start(data_dir.to_path_buf());
+        let (mut size, mut complete) = (0u64, true);
+        while let Some(chunk) = part.chunk().await.map_err(bad)? {
+            size += chunk.len() as u64;
+            complete = complete && size <= limit && spool.write(chunk).await;
+        }
+        form.file = Some(FilePart {
+            filename,
+            content_type,
+            size,
+            spool,
+            complete,
+        });
     }
-    let file = file.ok_or_else(|| OssError::msg("InvalidArgument", "The form has no file field."))?;
-    Ok((fields, file))
+    Ok(form)
+}
+
+/// The smallest `content-length-range` maximum in the form's policy, or
+/// `u64::MAX` when none can be read. A file larger than it is refused by
+/// [`verify::verify_post`] whatever else the policy says.
+fn policy_size_limit(fields: &[(String, String)]) -> u64 {
+    use base64::Engine as _;
+    let doc = fields
+        .iter()
+        .find(|(n, _)| n == "policy")
+        .and_then(|(_, b64)| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
+        .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok());
+    let Some(conditions) = doc.as_ref().and_then(|d| d["conditions"].as_array()) else {
+        return u64::MAX;
+    };
+    conditions
+        .iter()
+        .filter_map(|c| {
+            let items = c.as_array().filter(|i| i.len() == 3)?;
+            let op = items[0].as_str()?;
+            if !op.eq_ignore_ascii_case("content-length-range") {
+                return None;
+            }
+            let high = items[2].as_i64()?;
+            Some(u64::try_from(high).unwrap_or(0))
+        })
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
 // ---------------------------------------------------------------------------
@@ -2086,8 +2273,9 @@ mod tests {
         )
         .await;
         assert_eq!(outcome(&r), "403 AccessDenied");
-        // Too big for content-length-range.
-        let (ct, body) = form_body(&post_with("uploads/y", ""), "y", &[b'x'; 101]);
+        // Too big for content-length-range: counted whole (the answer names the
+        // size) though only the first 100 bytes were worth writing.
+        let (ct, body) = form_body(&post_with("uploads/y", ""), "y", &vec![b'x'; 1 << 20]);
         let r = send(
             &app,
             "POST",
@@ -2097,6 +2285,11 @@ mod tests {
         )
         .await;
         assert_eq!(outcome(&r), "400 EntityTooLarge");
+        assert!(
+            String::from_utf8_lossy(&r.2).contains("(1048576 &gt; 100 bytes)"),
+            "{}",
+            String::from_utf8_lossy(&r.2)
+        );
         // A form posted to an object path.
         let (ct, body) = form_body(&post_with("uploads/z", ""), "z", b"1");
         let r = send(

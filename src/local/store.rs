@@ -329,7 +329,7 @@ pub fn commit(
     Ok(meta)
 }
 
-/// Stores `data` as an object (PostObject bodies arrive in memory).
+/// Stores `data` as an object (a body already in memory).
 #[allow(clippy::too_many_arguments)]
 pub fn put_bytes(
     data_dir: &Path,

@@ -105,12 +105,18 @@ fn check_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             "admin.token_sha256 is not set: reloading over HTTP is disabled (SIGHUP still works)",
         ));
     };
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(ApiError::bad_request(
+            "ambiguous_credentials",
+            "send exactly one Authorization header",
+        ));
+    }
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|a| a.split_once(' '))
+        .and_then(crate::auth::split_scheme)
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
+        .map(|(_, token)| token)
         .filter(|t| !t.is_empty());
     let Some(token) = presented else {
         let mut e = ApiError::new(

@@ -97,10 +97,16 @@ fn returns_credentials(path: &str) -> bool {
     path.ends_with("/credentials") || path == "/get_sts_token_for_oss_upload"
 }
 
-/// CORS from config: explicit origins or `https://*.example.com` patterns;
-/// `*` only when configured, and never on credential routes unless that is
-/// configured too. No cookies are used, so credentials mode is never allowed.
+/// CORS from config: explicit origins, `https://*.example.com` patterns, or any
+/// origin when configured (never on credential routes unless that is configured
+/// too). An allowed origin is answered with itself in `Access-Control-Allow-Origin`
+/// and `Vary: Origin` — also for `allow_any_origin`, because whether any origin
+/// is allowed depends on the route, and a cache must not hand one route's answer
+/// to another origin. No cookies are used, so credentials mode is never allowed.
+/// Patterns and "any" match only origins a browser can send (see
+/// [`crate::config::validate::is_browser_origin`]): no `null`, `?`, `#`, `\\`, path.
 fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
+    use crate::config::validate::{is_browser_origin, origin_pattern};
     if cfg.allowed_origins.is_empty() && cfg.allowed_origin_patterns.is_empty() && !cfg.allow_any_origin {
         return None;
     }
@@ -108,23 +114,23 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
     let patterns: Vec<(String, String)> = cfg
         .allowed_origin_patterns
         .iter()
-        .filter_map(|p| {
-            p.split_once("://*.")
-                .map(|(scheme, suffix)| (format!("{scheme}://"), format!(".{suffix}")))
-        })
+        .filter_map(|p| origin_pattern(p))
         .collect();
     let (any, any_for_credentials) = (cfg.allow_any_origin, cfg.allow_any_origin_for_credentials);
     let allow = AllowOrigin::predicate(move |origin: &HeaderValue, parts: &Parts| {
         let Ok(origin) = origin.to_str() else { return false };
-        let listed = exact.iter().any(|o| o == origin)
-            || patterns.iter().any(|(scheme, suffix)| {
-                origin.strip_prefix(scheme.as_str()).is_some_and(|host| {
-                    host.ends_with(suffix.as_str())
-                        && host.len() > suffix.len()
-                        && !host[..host.len() - suffix.len()].contains(['/', '@'])
-                })
-            });
-        listed || (any && (any_for_credentials || !returns_credentials(parts.uri.path())))
+        if exact.iter().any(|o| o == origin) {
+            return true;
+        }
+        if !is_browser_origin(origin) {
+            return false;
+        }
+        let matches_pattern = patterns.iter().any(|(scheme, suffix)| {
+            origin
+                .strip_prefix(scheme.as_str())
+                .is_some_and(|host| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+        });
+        matches_pattern || (any && (any_for_credentials || !returns_credentials(parts.uri.path())))
     });
     let mut layer = CorsLayer::new()
         .allow_origin(allow)
@@ -208,4 +214,114 @@ pub(crate) async fn authorize(
     state.limits.check_subject(grant, &principal)?;
     let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
     Ok(Caller { principal, resolved })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    /// What the CORS layer answers a GET from `origin` to `path`.
+    async fn answer(cfg: &CorsConfig, path: &str, origin: &str) -> HeaderMap {
+        let svc = tower::ServiceBuilder::new()
+            .layer(cors_layer(cfg).expect("a CORS layer"))
+            .service_fn(|_req: Request<Body>| async {
+                Ok::<_, std::convert::Infallible>(axum::response::Response::new(Body::empty()))
+            });
+        let req = Request::get(path)
+            .header(
+                header::ORIGIN,
+                HeaderValue::from_bytes(origin.as_bytes()).unwrap(),
+            )
+            .body(Body::empty())
+            .unwrap();
+        svc.oneshot(req).await.unwrap().headers().clone()
+    }
+
+    fn allowed(h: &HeaderMap) -> Option<&str> {
+        h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .map(|v| v.to_str().unwrap())
+    }
+
+    fn varies_on_origin(h: &HeaderMap) -> bool {
+        h.get_all(header::VARY)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap().split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case("origin"))
+    }
+
+    /// Issue 13 item 7b: a pattern matches only origins a browser can send.
+    #[tokio::test]
+    async fn patterns_match_only_well_formed_origins() {
+        let cfg = CorsConfig {
+            allowed_origin_patterns: vec!["https://*.example.com".into(), "http://*.localhost:3000".into()],
+            ..CorsConfig::default()
+        };
+        for origin in [
+            "https://shop.example.com",
+            "https://a.b.example.com",
+            "https://xn--bcher-kva.example.com",
+            "http://app.localhost:3000",
+        ] {
+            let h = answer(&cfg, "/v1/grants/g/post-policy", origin).await;
+            assert_eq!(allowed(&h), Some(origin), "{origin}");
+            assert!(varies_on_origin(&h), "{origin}: {h:?}");
+        }
+        for origin in [
+            "https://evil?.example.com",
+            "https://evil#.example.com",
+            "https://evil\\.example.com",
+            "https://evil/.example.com",
+            "https://evil@x.example.com",
+            "https://EVIL.example.com",
+            "https://evil .example.com",
+            "https://x.example.com/",
+            "https://x.example.com:443",
+            "https://.example.com",
+            "https://example.com",
+            "http://shop.example.com",
+            "http://app.localhost:3001",
+            "null",
+        ] {
+            let h = answer(&cfg, "/v1/grants/g/post-policy", origin).await;
+            assert_eq!(allowed(&h), None, "{origin} was allowed");
+        }
+    }
+
+    /// Issue 13 item 7c: `allow_any_origin` answers with the caller's origin
+    /// (never `*`, never credentials) and `Vary: Origin`, for well-formed origins
+    /// only, and not on credential routes unless that is configured too.
+    #[tokio::test]
+    async fn any_origin_reflects_valid_origins_with_vary() {
+        let any = CorsConfig {
+            allow_any_origin: true,
+            ..CorsConfig::default()
+        };
+        let h = answer(&any, "/v1/grants/g/presign", "https://anyone.test:8443").await;
+        assert_eq!(allowed(&h), Some("https://anyone.test:8443"));
+        assert!(varies_on_origin(&h), "{h:?}");
+        assert!(h.get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
+        for origin in ["null", "https://a.test/x", "https://a.test?x", "file://", "*"] {
+            let h = answer(&any, "/v1/grants/g/presign", origin).await;
+            assert_eq!(allowed(&h), None, "{origin} was allowed");
+        }
+        let h = answer(&any, "/v1/grants/g/credentials", "https://anyone.test").await;
+        assert_eq!(allowed(&h), None);
+        let h = answer(&any, "/get_sts_token_for_oss_upload", "https://anyone.test").await;
+        assert_eq!(allowed(&h), None);
+        let for_credentials = CorsConfig {
+            allow_any_origin_for_credentials: true,
+            ..any
+        };
+        let h = answer(
+            &for_credentials,
+            "/v1/grants/g/credentials",
+            "https://anyone.test",
+        )
+        .await;
+        assert_eq!(allowed(&h), Some("https://anyone.test"));
+        assert!(varies_on_origin(&h));
+    }
 }

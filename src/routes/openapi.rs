@@ -23,7 +23,10 @@ Vends short-lived, least-privilege upload rights for Alibaba Cloud OSS: STS cred
 Each grant lists the authentication methods it accepts (`auth = [...]`): an API key \
 (`X-Api-Key`, or `Authorization: ApiKey <key>`), a JWT (`Authorization: Bearer <JWT>`), a ticket \
 (`?ticket=`, minted by `POST /v1/tickets`) or nothing (anonymous). Which of the listed security \
-requirements a grant route actually needs depends on the grant's configuration.
+requirements a grant route actually needs depends on the grant's configuration. A request that \
+carries two credentials of a kind (two `Authorization` or `X-Api-Key` headers, two `ticket` \
+parameters, or an `X-Api-Key` and an `Authorization` key that differ) is answered 400 \
+`ambiguous_credentials`.
 
 Every response carries an `X-Request-Id` header (a caller's own `X-Request-Id` is kept when it is a \
 plain token). Every error is the JSON `Error` body with a stable `code`; besides the statuses listed \

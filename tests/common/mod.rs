@@ -719,15 +719,22 @@ impl LocalServer {
         let server = Server::spawn_listening(&mut cmd, dir, "ossvend local listening on http://")
             .unwrap_or_else(|logs| panic!("ossvend local did not start; logs:\n{logs}"));
         let logs = &server.logs;
-        // The same log line names the sink: oss=http://127.0.0.1:PORT (the reader
-        // reports the address before it stores the line, so wait for the text).
+        // The same log line names the sink: oss=http://127.0.0.1:PORT, or
+        // "oss":"http://…" in JSON logs (the reader reports the address before it
+        // stores the line, so wait for the text).
         let start = Instant::now();
-        while !logs.text().contains("oss=http://") && start.elapsed() < Duration::from_secs(5) {
+        let needle = || {
+            let text = logs.text();
+            ["oss=http://", "\"oss\":\"http://"]
+                .into_iter()
+                .find(|n| text.contains(n))
+        };
+        while needle().is_none() && start.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));
         }
         let text = logs.text();
         let oss: String = text
-            .split("oss=http://")
+            .split(needle().unwrap_or("oss=http://"))
             .nth(1)
             .map(|rest| {
                 rest.chars()
