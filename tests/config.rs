@@ -239,6 +239,85 @@ algorithms = ["HS256", "none"]
     }
 }
 
+/// `ISSUE_EXAMPLE` with API keys, a JWT issuer and the given grant lines.
+fn with_auth(grant: &str) -> String {
+    let key = ossvend::auth::api_key::hash_key("ovk_example");
+    ISSUE_EXAMPLE.replace(
+        r#"actions = ["oss:PutObject"]"#,
+        &format!(
+            r#"actions = ["oss:PutObject"]
+{grant}
+
+[[auth.api_keys]]
+id = "backend"
+sha256 = "{key}"
+
+[auth.jwt]
+jwks_url = "https://idp.example.com/jwks.json"
+issuer = "https://idp.example.com/"
+audience = ["ossvend"]
+"#
+        ),
+    )
+}
+
+/// Issue 13: an API key `alice` and a JWT subject `alice` are different
+/// callers; a grant that takes both into one `{subject}` must say whether
+/// they are one id space, and a single-method grant renders as before.
+#[test]
+fn a_grant_mixing_subject_namespaces_needs_an_explicit_choice() {
+    for auth in [r#"["api_key", "jwt"]"#, r#"["jwt", "api_key", "ticket"]"#] {
+        let cfg = with_auth(&format!("prefix = \"users/{{subject}}/\"\nauth = {auth}"))
+            .replace(r#"prefix = "uploads/""#, "");
+        let out = run(&cfg, &["check-config"], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{err}");
+        assert_eq!(out.status.code(), Some(2), "{auth}: {err}");
+        for needle in [
+            "grants[0].subjects:",
+            "\"browser-upload\"",
+            "api_key and jwt",
+            "subjects = \"namespaced\"",
+            "subjects = \"shared\"",
+        ] {
+            assert!(err.contains(needle), "{auth}: missing {needle:?} in:\n{err}");
+        }
+        for choice in ["namespaced", "shared"] {
+            let chosen = cfg.replace(
+                &format!("auth = {auth}"),
+                &format!("auth = {auth}\nsubjects = \"{choice}\""),
+            );
+            let out = run(&chosen, &["check-config"], &[]);
+            assert!(
+                out.status.success(),
+                "{choice}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // Not ambiguous: one subject-bearing method (tickets carry their minter's),
+    // or no {subject} in any template.
+    for grant in [
+        r#"prefix = "users/{subject}/"
+auth = ["jwt", "ticket"]"#,
+        r#"prefix = "users/{subject}/"
+auth = ["api_key", "ticket", "none"]"#,
+        r#"auth = ["api_key", "jwt"]"#,
+    ] {
+        let cfg = with_auth(grant).replace(r#"prefix = "uploads/""#, "");
+        let out = run(&cfg, &["check-config"], &[]);
+        assert!(
+            out.status.success(),
+            "{grant}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bad = with_auth("auth = [\"api_key\"]\nsubjects = \"separate\"");
+    let out = run(&bad, &["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("subjects"));
+}
+
 #[test]
 fn a_public_address_is_fine_when_every_grant_authenticates() {
     let key = ossvend::auth::api_key::hash_key("ovk_example");

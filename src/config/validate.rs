@@ -601,8 +601,43 @@ fn uses_caller_values(g: &GrantConfig) -> bool {
     .any(|t| t.contains("{subject}") || t.contains("{claim."))
 }
 
+/// Whether any template of the grant names `{subject}`.
+fn uses_subject(g: &GrantConfig) -> bool {
+    [
+        Some(&g.prefix),
+        g.session_name.as_ref(),
+        g.policy.as_ref(),
+        Some(&g.key_template),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|t| crate::policy::template::placeholder_names(t).is_ok_and(|n| n.contains(&"subject")))
+}
+
+/// API key ids and JWT subjects are separate id spaces: rendered into one
+/// `{subject}` as they are, `alice` of one would get the prefix and cached
+/// credential of `alice` of the other. A grant taking both must say which it
+/// means; the default is no default, so that no existing deployment silently
+/// starts writing elsewhere. (`{claim.*}` only ever comes from the one JWT
+/// issuer, API keys carry no claims, so claims need no such choice.)
+fn check_subjects(i: usize, g: &GrantConfig, p: &mut Problems) {
+    if g.subjects.is_none() && g.mixes_subject_namespaces() && uses_subject(g) {
+        p.add(
+            format!("grants[{i}].subjects"),
+            format!(
+                "grant {:?} puts callers of api_key and jwt into {{subject}}, but API key ids and JWT subjects \
+                 are separate namespaces: an API key \"alice\" and a JWT subject \"alice\" would share one \
+                 prefix and one credential. Set subjects = \"namespaced\" ({{subject}} becomes \"api_key.alice\" \
+                 or \"jwt.alice\"), or subjects = \"shared\" if both methods name the same users on purpose",
+                g.name
+            ),
+        );
+    }
+}
+
 fn check_grant_auth(i: usize, g: &GrantConfig, config: &Config, p: &mut Problems) {
     use super::AuthMethod;
+    check_subjects(i, g, p);
     let at = format!("grants[{i}].auth");
     if g.auth.is_empty() {
         p.add(&at, "must list at least one method: api_key, jwt, ticket or none");

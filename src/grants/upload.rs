@@ -144,6 +144,7 @@ fn new_key(
     ];
     let values = template::Values {
         subject: target.principal.subject.as_deref(),
+        subject_namespace: grant.subject_namespace(target.principal)?,
         claims: &target.principal.claims,
         server: &server,
         placeholders: target.placeholders,
