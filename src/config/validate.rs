@@ -524,13 +524,19 @@ fn check_grants(config: &Config, p: &mut Problems) {
 /// that passes here fits the 2048-character limit for any caller.
 pub fn render_grant_policy(g: &GrantConfig) -> Result<String, policy::PolicyError> {
     let worst = "x".repeat(64);
+    // The longest namespace name in front of a namespaced subject.
+    let worst_subject = if g.namespaced_subjects() {
+        format!("api_key.{worst}")
+    } else {
+        worst.clone()
+    };
     let fill = |t: &str| -> String {
         let mut out = t.to_string();
         for name in crate::policy::template::placeholder_names(t).unwrap_or_default() {
-            let value = if name == "date" {
-                "20260101"
-            } else {
-                worst.as_str()
+            let value = match name {
+                "date" => "20260101",
+                "subject" => worst_subject.as_str(),
+                _ => worst.as_str(),
             };
             out = out.replace(&format!("{{{name}}}"), value);
         }
@@ -918,6 +924,32 @@ pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 2048-character check renders the longest caller values, and a
+    /// namespaced `{subject}` is longer by its namespace.
+    #[test]
+    fn the_policy_length_check_counts_the_subject_namespace() {
+        let text = |extra: &str| {
+            format!(
+                "[sts]\nrole_arn = \"acs:ram::1234567890123456:role/r\"\n[[grants]]\nname = \"g\"\n\
+                 bucket = \"b-1\"\nregion = \"cn-hangzhou\"\nprefix = \"u/{{subject}}/\"\n{extra}"
+            )
+        };
+        let policy = |extra: &str| {
+            let cfg = crate::config::parse(&text(extra), &BTreeMap::new()).unwrap();
+            render_grant_policy(&cfg.grants[0]).unwrap()
+        };
+        let x64 = "x".repeat(64);
+        assert!(policy("auth = [\"jwt\"]").contains(&format!("b-1/u/{x64}/*")));
+        assert!(
+            policy("auth = [\"jwt\", \"api_key\"]\nsubjects = \"namespaced\"")
+                .contains(&format!("b-1/u/api_key.{x64}/*"))
+        );
+        assert!(
+            policy("auth = [\"jwt\", \"api_key\"]\nsubjects = \"shared\"")
+                .contains(&format!("b-1/u/{x64}/*"))
+        );
+    }
 
     #[test]
     fn names() {
