@@ -318,6 +318,39 @@ auth = ["api_key", "ticket", "none"]"#,
     assert!(String::from_utf8_lossy(&out.stderr).contains("subjects"));
 }
 
+/// Issue 13: `x-oss-object-acl` on an upload has the effect of PutObjectAcl;
+/// no grant hands that right out by accident (a wildcard), only when it is named.
+#[test]
+fn wildcard_actions_that_would_grant_put_object_acl_are_refused() {
+    for actions in [
+        r#"["oss:*"]"#,
+        r#"["oss:PutObject*"]"#,
+        r#"["oss:Put*", "oss:GetObject"]"#,
+    ] {
+        let cfg = ISSUE_EXAMPLE.replace(r#"["oss:PutObject"]"#, actions);
+        let out = run(&cfg, &["check-config"], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{actions}: {err}");
+        assert!(
+            err.contains("grants[0].actions[0]:") && err.contains("oss:PutObjectAcl"),
+            "{actions}: {err}"
+        );
+    }
+    let policy = r#"policy = '{"Version":"1","Statement":[{"Effect":"Allow","Action":"oss:*","Resource":"acs:oss:*:*:examplebucket/uploads/*"}]}'"#;
+    let cfg = ISSUE_EXAMPLE.replace(r#"actions = ["oss:PutObject"]"#, policy);
+    let out = run(&cfg, &["check-config"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("grants[0].policy:") && err.contains("oss:PutObjectAcl"),
+        "{err}"
+    );
+    // Named on purpose, it is the operator's choice.
+    let cfg = ISSUE_EXAMPLE.replace(r#"["oss:PutObject"]"#, r#"["oss:PutObject", "oss:PutObjectAcl"]"#);
+    let out = run(&cfg, &["check-config"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn a_public_address_is_fine_when_every_grant_authenticates() {
     let key = ossvend::auth::api_key::hash_key("ovk_example");

@@ -453,7 +453,18 @@ fn check_grants(config: &Config, p: &mut Problems) {
                     format!("grants[{i}].actions[{j}]"),
                     format!("{a:?} is not an OSS action like \"oss:PutObject\""),
                 );
+            } else if policy::wildcard_grants_object_acl(a) {
+                p.add(
+                    format!("grants[{i}].actions[{j}]"),
+                    acl_by_wildcard(&format!("{a:?}")),
+                );
             }
+        }
+        if g.policy.is_some()
+            && let Ok(text) = render_grant_policy(g)
+            && let Some(place) = policy::object_acl_by_wildcard(&text)
+        {
+            p.add(at("policy"), acl_by_wildcard(&place));
         }
         if let Some(d) = g.duration_seconds {
             check_duration(&at("duration_seconds"), d, config, p);
@@ -605,6 +616,17 @@ fn uses_caller_values(g: &GrantConfig) -> bool {
     .into_iter()
     .flatten()
     .any(|t| t.contains("{subject}") || t.contains("{claim."))
+}
+
+/// `x-oss-object-acl` on an upload has the effect of PutObjectACL: a grant
+/// that hands out `oss:PutObjectAcl` lets its callers make objects public, so
+/// that right is only ever given by name.
+fn acl_by_wildcard(what: &str) -> String {
+    format!(
+        "{what} also grants oss:PutObjectAcl: callers could make their objects public (an upload carrying \
+         x-oss-object-acl has the effect of PutObjectAcl). List the actions the grant needs, and name \
+         \"oss:PutObjectAcl\" explicitly only if callers may set ACLs"
+    )
 }
 
 /// Whether any template of the grant names `{subject}`.
