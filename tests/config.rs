@@ -69,6 +69,7 @@ bucket = "Bad_Bucket"
 region = "oss-cn-hangzhou"
 prefix = "/x*"
 actions = ["s3:PutObject"]
+success_action_redirect = "http://app.example.com/done"
 
 [[grants]]
 name = "a"
@@ -95,6 +96,7 @@ fn check_config_reports_every_problem_with_its_key_path() {
         "grants[0].region:",
         "grants[0].prefix:",
         "grants[0].actions[0]:",
+        "grants[0].success_action_redirect:",
         "grants[1].name:",
         "grants[1].policy:",
     ] {

@@ -590,6 +590,11 @@ pub struct GrantConfig {
     /// `success_action_status` for PostObject (200, 201 or 204).
     #[serde(default = "default_success_action_status")]
     pub success_action_status: u16,
+    /// Where the browser goes after a PostObject upload (https, or http on
+    /// loopback): sent in the form and pinned by the policy. Unset: no redirect
+    /// is sent (the status above is the answer).
+    #[serde(default)]
+    pub success_action_redirect: Option<String>,
     /// S3-compatible endpoint for `presign_scheme = "s3-v4"`; default
     /// `https://s3.oss-<region>.aliyuncs.com`.
     #[serde(default)]

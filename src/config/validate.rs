@@ -523,6 +523,9 @@ fn check_grants(config: &Config, p: &mut Problems) {
         if ![200, 201, 204].contains(&g.success_action_status) {
             p.add(at("success_action_status"), "must be 200, 201 or 204");
         }
+        if let Some(url) = &g.success_action_redirect {
+            check_endpoint(&at("success_action_redirect"), url, p);
+        }
         if let Err(e) = render_grant_policy(g) {
             p.add(at("policy"), e.to_string());
         }

@@ -274,10 +274,14 @@ pub fn post_policy(
         max_size_bytes: grant.upload.max_size_bytes,
         content_type,
         success_action_status: grant.upload.success_action_status,
+        success_action_redirect: grant.upload.success_action_redirect.as_deref(),
         required: &required,
     });
     let status = grant.upload.success_action_status.to_string();
     let mut fields: Vec<(&str, &str)> = vec![("key", &key_field), ("success_action_status", &status)];
+    if let Some(url) = &grant.upload.success_action_redirect {
+        fields.push(("success_action_redirect", url));
+    }
     if let Some(ct) = ct {
         fields.push(("Content-Type", ct));
     }
@@ -409,6 +413,57 @@ mod tests {
                 .map(|p| p.key.unwrap())
                 .map_err(err),
         ]
+    }
+
+    fn policy_conditions(p: &PostPolicy) -> Vec<serde_json::Value> {
+        use base64::Engine as _;
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(&p.policy_base64)
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        doc["conditions"].as_array().unwrap().clone()
+    }
+
+    /// Issue 13: a form never leaves a redirect of ossvend's own choosing
+    /// unbound. Without `success_action_redirect` there is none to send (OSS
+    /// checks only the fields a condition names, so one a client adds is its
+    /// own); with it, the form carries it and the policy pins it exactly.
+    #[test]
+    fn a_configured_redirect_is_sent_and_pinned() {
+        let principal = Principal::anonymous();
+        let placeholders = Placeholders::default();
+        let target = Target {
+            prefix: "uploads/",
+            principal: &principal,
+            placeholders: &placeholders,
+        };
+        let plain = grant("");
+        let p = post_policy(&plain, &target, &material(), now(), &UploadRequest::default()).unwrap();
+        assert!(!p.fields.iter().any(|(k, _)| k == "success_action_redirect"));
+        assert!(
+            !policy_conditions(&p)
+                .iter()
+                .any(|c| c.to_string().contains("redirect"))
+        );
+
+        let url = "https://app.example.com/uploaded?from=ossvend";
+        for version in ["v4", "v1", "s3-v4"] {
+            let g = grant(&format!(
+                "success_action_redirect = \"{url}\"\npost_version = \"{version}\""
+            ));
+            let p = post_policy(&g, &target, &material(), now(), &UploadRequest::default()).unwrap();
+            let sent: Vec<&str> = p
+                .fields
+                .iter()
+                .filter(|(k, _)| k == "success_action_redirect")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(sent, [url], "{version}");
+            assert!(
+                policy_conditions(&p).contains(&serde_json::json!(["eq", "$success_action_redirect", url])),
+                "{version}"
+            );
+        }
     }
 
     /// Issue 13: the extension of a server-named key follows the declared

@@ -280,6 +280,9 @@ pub struct PostPolicySpec<'a> {
     pub max_size_bytes: u64,
     pub content_type: ContentTypeCondition<'a>,
     pub success_action_status: u16,
+    /// Pinned with `eq` when set. (None cannot be enforced: OSS checks only
+    /// the form fields that some condition names.)
+    pub success_action_redirect: Option<&'a str>,
     /// Exact-match conditions the signature version requires (V4 auth fields,
     /// security token), in order.
     pub required: &'a [(&'a str, String)],
@@ -301,6 +304,9 @@ pub fn post_policy_json(spec: &PostPolicySpec<'_>) -> String {
         "$success_action_status",
         spec.success_action_status.to_string()
     ]));
+    if let Some(url) = spec.success_action_redirect {
+        conditions.push(json!(["eq", "$success_action_redirect", url]));
+    }
     match spec.content_type {
         ContentTypeCondition::Any => {}
         ContentTypeCondition::OneOf(list) => conditions.push(json!(["in", "$content-type", list])),
@@ -354,6 +360,7 @@ mod tests {
             max_size_bytes: 10,
             content_type: ContentTypeCondition::OneOf(&["image/png".into()]),
             success_action_status: 200,
+            success_action_redirect: None,
             required: &req,
         });
         assert_eq!(
