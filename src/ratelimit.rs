@@ -79,9 +79,10 @@ impl Limits {
             self.by_grant
                 .get(&grant.name)
                 .and_then(|l| l.per_subject.as_ref()),
-            &principal.subject,
+            // Qualified: an API key `alice` and a JWT user `alice` are two callers.
+            principal.qualified_subject(),
         ) {
-            (Some(lim), Some(subject)) => take(lim, subject, grant, "subject").inspect_err(|_| {
+            (Some(lim), Some(subject)) => take(lim, &subject, grant, "subject").inspect_err(|_| {
                 crate::prom::rate_limited(&grant.name, "subject");
             }),
             _ => Ok(()),

@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 const ISSUER: &str = "https://issuer.test/";
 const BACKEND_KEY: &str = "ovk_test-backend-key-not-a-secret";
 const LIMITED_KEY: &str = "ovk_test-limited-key-not-a-secret";
+/// API keys whose ids collide with JWT subjects on grant `mixed`.
+const ALICE_KEY: &str = "ovk_test-alice-key-not-a-secret";
+const JWT_ALICE_KEY: &str = "ovk_test-jwt-dot-alice-key-not-a-secret";
 
 /// A signing key and its public JWK.
 struct TestKey {
@@ -136,6 +139,17 @@ id = "limited"
 sha256 = "{limited}"
 grants = ["public"]
 
+[[auth.api_keys]]
+id = "alice"
+sha256 = "{alice}"
+grants = ["mixed"]
+
+# An id that looks like a namespaced JWT subject.
+[[auth.api_keys]]
+id = "jwt.alice"
+sha256 = "{jwt_alice}"
+grants = ["mixed"]
+
 [cors]
 allowed_origins = ["http://app.test"]
 allowed_origin_patterns = ["https://*.example.com"]
@@ -151,6 +165,17 @@ region = "cn-hangzhou"
 prefix = "users/{{subject}}/"
 session_name = "u-{{subject}}"
 auth = ["jwt", "api_key", "ticket"]
+# The API key ids here are the same users as the JWT subjects.
+subjects = "shared"
+
+# API keys and JWTs are separate id spaces here.
+[[grants]]
+name = "mixed"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "m/{{subject}}/"
+auth = ["api_key", "jwt", "ticket"]
+subjects = "namespaced"
 
 [[grants]]
 name = "users2"
@@ -186,6 +211,8 @@ per_subject_per_minute = 120
         jwks = jwks.url,
         backend = hash_key(BACKEND_KEY),
         limited = hash_key(LIMITED_KEY),
+        alice = hash_key(ALICE_KEY),
+        jwt_alice = hash_key(JWT_ALICE_KEY),
         audit = audit_file.display(),
     )
 }
@@ -498,6 +525,83 @@ async fn tickets_are_bound_to_subject_grant_and_expiry() {
     assert!(
         !e.server.logs.text().contains(&ticket),
         "a ticket reached the logs"
+    );
+}
+
+/// Issue 13 item 4: an API key whose id is `alice` and a JWT whose `sub` is
+/// `alice` are different callers. On a grant accepting both they must get
+/// different prefixes, policies and STS credentials, and so must an API key
+/// whose id itself looks namespaced (`jwt.alice`); tickets keep the namespace
+/// of whoever minted them.
+#[tokio::test]
+async fn api_key_and_jwt_subjects_with_the_same_name_never_share_a_prefix_or_credential() {
+    let e = start().await;
+    let url = e.server.url("/v1/grants/mixed/credentials");
+    let (s, _, by_key) = get(url.clone(), Some(("x-api-key", ALICE_KEY))).await;
+    assert_eq!(s, 200, "{by_key}");
+    let (s, _, by_jwt) = get_as(url.clone(), bearer(&e.key.sign(&claims("alice")))).await;
+    assert_eq!(s, 200, "{by_jwt}");
+    let (s, _, by_dotted_key) = get(url.clone(), Some(("x-api-key", JWT_ALICE_KEY))).await;
+    assert_eq!(s, 200, "{by_dotted_key}");
+    let prefixes = [&by_key["Prefix"], &by_jwt["Prefix"], &by_dotted_key["Prefix"]];
+    let key_ids = [
+        &by_key["AccessKeyId"],
+        &by_jwt["AccessKeyId"],
+        &by_dotted_key["AccessKeyId"],
+    ];
+    println!(
+        "prefixes {prefixes:?}, credentials {key_ids:?}, STS calls {}",
+        e.sts.call_count().await
+    );
+    assert_eq!(
+        prefixes,
+        [
+            &json!("m/api_key.alice/"),
+            &json!("m/jwt.alice/"),
+            &json!("m/api_key.jwt.alice/")
+        ]
+    );
+    assert_ne!(by_key["AccessKeyId"], by_jwt["AccessKeyId"]);
+    assert_ne!(by_dotted_key["AccessKeyId"], by_jwt["AccessKeyId"]);
+    assert_ne!(by_dotted_key["AccessKeyId"], by_key["AccessKeyId"]);
+    // One AssumeRole per principal, each narrowed to its own prefix.
+    let calls = e.sts.calls().await;
+    assert_eq!(calls.len(), 3);
+    let resources: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            let policy: Value = serde_json::from_str(c["params"]["Policy"].as_str().unwrap()).unwrap();
+            policy["Statement"][0]["Resource"].clone()
+        })
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            json!(["acs:oss:*:*:examplebucket/m/api_key.alice/*"]),
+            json!(["acs:oss:*:*:examplebucket/m/jwt.alice/*"]),
+            json!(["acs:oss:*:*:examplebucket/m/api_key.jwt.alice/*"]),
+        ]
+    );
+
+    // A ticket carries the namespace of whoever minted it: the API key's
+    // ticket gets the API key's cached credential, never the JWT user's.
+    let (s, t) = mint(&e, "mixed", Some(("x-api-key", ALICE_KEY))).await;
+    assert_eq!(s, 201, "{t}");
+    let (s, _, by_ticket) = get(e.server.url(t["credentials_url"].as_str().unwrap()), None).await;
+    assert_eq!(s, 200, "{by_ticket}");
+    assert_eq!(by_ticket["Prefix"], "m/api_key.alice/");
+    assert_eq!(by_ticket["AccessKeyId"], by_key["AccessKeyId"]);
+    let token = e.key.sign(&claims("alice"));
+    let (s, t) = mint(&e, "mixed", Some(("authorization", &format!("Bearer {token}")))).await;
+    assert_eq!(s, 201, "{t}");
+    let (s, _, by_ticket) = get(e.server.url(t["credentials_url"].as_str().unwrap()), None).await;
+    assert_eq!(s, 200, "{by_ticket}");
+    assert_eq!(by_ticket["Prefix"], "m/jwt.alice/");
+    assert_eq!(by_ticket["AccessKeyId"], by_jwt["AccessKeyId"]);
+    assert_eq!(
+        e.sts.call_count().await,
+        3,
+        "tickets reuse their minter's credential"
     );
 }
 

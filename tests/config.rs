@@ -69,6 +69,7 @@ bucket = "Bad_Bucket"
 region = "oss-cn-hangzhou"
 prefix = "/x*"
 actions = ["s3:PutObject"]
+success_action_redirect = "http://app.example.com/done"
 
 [[grants]]
 name = "a"
@@ -95,6 +96,7 @@ fn check_config_reports_every_problem_with_its_key_path() {
         "grants[0].region:",
         "grants[0].prefix:",
         "grants[0].actions[0]:",
+        "grants[0].success_action_redirect:",
         "grants[1].name:",
         "grants[1].policy:",
     ] {
@@ -299,6 +301,118 @@ algorithms = ["HS256", "none"]
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
+}
+
+/// `ISSUE_EXAMPLE` with API keys, a JWT issuer and the given grant lines.
+fn with_auth(grant: &str) -> String {
+    let key = ossvend::auth::api_key::hash_key("ovk_example");
+    ISSUE_EXAMPLE.replace(
+        r#"actions = ["oss:PutObject"]"#,
+        &format!(
+            r#"actions = ["oss:PutObject"]
+{grant}
+
+[[auth.api_keys]]
+id = "backend"
+sha256 = "{key}"
+
+[auth.jwt]
+jwks_url = "https://idp.example.com/jwks.json"
+issuer = "https://idp.example.com/"
+audience = ["ossvend"]
+"#
+        ),
+    )
+}
+
+/// Issue 13: an API key `alice` and a JWT subject `alice` are different
+/// callers; a grant that takes both into one `{subject}` must say whether
+/// they are one id space, and a single-method grant renders as before.
+#[test]
+fn a_grant_mixing_subject_namespaces_needs_an_explicit_choice() {
+    for auth in [r#"["api_key", "jwt"]"#, r#"["jwt", "api_key", "ticket"]"#] {
+        let cfg = with_auth(&format!("prefix = \"users/{{subject}}/\"\nauth = {auth}"))
+            .replace(r#"prefix = "uploads/""#, "");
+        let out = run(&cfg, &["check-config"], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{err}");
+        assert_eq!(out.status.code(), Some(2), "{auth}: {err}");
+        for needle in [
+            "grants[0].subjects:",
+            "\"browser-upload\"",
+            "api_key and jwt",
+            "subjects = \"namespaced\"",
+            "subjects = \"shared\"",
+        ] {
+            assert!(err.contains(needle), "{auth}: missing {needle:?} in:\n{err}");
+        }
+        for choice in ["namespaced", "shared"] {
+            let chosen = cfg.replace(
+                &format!("auth = {auth}"),
+                &format!("auth = {auth}\nsubjects = \"{choice}\""),
+            );
+            let out = run(&chosen, &["check-config"], &[]);
+            assert!(
+                out.status.success(),
+                "{choice}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // Not ambiguous: one subject-bearing method (tickets carry their minter's),
+    // or no {subject} in any template.
+    for grant in [
+        r#"prefix = "users/{subject}/"
+auth = ["jwt", "ticket"]"#,
+        r#"prefix = "users/{subject}/"
+auth = ["api_key", "ticket", "none"]"#,
+        r#"auth = ["api_key", "jwt"]"#,
+    ] {
+        let cfg = with_auth(grant).replace(r#"prefix = "uploads/""#, "");
+        let out = run(&cfg, &["check-config"], &[]);
+        assert!(
+            out.status.success(),
+            "{grant}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bad = with_auth("auth = [\"api_key\"]\nsubjects = \"separate\"");
+    let out = run(&bad, &["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("subjects"));
+}
+
+/// Issue 13: `x-oss-object-acl` on an upload has the effect of PutObjectAcl;
+/// no grant hands that right out by accident (a wildcard), only when it is named.
+#[test]
+fn wildcard_actions_that_would_grant_put_object_acl_are_refused() {
+    for actions in [
+        r#"["oss:*"]"#,
+        r#"["oss:PutObject*"]"#,
+        r#"["oss:Put*", "oss:GetObject"]"#,
+    ] {
+        let cfg = ISSUE_EXAMPLE.replace(r#"["oss:PutObject"]"#, actions);
+        let out = run(&cfg, &["check-config"], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{actions}: {err}");
+        assert!(
+            err.contains("grants[0].actions[0]:") && err.contains("oss:PutObjectAcl"),
+            "{actions}: {err}"
+        );
+    }
+    let policy = r#"policy = '{"Version":"1","Statement":[{"Effect":"Allow","Action":"oss:*","Resource":"acs:oss:*:*:examplebucket/uploads/*"}]}'"#;
+    let cfg = ISSUE_EXAMPLE.replace(r#"actions = ["oss:PutObject"]"#, policy);
+    let out = run(&cfg, &["check-config"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("grants[0].policy:") && err.contains("oss:PutObjectAcl"),
+        "{err}"
+    );
+    // Named on purpose, it is the operator's choice.
+    let cfg = ISSUE_EXAMPLE.replace(r#"["oss:PutObject"]"#, r#"["oss:PutObject", "oss:PutObjectAcl"]"#);
+    let out = run(&cfg, &["check-config"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -831,6 +831,48 @@ async fn sink_verdicts_agree_with_the_python_fake_oss() {
     let r = header_signed(Scheme::V4, &c, "GET", "sdk/cross/v4-header.txt", &[], &[], now);
     case("V4 header GET (not in the session policy)", r, "403 AccessDenied");
 
+    // --- object ACLs (issue 13): x-oss-object-acl on a write needs oss:PutObjectAcl,
+    // which no grant's session policy holds; a value OSS does not know is refused first.
+    let public = [
+        ("Content-Type", "text/plain"),
+        ("x-oss-object-acl", "public-read"),
+    ];
+    for (label, scheme) in [("V4", Scheme::V4), ("V1", Scheme::V1)] {
+        let key = format!("sdk/cross/acl-{}.txt", label.to_lowercase());
+        let r = header_signed(scheme, &c, "PUT", &key, &[], &public, now).with_body(&body);
+        case(
+            &format!("{label} header PUT, x-oss-object-acl public-read"),
+            r,
+            "403 AccessDenied",
+        );
+    }
+    let bogus = [
+        ("Content-Type", "text/plain"),
+        ("x-oss-object-acl", "world-writable"),
+    ];
+    let r =
+        header_signed(Scheme::V4, &c, "PUT", "sdk/cross/acl-bogus.txt", &[], &bogus, now).with_body(&body);
+    case(
+        "V4 header PUT, unknown x-oss-object-acl",
+        r,
+        "400 InvalidArgument",
+    );
+    let acl_only = [("x-oss-object-acl", "public-read-write")];
+    let r = header_signed(
+        Scheme::V4,
+        &c,
+        "POST",
+        "sdk/cross/acl-mp.bin",
+        &[("uploads", "")],
+        &acl_only,
+        now,
+    );
+    case(
+        "V4 InitiateMultipartUpload, x-oss-object-acl public-read-write",
+        r,
+        "403 AccessDenied",
+    );
+
     // --- multipart
     let uploads = [("uploads", "")];
     let r = header_signed(Scheme::V4, &c, "POST", "other/mp.bin", &uploads, &[], now);
@@ -879,6 +921,16 @@ async fn sink_verdicts_agree_with_the_python_fake_oss() {
         "PostObject V1",
         post_form(&f, "a.txt", "text/plain", &body),
         "204 OK",
+    );
+    let fields = [
+        ("key", "sdk/cross/post-acl.txt"),
+        ("x-oss-object-acl", "public-read"),
+    ];
+    let f = signed_form(Scheme::V4, &c, in_an_hour, &[sdk_prefix, range], &fields, now);
+    case(
+        "PostObject V4, x-oss-object-acl public-read field",
+        post_form(&f, "a.txt", "text/plain", &body),
+        "403 AccessDenied",
     );
     let small = r#"["content-length-range",0,10]"#;
     let f = signed_form(
@@ -989,6 +1041,17 @@ async fn sink_verdicts_agree_with_the_python_fake_oss() {
             r,
             "403 AccessDenied",
         );
+        // A client adding a public ACL to ossvend's form: not bound by the policy
+        // (OSS checks only the fields its conditions name), refused by the session policy.
+        let mut public = fields.clone();
+        let at = public.iter().position(|(k, _)| k == "policy").unwrap();
+        public.insert(at, ("x-oss-object-acl".into(), "public-read".into()));
+        let r = post_form(&public, "route-public.txt", "text/plain", &body);
+        case(
+            &format!("ossvend /post-policy {label} form + x-oss-object-acl public-read"),
+            r,
+            "403 AccessDenied",
+        );
         assert_eq!(
             field(&fields, "key"),
             format!("{}${{filename}}", creds["Prefix"].as_str().unwrap())
@@ -1024,6 +1087,15 @@ async fn sink_verdicts_agree_with_the_python_fake_oss() {
         };
         case(
             &format!("ossvend /presign {label} URL, another Content-Type sent"),
+            r.clone(),
+            "403 SignatureDoesNotMatch",
+        );
+        // V1 and V4 sign every x-oss-* header: an added ACL breaks the signature.
+        let mut public = headers.clone();
+        public.push(("x-oss-object-acl".into(), "public-read".into()));
+        let r = Raw { headers: public, ..r };
+        case(
+            &format!("ossvend /presign {label} URL + x-oss-object-acl public-read"),
             r,
             "403 SignatureDoesNotMatch",
         );

@@ -196,6 +196,19 @@ async fn presign_refuses_disallowed_or_missing_content_types_and_unknown_grants(
         (status, body["code"].as_str().unwrap()),
         (400, "content_type_required")
     );
+    // A server-named key's extension must fit the type it is bound to (issue 13).
+    for route in ["presign", "post-policy"] {
+        let (status, body) = get_json(e.server.url(&format!(
+            "/v1/grants/web/{route}?filename=evil.html&content_type=image/png"
+        )))
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str().unwrap()),
+            (422, "extension_mismatch"),
+            "{body}"
+        );
+        assert!(body["message"].as_str().unwrap().contains(".png"), "{body}");
+    }
     let (status, body) = get_json(e.server.url("/v1/grants/nope/presign")).await;
     assert_eq!((status, body["code"].as_str().unwrap()), (404, "unknown_grant"));
     // The server names keys: a hostile filename contributes nothing but a clean extension.

@@ -32,6 +32,38 @@ pub struct Principal {
     /// Claims templates may use as `{claim.NAME}`.
     pub claims: BTreeMap<String, String>,
     pub method: AuthMethod,
+    /// Whose id space `subject` belongs to: an API key `alice` and a JWT
+    /// subject `alice` are different callers. `None` for anonymous callers and
+    /// for tickets minted before tickets carried it.
+    pub namespace: Option<SubjectNamespace>,
+}
+
+/// An id space of subjects. The names contain no `.`, so `<namespace>.<subject>`
+/// (how namespaced grants render `{subject}`) never reads two ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubjectNamespace {
+    /// `auth.api_keys[].id`
+    ApiKey,
+    /// The `auth.jwt` issuer's subject claim (one issuer; several would each
+    /// need a namespace of their own).
+    Jwt,
+}
+
+impl SubjectNamespace {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectNamespace::ApiKey => "api_key",
+            SubjectNamespace::Jwt => "jwt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "api_key" => Some(SubjectNamespace::ApiKey),
+            "jwt" => Some(SubjectNamespace::Jwt),
+            _ => None,
+        }
+    }
 }
 
 impl Principal {
@@ -40,12 +72,22 @@ impl Principal {
             subject: None,
             claims: BTreeMap::new(),
             method: AuthMethod::None,
+            namespace: None,
         }
     }
 
     /// For logs: the subject, or `anonymous`.
     pub fn display(&self) -> &str {
         self.subject.as_deref().unwrap_or("anonymous")
+    }
+
+    /// The subject qualified by its namespace (`api_key.alice`), for keys
+    /// that must not merge callers of different methods (rate limits).
+    pub fn qualified_subject(&self) -> Option<String> {
+        let subject = self.subject.as_deref()?;
+        // No namespace (an old ticket) is the empty name: still injective.
+        let ns = self.namespace.map(SubjectNamespace::as_str).unwrap_or_default();
+        Some(format!("{ns}.{subject}"))
     }
 }
 
@@ -173,6 +215,7 @@ impl Authenticator {
                 subject: Some(c.subject),
                 claims: c.claims,
                 method: AuthMethod::Ticket,
+                namespace: c.namespace,
             });
         }
         if let Some(k) = presented.api_key {
@@ -193,6 +236,7 @@ impl Authenticator {
                 subject: Some(key.id.clone()),
                 claims: BTreeMap::new(),
                 method: AuthMethod::ApiKey,
+                namespace: Some(SubjectNamespace::ApiKey),
             });
         }
         if let Some(token) = presented.bearer {
@@ -208,6 +252,7 @@ impl Authenticator {
                 subject: Some(v.subject),
                 claims: v.claims,
                 method: AuthMethod::Jwt,
+                namespace: Some(SubjectNamespace::Jwt),
             });
         }
         if accepts(AuthMethod::None) {

@@ -3,7 +3,10 @@
 //! mints one for a grant and passes it as `?ticket=`.
 //!
 //! Format: `base64url(payload).base64url(HMAC-SHA256(key, "ossvend-ticket-v1." + base64url(payload)))`,
-//! no padding, payload `{"v":1,"sub":…,"grant":…,"exp":<unix seconds>,"claims":{…}}`.
+//! no padding, payload `{"v":1,"sub":…,"ns":…,"grant":…,"exp":<unix seconds>,"claims":{…}}`,
+//! `ns` being the subject's namespace (`api_key` or `jwt`: whoever minted the
+//! ticket), so a ticket stands for exactly its minter. Tickets minted before
+//! `ns` existed verify without one.
 //! The MAC is checked (in constant time) before the payload is even decoded.
 
 use std::collections::BTreeMap;
@@ -18,6 +21,7 @@ use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use super::SubjectNamespace;
 use super::error::AuthError;
 use crate::config::TicketConfig;
 
@@ -32,6 +36,7 @@ const VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketClaims {
     pub subject: String,
+    pub namespace: Option<SubjectNamespace>,
     pub claims: BTreeMap<String, String>,
 }
 
@@ -40,6 +45,8 @@ pub struct TicketClaims {
 struct Payload {
     v: u32,
     sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ns: Option<String>,
     grant: String,
     exp: i64,
     #[serde(default)]
@@ -113,11 +120,12 @@ impl Tickets {
         mac
     }
 
-    /// A ticket for `subject` on `grant`, and when it expires (`now + ttl`,
-    /// whole seconds).
+    /// A ticket for `subject` (of `namespace`) on `grant`, and when it expires
+    /// (`now + ttl`, whole seconds).
     pub fn mint(
         &self,
         subject: &str,
+        namespace: Option<SubjectNamespace>,
         grant: &str,
         claims: &BTreeMap<String, String>,
         now: DateTime<Utc>,
@@ -130,6 +138,7 @@ impl Tickets {
         let payload = Payload {
             v: VERSION,
             sub: subject.into(),
+            ns: namespace.map(|n| n.as_str().to_owned()),
             grant: grant.into(),
             exp,
             claims: claims.clone(),
@@ -177,8 +186,13 @@ impl Tickets {
         if payload.grant != grant {
             return Err(AuthError::WrongGrant);
         }
+        let namespace = match payload.ns.as_deref() {
+            None => None,
+            Some(ns) => Some(SubjectNamespace::parse(ns).ok_or(AuthError::Invalid("malformed"))?),
+        };
         Ok(TicketClaims {
             subject: payload.sub,
+            namespace,
             claims: payload.claims,
         })
     }
@@ -208,7 +222,13 @@ mod tests {
     #[test]
     fn round_trip() {
         let t = tickets();
-        let (ticket, exp) = t.mint("alice", "avatars", &claims(), t0());
+        let (ticket, exp) = t.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "avatars",
+            &claims(),
+            t0(),
+        );
         assert_eq!(exp, t0() + chrono::Duration::seconds(300));
         // URL-safe as is: no padding, no `+`/`/`.
         assert!(
@@ -219,6 +239,7 @@ mod tests {
         assert_eq!(ticket.matches('.').count(), 1);
         let got = t.verify(&ticket, "avatars", t0()).unwrap();
         assert_eq!(got.subject, "alice");
+        assert_eq!(got.namespace, Some(SubjectNamespace::ApiKey));
         assert_eq!(got.claims, claims());
         // Still valid one second before expiry.
         assert!(
@@ -231,14 +252,44 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).unwrap()).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"v":1,"sub":"alice","grant":"avatars","exp":exp.timestamp(),"claims":{"tenant":"acme"}})
+            serde_json::json!({"v":1,"sub":"alice","ns":"api_key","grant":"avatars","exp":exp.timestamp(),"claims":{"tenant":"acme"}})
         );
+    }
+
+    /// A ticket from before `ns` still verifies (namespace unknown); a MAC-valid
+    /// one naming a namespace this version does not know is refused.
+    #[test]
+    fn the_namespace_is_optional_but_must_be_known() {
+        let t = tickets();
+        let signed = |payload: serde_json::Value| {
+            let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&payload).unwrap());
+            let mut mac = t.mac();
+            mac.update(body.as_bytes());
+            format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+        };
+        let exp = t0().timestamp() + 60;
+        let old = signed(serde_json::json!({"v":1,"sub":"alice","grant":"g","exp":exp,"claims":{}}));
+        let got = t.verify(&old, "g", t0()).unwrap();
+        assert_eq!((got.subject.as_str(), got.namespace), ("alice", None));
+        let (jwt, _) = t.mint("alice", Some(SubjectNamespace::Jwt), "g", &BTreeMap::new(), t0());
+        assert_eq!(
+            t.verify(&jwt, "g", t0()).unwrap().namespace,
+            Some(SubjectNamespace::Jwt)
+        );
+        let odd = signed(serde_json::json!({"v":1,"sub":"alice","ns":"ldap","grant":"g","exp":exp}));
+        assert_eq!(t.verify(&odd, "g", t0()), Err(AuthError::Invalid("malformed")));
     }
 
     #[test]
     fn the_mac_matches_the_documented_construction() {
         let t = tickets();
-        let (ticket, _) = t.mint("alice", "avatars", &BTreeMap::new(), t0());
+        let (ticket, _) = t.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "avatars",
+            &BTreeMap::new(),
+            t0(),
+        );
         let (body, tag) = ticket.split_once('.').unwrap();
         let mut mac = Hmac::<Sha256>::new_from_slice(b"0123456789abcdef0123456789abcdef").unwrap();
         mac.update(format!("ossvend-ticket-v1.{body}").as_bytes());
@@ -248,7 +299,13 @@ mod tests {
     #[test]
     fn tampered_payload_is_rejected() {
         let t = tickets();
-        let (ticket, _) = t.mint("alice", "avatars", &claims(), t0());
+        let (ticket, _) = t.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "avatars",
+            &claims(),
+            t0(),
+        );
         let (_, tag) = ticket.split_once('.').unwrap();
         let forged = serde_json::json!({"v":1,"sub":"mallory","grant":"avatars","exp":t0().timestamp()+300,"claims":{}});
         let forged_body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
@@ -268,7 +325,13 @@ mod tests {
     #[test]
     fn tampered_mac_is_rejected() {
         let t = tickets();
-        let (ticket, _) = t.mint("alice", "avatars", &claims(), t0());
+        let (ticket, _) = t.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "avatars",
+            &claims(),
+            t0(),
+        );
         let (body, tag) = ticket.split_once('.').unwrap();
         let mut raw = URL_SAFE_NO_PAD.decode(tag).unwrap();
         raw[0] ^= 1;
@@ -288,7 +351,13 @@ mod tests {
         );
         // Another key's ticket.
         let other = Tickets::new(None, Duration::from_secs(300));
-        let (theirs, _) = other.mint("alice", "avatars", &claims(), t0());
+        let (theirs, _) = other.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "avatars",
+            &claims(),
+            t0(),
+        );
         assert_eq!(
             t.verify(&theirs, "avatars", t0()),
             Err(AuthError::Invalid("bad_signature"))
@@ -306,7 +375,13 @@ mod tests {
             );
         }
         // Padded base64 is not the format.
-        let (ticket, _) = t.mint("alice", "avatars", &claims(), t0());
+        let (ticket, _) = t.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "avatars",
+            &claims(),
+            t0(),
+        );
         assert!(t.verify(&format!("{ticket}="), "avatars", t0()).is_err());
         let huge = "a".repeat(MAX_TICKET_LEN + 1);
         assert_eq!(t.verify(&huge, "g", t0()), Err(AuthError::Invalid("malformed")));
@@ -315,7 +390,13 @@ mod tests {
     #[test]
     fn expired_ticket_is_rejected() {
         let t = tickets();
-        let (ticket, exp) = t.mint("alice", "avatars", &claims(), t0());
+        let (ticket, exp) = t.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "avatars",
+            &claims(),
+            t0(),
+        );
         assert_eq!(t.verify(&ticket, "avatars", exp), Err(AuthError::Expired));
         assert_eq!(
             t.verify(&ticket, "avatars", exp + chrono::Duration::hours(1)),
@@ -328,7 +409,13 @@ mod tests {
     #[test]
     fn ticket_for_another_grant_is_rejected() {
         let t = tickets();
-        let (ticket, _) = t.mint("alice", "avatars", &claims(), t0());
+        let (ticket, _) = t.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "avatars",
+            &claims(),
+            t0(),
+        );
         assert_eq!(t.verify(&ticket, "documents", t0()), Err(AuthError::WrongGrant));
         assert_eq!(t.verify(&ticket, "avatars2", t0()), Err(AuthError::WrongGrant));
     }
@@ -337,7 +424,13 @@ mod tests {
     fn random_keys_differ_per_instance() {
         let a = Tickets::new(None, Duration::from_secs(60));
         let b = Tickets::new(None, Duration::from_secs(60));
-        let (ticket, _) = a.mint("alice", "g", &BTreeMap::new(), t0());
+        let (ticket, _) = a.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "g",
+            &BTreeMap::new(),
+            t0(),
+        );
         assert!(a.verify(&ticket, "g", t0()).is_ok());
         assert_eq!(
             b.verify(&ticket, "g", t0()),
@@ -358,7 +451,13 @@ mod tests {
         let b = Tickets::from_config(&cfg, &env).unwrap();
         assert_eq!(a.ttl(), Duration::from_secs(120));
         // Same key: a ticket minted by one replica verifies on another.
-        let (ticket, exp) = a.mint("alice", "g", &BTreeMap::new(), t0());
+        let (ticket, exp) = a.mint(
+            "alice",
+            Some(SubjectNamespace::ApiKey),
+            "g",
+            &BTreeMap::new(),
+            t0(),
+        );
         assert_eq!(exp, t0() + chrono::Duration::seconds(120));
         assert!(b.verify(&ticket, "g", t0()).is_ok());
 

@@ -636,6 +636,11 @@ pub struct GrantConfig {
     /// `success_action_status` for PostObject (200, 201 or 204).
     #[serde(default = "default_success_action_status")]
     pub success_action_status: u16,
+    /// Where the browser goes after a PostObject upload (https, or http on
+    /// loopback): sent in the form and pinned by the policy. Unset: no redirect
+    /// is sent (the status above is the answer).
+    #[serde(default)]
+    pub success_action_redirect: Option<String>,
     /// S3-compatible endpoint for `presign_scheme = "s3-v4"`; default
     /// `https://s3.oss-<region>.aliyuncs.com`.
     #[serde(default)]
@@ -653,6 +658,13 @@ pub struct GrantConfig {
     /// `server.allow_anonymous`).
     #[serde(default = "default_grant_auth")]
     pub auth: Vec<AuthMethod>,
+    /// How `{subject}` renders when callers come from separate id spaces
+    /// (`api_key` ids and JWT subjects): `namespaced` (`api_key.alice`,
+    /// `jwt.alice`) or `shared` (as is: the ids are one namespace on purpose).
+    /// Unset: as is, and a grant accepting both methods with `{subject}` in a
+    /// template is a config error until one is chosen.
+    #[serde(default)]
+    pub subjects: Option<SubjectsMode>,
     /// Overrides `[rate_limit]` for this grant.
     #[serde(default)]
     pub per_subject_per_minute: Option<u32>,
@@ -676,6 +688,33 @@ impl AuthMethod {
             AuthMethod::Jwt => "jwt",
             AuthMethod::Ticket => "ticket",
             AuthMethod::None => "none",
+        }
+    }
+}
+
+/// See [`GrantConfig::subjects`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectsMode {
+    Namespaced,
+    Shared,
+}
+
+impl GrantConfig {
+    /// Whether callers from more than one subject namespace reach this grant:
+    /// API keys and JWTs both (a ticket carries the namespace of the API key
+    /// or JWT that minted it, and only this grant's own methods may mint).
+    pub fn mixes_subject_namespaces(&self) -> bool {
+        self.auth.contains(&AuthMethod::ApiKey) && self.auth.contains(&AuthMethod::Jwt)
+    }
+
+    /// Whether `{subject}` renders as `<method>.<subject>`: chosen with
+    /// `subjects`, and the safe reading of a mixed grant that chose nothing
+    /// (validation refuses that config, so it only matters if it is bypassed).
+    pub fn namespaced_subjects(&self) -> bool {
+        match self.subjects {
+            Some(m) => m == SubjectsMode::Namespaced,
+            None => self.mixes_subject_namespaces(),
         }
     }
 }

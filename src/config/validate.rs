@@ -500,7 +500,18 @@ fn check_grants(config: &Config, p: &mut Problems) {
                     format!("grants[{i}].actions[{j}]"),
                     format!("{a:?} is not an OSS action like \"oss:PutObject\""),
                 );
+            } else if policy::wildcard_grants_object_acl(a) {
+                p.add(
+                    format!("grants[{i}].actions[{j}]"),
+                    acl_by_wildcard(&format!("{a:?}")),
+                );
             }
+        }
+        if g.policy.is_some()
+            && let Ok(text) = render_grant_policy(g)
+            && let Some(place) = policy::object_acl_by_wildcard(&text)
+        {
+            p.add(at("policy"), acl_by_wildcard(&place));
         }
         if let Some(d) = g.duration_seconds {
             check_duration(&at("duration_seconds"), d, config, p);
@@ -571,6 +582,9 @@ fn check_grants(config: &Config, p: &mut Problems) {
         if ![200, 201, 204].contains(&g.success_action_status) {
             p.add(at("success_action_status"), "must be 200, 201 or 204");
         }
+        if let Some(url) = &g.success_action_redirect {
+            check_endpoint(&at("success_action_redirect"), url, p);
+        }
         if let Err(e) = render_grant_policy(g) {
             p.add(at("policy"), e.to_string());
         }
@@ -583,13 +597,19 @@ fn check_grants(config: &Config, p: &mut Problems) {
 /// that passes here fits the 2048-character limit for any caller.
 pub fn render_grant_policy(g: &GrantConfig) -> Result<String, policy::PolicyError> {
     let worst = "x".repeat(64);
+    // The longest namespace name in front of a namespaced subject.
+    let worst_subject = if g.namespaced_subjects() {
+        format!("api_key.{worst}")
+    } else {
+        worst.clone()
+    };
     let fill = |t: &str| -> String {
         let mut out = t.to_string();
         for name in crate::policy::template::placeholder_names(t).unwrap_or_default() {
-            let value = if name == "date" {
-                "20260101"
-            } else {
-                worst.as_str()
+            let value = match name {
+                "date" => "20260101",
+                "subject" => worst_subject.as_str(),
+                _ => worst.as_str(),
             };
             out = out.replace(&format!("{{{name}}}"), value);
         }
@@ -662,8 +682,54 @@ fn uses_caller_values(g: &GrantConfig) -> bool {
     .any(|t| t.contains("{subject}") || t.contains("{claim."))
 }
 
+/// `x-oss-object-acl` on an upload has the effect of PutObjectACL: a grant
+/// that hands out `oss:PutObjectAcl` lets its callers make objects public, so
+/// that right is only ever given by name.
+fn acl_by_wildcard(what: &str) -> String {
+    format!(
+        "{what} also grants oss:PutObjectAcl: callers could make their objects public (an upload carrying \
+         x-oss-object-acl has the effect of PutObjectAcl). List the actions the grant needs, and name \
+         \"oss:PutObjectAcl\" explicitly only if callers may set ACLs"
+    )
+}
+
+/// Whether any template of the grant names `{subject}`.
+fn uses_subject(g: &GrantConfig) -> bool {
+    [
+        Some(&g.prefix),
+        g.session_name.as_ref(),
+        g.policy.as_ref(),
+        Some(&g.key_template),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|t| crate::policy::template::placeholder_names(t).is_ok_and(|n| n.contains(&"subject")))
+}
+
+/// API key ids and JWT subjects are separate id spaces: rendered into one
+/// `{subject}` as they are, `alice` of one would get the prefix and cached
+/// credential of `alice` of the other. A grant taking both must say which it
+/// means; the default is no default, so that no existing deployment silently
+/// starts writing elsewhere. (`{claim.*}` only ever comes from the one JWT
+/// issuer, API keys carry no claims, so claims need no such choice.)
+fn check_subjects(i: usize, g: &GrantConfig, p: &mut Problems) {
+    if g.subjects.is_none() && g.mixes_subject_namespaces() && uses_subject(g) {
+        p.add(
+            format!("grants[{i}].subjects"),
+            format!(
+                "grant {:?} puts callers of api_key and jwt into {{subject}}, but API key ids and JWT subjects \
+                 are separate namespaces: an API key \"alice\" and a JWT subject \"alice\" would share one \
+                 prefix and one credential. Set subjects = \"namespaced\" ({{subject}} becomes \"api_key.alice\" \
+                 or \"jwt.alice\"), or subjects = \"shared\" if both methods name the same users on purpose",
+                g.name
+            ),
+        );
+    }
+}
+
 fn check_grant_auth(i: usize, g: &GrantConfig, config: &Config, p: &mut Problems) {
     use super::AuthMethod;
+    check_subjects(i, g, p);
     let at = format!("grants[{i}].auth");
     if g.auth.is_empty() {
         p.add(&at, "must list at least one method: api_key, jwt, ticket or none");
@@ -1023,6 +1089,32 @@ prefix = "uploads/"
             ("OSSVEND_SERVER_MAX_CONNECTIONS", "2000000"),
         ]);
         assert_eq!(bad.len(), 2, "{bad:?}");
+    }
+
+    /// The 2048-character check renders the longest caller values, and a
+    /// namespaced `{subject}` is longer by its namespace.
+    #[test]
+    fn the_policy_length_check_counts_the_subject_namespace() {
+        let text = |extra: &str| {
+            format!(
+                "[sts]\nrole_arn = \"acs:ram::1234567890123456:role/r\"\n[[grants]]\nname = \"g\"\n\
+                 bucket = \"b-1\"\nregion = \"cn-hangzhou\"\nprefix = \"u/{{subject}}/\"\n{extra}"
+            )
+        };
+        let policy = |extra: &str| {
+            let cfg = crate::config::parse(&text(extra), &BTreeMap::new()).unwrap();
+            render_grant_policy(&cfg.grants[0]).unwrap()
+        };
+        let x64 = "x".repeat(64);
+        assert!(policy("auth = [\"jwt\"]").contains(&format!("b-1/u/{x64}/*")));
+        assert!(
+            policy("auth = [\"jwt\", \"api_key\"]\nsubjects = \"namespaced\"")
+                .contains(&format!("b-1/u/api_key.{x64}/*"))
+        );
+        assert!(
+            policy("auth = [\"jwt\", \"api_key\"]\nsubjects = \"shared\"")
+                .contains(&format!("b-1/u/{x64}/*"))
+        );
     }
 
     #[test]

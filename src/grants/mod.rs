@@ -36,6 +36,8 @@ pub struct Grant {
     pub external_id: Option<String>,
     /// Authentication methods accepted.
     pub auth: Vec<AuthMethod>,
+    /// `{subject}` renders as `<namespace>.<subject>` (`subjects = "namespaced"`).
+    pub namespaced_subjects: bool,
     pub per_subject_per_minute: u32,
     pub per_ip_per_minute: u32,
     pub upload: UploadSettings,
@@ -183,6 +185,7 @@ impl Grant {
         let server = [("date", date.as_str())];
         let values = template::Values {
             subject: principal.subject.as_deref(),
+            subject_namespace: self.subject_namespace(principal)?,
             claims: &principal.claims,
             server: &server,
             placeholders,
@@ -210,6 +213,25 @@ impl Grant {
             prefix,
             policy,
         })
+    }
+}
+
+impl Grant {
+    /// What `{subject}` is qualified with for `principal` on this grant:
+    /// nothing unless the grant namespaces subjects.
+    pub fn subject_namespace(&self, principal: &Principal) -> Result<Option<&'static str>, ApiError> {
+        if !self.namespaced_subjects || principal.subject.is_none() {
+            return Ok(None);
+        }
+        match principal.namespace {
+            Some(ns) => Ok(Some(ns.as_str())),
+            // Only a ticket minted by an older version has a subject without one.
+            None => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "invalid_principal",
+                "this ticket does not say which kind of caller minted it; mint a new one",
+            )),
+        }
     }
 }
 
@@ -241,6 +263,7 @@ pub struct UploadSettings {
     pub upload_expires: Duration,
     pub signing: SigningSource,
     pub success_action_status: u16,
+    pub success_action_redirect: Option<String>,
     pub s3_endpoint: String,
     pub path_style: bool,
     pub s3_path_style: bool,
@@ -259,6 +282,7 @@ impl UploadSettings {
             upload_expires: g.upload_expires,
             signing: g.signing,
             success_action_status: g.success_action_status,
+            success_action_redirect: g.success_action_redirect.clone(),
             path_style: g.path_style.unwrap_or_else(|| is_ip_or_localhost(&endpoint)),
             s3_path_style: g.path_style.unwrap_or_else(|| is_ip_or_localhost(&s3_endpoint)),
             s3_endpoint,
@@ -310,6 +334,7 @@ impl Grants {
                 duration_seconds: g.duration_seconds.unwrap_or(cfg.sts.duration_seconds),
                 external_id: cfg.sts.external_id.clone(),
                 auth: g.auth.clone(),
+                namespaced_subjects: g.namespaced_subjects(),
                 per_subject_per_minute: g
                     .per_subject_per_minute
                     .unwrap_or(cfg.rate_limit.per_subject_per_minute),
@@ -406,6 +431,94 @@ impl Issuer {
                     expires: id.expiration,
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::auth::SubjectNamespace;
+
+    /// Grant `g` on `examplebucket` with `extra` TOML lines.
+    pub(crate) fn grant(extra: &str) -> Grant {
+        let text = format!(
+            r#"
+[sts]
+role_arn = "acs:ram::1234567890123456:role/oss-upload"
+
+[[grants]]
+name = "g"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+{extra}
+"#
+        );
+        let cfg = crate::config::parse(&text, &BTreeMap::new()).unwrap();
+        Grants::from_config(&cfg)
+            .unwrap()
+            .get("g")
+            .unwrap()
+            .as_ref()
+            .clone()
+    }
+
+    fn caller(method: AuthMethod, namespace: Option<SubjectNamespace>, subject: &str) -> Principal {
+        Principal {
+            subject: Some(subject.into()),
+            claims: BTreeMap::new(),
+            method,
+            namespace,
+        }
+    }
+
+    fn prefix(g: &Grant, p: &Principal) -> Result<String, &'static str> {
+        let now = chrono::DateTime::from_timestamp(1_772_352_000, 0).unwrap();
+        g.resolve(p, &Placeholders::default(), now)
+            .map(|r| r.prefix.clone())
+            .map_err(|e| e.code)
+    }
+
+    /// Issue 13: single-method and `shared` grants render `{subject}` as
+    /// before; `namespaced` ones qualify it, and so does a mixed grant that
+    /// somehow skipped validation. The cache key is the rendered policy's hash,
+    /// so different prefixes are different credentials.
+    #[test]
+    fn subjects_render_per_namespace_only_where_configured() {
+        let key = caller(AuthMethod::ApiKey, Some(SubjectNamespace::ApiKey), "alice");
+        let jwt = caller(AuthMethod::Jwt, Some(SubjectNamespace::Jwt), "alice");
+        let jwt_ticket = caller(AuthMethod::Ticket, Some(SubjectNamespace::Jwt), "alice");
+        let old_ticket = caller(AuthMethod::Ticket, None, "alice");
+        let base = "prefix = \"u/{subject}/\"\n";
+
+        let single = grant(&format!("{base}auth = [\"jwt\", \"ticket\"]"));
+        for p in [&jwt, &jwt_ticket, &old_ticket] {
+            assert_eq!(prefix(&single, p).unwrap(), "u/alice/");
+        }
+        let shared = grant(&format!(
+            "{base}auth = [\"jwt\", \"api_key\"]\nsubjects = \"shared\""
+        ));
+        assert_eq!(prefix(&shared, &key), prefix(&shared, &jwt));
+
+        for extra in ["subjects = \"namespaced\"", ""] {
+            let g = grant(&format!(
+                "{base}auth = [\"jwt\", \"api_key\", \"ticket\"]\n{extra}"
+            ));
+            assert_eq!(prefix(&g, &key).unwrap(), "u/api_key.alice/");
+            assert_eq!(prefix(&g, &jwt).unwrap(), "u/jwt.alice/");
+            assert_eq!(prefix(&g, &jwt_ticket).unwrap(), "u/jwt.alice/");
+            assert_eq!(prefix(&g, &old_ticket), Err("invalid_principal"));
+            let now = chrono::DateTime::from_timestamp(1_772_352_000, 0).unwrap();
+            let hash = |p| {
+                g.resolve(p, &Placeholders::default(), now)
+                    .unwrap()
+                    .policy_sha256
+                    .clone()
+            };
+            assert_ne!(hash(&key), hash(&jwt));
+            assert_eq!(hash(&jwt), hash(&jwt_ticket));
         }
     }
 }

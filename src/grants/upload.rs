@@ -17,7 +17,7 @@ use crate::sign::{self, AddressingStyle, Endpoint, RequestToSign, SignError, Sig
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UploadRequest {
-    /// The client's file name. Only its sanitised extension is used: the server names the object.
+    /// The client's file name. Only its sanitised extension is used (the server names the object), and it must fit the content type.
     #[schema(example = "cat.png")]
     #[param(example = "cat.png")]
     pub filename: Option<String>,
@@ -123,10 +123,58 @@ pub struct Target<'a> {
     pub placeholders: &'a Placeholders,
 }
 
+/// `{ext}` (`.png`) must fit the type the upload is bound to: the declared
+/// Content-Type, or when none is declared (a form may leave it to the browser)
+/// one of the grant's allowed types; with neither there is nothing to
+/// contradict. A `.html` key for an `image/png` upload would be served by
+/// anything that trusts extensions (CDNs, downloads) as a page, so a mismatch is
+/// refused rather than renamed: the client learns its file and type disagree.
+fn check_extension(grant: &Grant, ext: &str, ct: Option<&str>) -> Result<(), ApiError> {
+    let Some(ext) = ext.strip_prefix('.') else {
+        return Ok(());
+    };
+    let types: Vec<&str> = match ct {
+        Some(ct) => vec![ct],
+        None => grant.upload.content_types.iter().map(String::as_str).collect(),
+    };
+    if types.is_empty() || !grant.upload.key_template.contains("{ext}") {
+        return Ok(());
+    }
+    let known = |t: &str| {
+        let essence = t.split(';').next().unwrap_or(t).trim().to_ascii_lowercase();
+        mime_guess::get_mime_extensions_str(&essence).unwrap_or_default()
+    };
+    if types.iter().any(|t| known(t).contains(&ext)) {
+        return Ok(());
+    }
+    let mut fitting: Vec<String> = types
+        .iter()
+        .flat_map(|t| known(t))
+        .map(|e| format!(".{e}"))
+        .collect();
+    fitting.sort();
+    fitting.dedup();
+    let fitting = if fitting.is_empty() {
+        "none is known: send the file name without an extension".to_string()
+    } else {
+        format!("it takes {}", fitting.join(", "))
+    };
+    Err(ApiError::new(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "extension_mismatch",
+        format!(
+            "the file name's extension .{ext} does not fit content type {} ({fitting}); send the file's real \
+             content type or a file name that fits it",
+            types.join(" or ")
+        ),
+    ))
+}
+
 fn new_key(
     grant: &Grant,
     target: &Target<'_>,
     filename: Option<&str>,
+    content_type: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<String, ApiError> {
     // From the thread's CSPRNG: `Uuid::new_v4` makes a getrandom call each time.
@@ -136,6 +184,7 @@ fn new_key(
         .to_string();
     let date = crate::policy::template::yyyymmdd(now);
     let ext = filename.map(policy::sanitize_ext).unwrap_or_default();
+    check_extension(grant, &ext, content_type)?;
     let server = [
         ("prefix", target.prefix),
         ("uuid", uuid.as_str()),
@@ -144,6 +193,7 @@ fn new_key(
     ];
     let values = template::Values {
         subject: target.principal.subject.as_deref(),
+        subject_namespace: grant.subject_namespace(target.principal)?,
         claims: &target.principal.claims,
         server: &server,
         placeholders: target.placeholders,
@@ -194,7 +244,7 @@ pub fn post_policy(
     let key = req
         .filename
         .as_deref()
-        .map(|f| new_key(grant, target, Some(f), now))
+        .map(|f| new_key(grant, target, Some(f), ct, now))
         .transpose()?;
     let key_field = key
         .clone()
@@ -224,10 +274,14 @@ pub fn post_policy(
         max_size_bytes: grant.upload.max_size_bytes,
         content_type,
         success_action_status: grant.upload.success_action_status,
+        success_action_redirect: grant.upload.success_action_redirect.as_deref(),
         required: &required,
     });
     let status = grant.upload.success_action_status.to_string();
     let mut fields: Vec<(&str, &str)> = vec![("key", &key_field), ("success_action_status", &status)];
+    if let Some(url) = &grant.upload.success_action_redirect {
+        fields.push(("success_action_redirect", url));
+    }
     if let Some(ct) = ct {
         fields.push(("Content-Type", ct));
     }
@@ -264,7 +318,7 @@ pub fn presign(
     let ct = req.content_type.as_deref();
     check_content_type(grant, ct, true)?;
     let secs = validity(grant, material, now)?;
-    let key = new_key(grant, target, req.filename.as_deref(), now)?;
+    let key = new_key(grant, target, req.filename.as_deref(), ct, now)?;
     let headers: Vec<(&str, &str)> = ct.map(|c| vec![("Content-Type", c)]).unwrap_or_default();
     let to_sign = RequestToSign {
         method: "PUT",
@@ -309,4 +363,147 @@ pub fn presign(
         expires_at: DateTime::from_timestamp(signed.expires_at_unix, 0).unwrap_or(now),
         scheme,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+
+    use super::*;
+
+    fn grant(extra: &str) -> Grant {
+        crate::grants::tests::grant(&format!("prefix = \"uploads/\"\n{extra}"))
+    }
+
+    fn material() -> SigningMaterial {
+        SigningMaterial {
+            access_key_id: "LTAItestKeyIdNotASecret".into(),
+            access_key_secret: "testSecretNotASecret".into(),
+            security_token: None,
+            expires: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 8, 0, 0).unwrap()
+    }
+
+    fn req(filename: &str, content_type: Option<&str>) -> UploadRequest {
+        UploadRequest {
+            filename: Some(filename.into()),
+            content_type: content_type.map(str::to_owned),
+        }
+    }
+
+    /// Presign and PostObject (server-named key) for `req`: the key, or the error code and status.
+    fn keys(grant: &Grant, req: &UploadRequest) -> [Result<String, (u16, &'static str)>; 2] {
+        let principal = Principal::anonymous();
+        let placeholders = Placeholders::default();
+        let target = Target {
+            prefix: "uploads/",
+            principal: &principal,
+            placeholders: &placeholders,
+        };
+        let err = |e: ApiError| (e.status.as_u16(), e.code);
+        [
+            presign(grant, &target, &material(), now(), req)
+                .map(|p| p.key)
+                .map_err(err),
+            post_policy(grant, &target, &material(), now(), req)
+                .map(|p| p.key.unwrap())
+                .map_err(err),
+        ]
+    }
+
+    fn policy_conditions(p: &PostPolicy) -> Vec<serde_json::Value> {
+        use base64::Engine as _;
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(&p.policy_base64)
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        doc["conditions"].as_array().unwrap().clone()
+    }
+
+    /// Issue 13: a form never leaves a redirect of ossvend's own choosing
+    /// unbound. Without `success_action_redirect` there is none to send (OSS
+    /// checks only the fields a condition names, so one a client adds is its
+    /// own); with it, the form carries it and the policy pins it exactly.
+    #[test]
+    fn a_configured_redirect_is_sent_and_pinned() {
+        let principal = Principal::anonymous();
+        let placeholders = Placeholders::default();
+        let target = Target {
+            prefix: "uploads/",
+            principal: &principal,
+            placeholders: &placeholders,
+        };
+        let plain = grant("");
+        let p = post_policy(&plain, &target, &material(), now(), &UploadRequest::default()).unwrap();
+        assert!(!p.fields.iter().any(|(k, _)| k == "success_action_redirect"));
+        assert!(
+            !policy_conditions(&p)
+                .iter()
+                .any(|c| c.to_string().contains("redirect"))
+        );
+
+        let url = "https://app.example.com/uploaded?from=ossvend";
+        for version in ["v4", "v1", "s3-v4"] {
+            let g = grant(&format!(
+                "success_action_redirect = \"{url}\"\npost_version = \"{version}\""
+            ));
+            let p = post_policy(&g, &target, &material(), now(), &UploadRequest::default()).unwrap();
+            let sent: Vec<&str> = p
+                .fields
+                .iter()
+                .filter(|(k, _)| k == "success_action_redirect")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(sent, [url], "{version}");
+            assert!(
+                policy_conditions(&p).contains(&serde_json::json!(["eq", "$success_action_redirect", url])),
+                "{version}"
+            );
+        }
+    }
+
+    /// Issue 13: the extension of a server-named key follows the declared
+    /// (allowed) content type, never just the client's filename.
+    #[test]
+    fn a_key_extension_that_contradicts_the_content_type_is_refused() {
+        let g = grant(r#"content_types = ["image/png", "image/jpeg"]"#);
+        for r in keys(&g, &req("evil.html", Some("image/png"))) {
+            assert_eq!(r, Err((422, "extension_mismatch")));
+        }
+        for (file, ext) in [("cat.PNG", ".png"), ("cat", "")] {
+            for r in keys(&g, &req(file, Some("image/png"))) {
+                let key = r.unwrap();
+                assert!(key.starts_with("uploads/") && key.ends_with(ext), "{key}");
+                assert_eq!(key.len(), "uploads/".len() + 32 + ext.len(), "{key}");
+            }
+        }
+        // Either of a type's usual extensions is the client's choice.
+        for file in ["me.jpg", "me.jpeg"] {
+            for r in keys(&g, &req(file, Some("image/jpeg"))) {
+                assert!(r.unwrap().ends_with(&file[2..]));
+            }
+        }
+        // A PostObject form may leave the type to the browser: the extension
+        // must then fit one of the allowed types.
+        let [_, post] = keys(&g, &req("page.html", None));
+        assert_eq!(post, Err((422, "extension_mismatch")));
+        let [_, post] = keys(&g, &req("photo.jpg", None));
+        assert!(post.unwrap().ends_with(".jpg"));
+
+        // Without an allowlist a declared type still has to fit; an undeclared one cannot contradict.
+        let open = grant("");
+        for r in keys(&open, &req("x.html", Some("image/png"))) {
+            assert_eq!(r, Err((422, "extension_mismatch")));
+        }
+        for r in keys(&open, &req("notes.txt", Some("text/plain"))) {
+            assert!(r.unwrap().ends_with(".txt"));
+        }
+        for r in keys(&open, &req("x.html", None)) {
+            assert!(r.unwrap().ends_with(".html"));
+        }
+    }
 }

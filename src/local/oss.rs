@@ -910,6 +910,25 @@ fn authorized(
     Ok((ok.scheme, ak))
 }
 
+/// [`authorized`] for a write that may set the object's ACL (PutObject,
+/// InitiateMultipartUpload): `x-oss-object-acl` needs `oss:PutObjectAcl` too.
+fn authorized_write(
+    state: &LocalState,
+    req: &Incoming,
+    now: DateTime<Utc>,
+) -> Result<(AuthScheme, String), OssError> {
+    let ok = authenticate(state, req, now)?;
+    let ak = ok.credential.access_key_id;
+    let policy = ok.credential.policy.as_ref();
+    access::authorize(policy, "oss:PutObject", req.bucket(), req.key.as_deref())
+        .and_then(|()| {
+            let acl = req.header("x-oss-object-acl");
+            access::authorize_object_acl(policy, acl, req.bucket(), req.key())
+        })
+        .map_err(|e| e.tag(Some(ok.scheme), Some(&ak)))?;
+    Ok((ok.scheme, ak))
+}
+
 /// Runs blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, OssError> + Send + 'static,
@@ -977,7 +996,7 @@ async fn put_object(
     req: &mut Incoming,
     now: DateTime<Utc>,
 ) -> Result<Reply, OssError> {
-    let (scheme, ak) = authorized(state, req, now, "oss:PutObject")?;
+    let (scheme, ak) = authorized_write(state, req, now)?;
     let tag = |e: OssError| e.tag(Some(scheme), Some(&ak));
     if req.header("x-oss-copy-source").is_some() {
         return Err(tag(OssError::msg(
@@ -1018,7 +1037,7 @@ async fn initiate_upload(
     req: &mut Incoming,
     now: DateTime<Utc>,
 ) -> Result<Reply, OssError> {
-    let (scheme, ak) = authorized(state, req, now, "oss:PutObject")?;
+    let (scheme, ak) = authorized_write(state, req, now)?;
     let content_type = content_type_or_default(req);
     let (dir, bucket, key) = (
         state.data_dir.clone(),
@@ -1214,6 +1233,9 @@ async fn post_object(
         Some(&upload.key),
     )
     .map_err(tag)?;
+    let acl = form.get("x-oss-object-acl");
+    access::authorize_object_acl(upload.credential.policy.as_ref(), acl, &bucket, &upload.key)
+        .map_err(tag)?;
 
     let spooled = file.spool.finish().await.map_err(tag)?;
     if !file.complete {

@@ -196,6 +196,91 @@ fn is_string_or_string_list(v: Option<&Value>) -> bool {
     }
 }
 
+/// Actions that change who may read an object. An upload carrying
+/// `x-oss-object-acl` has the effect of PutObjectACL and needs the first
+/// (OSS PutObjectACL doc), so a grant never holds them unless it names them.
+pub const OBJECT_ACL_ACTIONS: [&str; 2] = ["oss:PutObjectAcl", "oss:PutObjectVersionAcl"];
+
+/// Whether an action pattern grants an ACL action without naming it (`oss:*`, `oss:Put*`).
+pub fn wildcard_grants_object_acl(pattern: &str) -> bool {
+    pattern.contains(['*', '?'])
+        && OBJECT_ACL_ACTIONS
+            .iter()
+            .any(|a| wildcard_match(pattern, a, false))
+}
+
+/// Where a policy document lets the ACL actions through without naming them:
+/// an `Allow` whose `Action` has such a wildcard, or an `Allow` with a
+/// `NotAction` that does not exclude them. `None`: nowhere (or not a document).
+pub fn object_acl_by_wildcard(policy_json: &str) -> Option<String> {
+    let doc: Value = serde_json::from_str(policy_json).ok()?;
+    let statements: Vec<&Value> = match doc.get("Statement")? {
+        Value::Array(items) => items.iter().collect(),
+        one => vec![one],
+    };
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        match v {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    for (i, st) in statements.iter().enumerate() {
+        let allow = st
+            .get("Effect")
+            .and_then(Value::as_str)
+            .is_some_and(|e| e.eq_ignore_ascii_case("allow"));
+        if !allow {
+            continue;
+        }
+        if let Some(p) = strings(st.get("Action"))
+            .into_iter()
+            .find(|p| wildcard_grants_object_acl(p))
+        {
+            return Some(format!("Statement[{i}].Action {p:?}"));
+        }
+        if st.get("NotAction").is_some() {
+            let excluded = strings(st.get("NotAction"));
+            if let Some(a) = OBJECT_ACL_ACTIONS
+                .iter()
+                .find(|a| !excluded.iter().any(|p| wildcard_match(p, a, false)))
+            {
+                return Some(format!("Statement[{i}].NotAction (it does not exclude {a})"));
+            }
+        }
+    }
+    None
+}
+
+/// RAM wildcards: `*` any run of characters (`/` and `:` included), `?` exactly one.
+pub fn wildcard_match(pattern: &str, value: &str, case_sensitive: bool) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let v: Vec<char> = value.chars().collect();
+    let same = |a: char, b: char| a == b || (!case_sensitive && a.to_lowercase().eq(b.to_lowercase()));
+    // Greedy match with backtracking to the last `*`: linear for typical patterns.
+    let (mut pi, mut vi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, vi));
+            pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || same(p[pi], v[vi])) {
+            pi += 1;
+            vi += 1;
+        } else if let Some((sp, sv)) = star {
+            pi = sp + 1;
+            vi = sv + 1;
+            star = Some((sp, sv + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
 /// Lower-case hex SHA-256 of the rendered policy: part of the cache key and of
 /// audit records (the policy text itself can be long).
 pub fn policy_sha256(policy: &str) -> String {
@@ -284,6 +369,9 @@ pub struct PostPolicySpec<'a> {
     pub max_size_bytes: u64,
     pub content_type: ContentTypeCondition<'a>,
     pub success_action_status: u16,
+    /// Pinned with `eq` when set. (None cannot be enforced: OSS checks only
+    /// the form fields that some condition names.)
+    pub success_action_redirect: Option<&'a str>,
     /// Exact-match conditions the signature version requires (V4 auth fields,
     /// security token), in order.
     pub required: &'a [(&'a str, String)],
@@ -305,6 +393,9 @@ pub fn post_policy_json(spec: &PostPolicySpec<'_>) -> String {
         "$success_action_status",
         spec.success_action_status.to_string()
     ]));
+    if let Some(url) = spec.success_action_redirect {
+        conditions.push(json!(["eq", "$success_action_redirect", url]));
+    }
     match spec.content_type {
         ContentTypeCondition::Any => {}
         ContentTypeCondition::OneOf(list) => conditions.push(json!(["in", "$content-type", list])),
@@ -361,12 +452,69 @@ mod tests {
             max_size_bytes: 10,
             content_type: ContentTypeCondition::OneOf(&["image/png".into()]),
             success_action_status: 200,
+            success_action_redirect: None,
             required: &req,
         });
         assert_eq!(
             p,
             r#"{"expiration":"2026-01-01T00:15:00.000Z","conditions":[{"x-oss-date":"20260101T000000Z"},{"bucket":"b"},["starts-with","$key","uploads/"],["content-length-range",0,10],["eq","$success_action_status","200"],["in","$content-type",["image/png"]]]}"#
         );
+    }
+
+    /// Issue 13: no rendered session policy lets a caller change an object's
+    /// ACL (an upload with `x-oss-object-acl: public-read` needs it), and the
+    /// wildcards that would are recognised.
+    #[test]
+    fn rendered_session_policies_never_grant_put_object_acl() {
+        let default = render_prefix_policy("b", "uploads/", &["oss:PutObject".into()]).unwrap();
+        let local_sdk: Vec<String> = ["oss:PutObject", "oss:AbortMultipartUpload", "oss:ListParts"]
+            .map(String::from)
+            .to_vec();
+        for text in [default, render_prefix_policy("b", "sdk/", &local_sdk).unwrap()] {
+            assert!(!text.to_ascii_lowercase().contains("acl"), "{text}");
+            assert!(!text.contains('*') || text.contains("\"Resource\":[\"acs:oss:*:*:b/"));
+            assert_eq!(object_acl_by_wildcard(&text), None, "{text}");
+        }
+        for p in [
+            "oss:*",
+            "*",
+            "oss:Put*",
+            "OSS:PUTOBJECT*",
+            "oss:PutObject?cl",
+            "oss:*Acl",
+        ] {
+            assert!(wildcard_grants_object_acl(p), "{p}");
+        }
+        for p in [
+            "oss:PutObject",
+            "oss:PutObjectAcl",
+            "oss:Get*",
+            "oss:PutObjectTagging",
+            "oss:Put*Tagging",
+        ] {
+            assert!(!wildcard_grants_object_acl(p), "{p}");
+        }
+        let doc = |st: &str| format!(r#"{{"Version":"1","Statement":[{st}]}}"#);
+        let r = r#""Resource":"acs:oss:*:*:b/u/*""#;
+        assert_eq!(
+            object_acl_by_wildcard(&doc(&format!(
+                r#"{{"Effect":"Allow","Action":["oss:PutObject","oss:*"],{r}}}"#
+            ))),
+            Some("Statement[0].Action \"oss:*\"".into())
+        );
+        assert!(
+            object_acl_by_wildcard(&doc(&format!(
+                r#"{{"Effect":"Allow","NotAction":"oss:Delete*",{r}}}"#
+            )))
+            .is_some_and(|w| w.contains("NotAction"))
+        );
+        for ok in [
+            format!(r#"{{"Effect":"Deny","Action":"oss:*",{r}}}"#),
+            format!(r#"{{"Effect":"Allow","Action":["oss:PutObject","oss:PutObjectAcl"],{r}}}"#),
+            format!(r#"{{"Effect":"Allow","NotAction":["oss:*Acl","oss:Delete*"],{r}}}"#),
+        ] {
+            assert_eq!(object_acl_by_wildcard(&doc(&ok)), None, "{ok}");
+        }
     }
 
     #[test]

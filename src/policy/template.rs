@@ -72,6 +72,10 @@ fn is_dangerous(v: &str) -> bool {
 /// What a template can refer to for one request.
 pub struct Values<'a> {
     pub subject: Option<&'a str>,
+    /// Set on grants whose callers come from several id spaces: `{subject}`
+    /// renders as `<namespace>.<subject>`. The subject itself is checked
+    /// against its pattern first; the namespace is the server's.
+    pub subject_namespace: Option<&'a str>,
     pub claims: &'a BTreeMap<String, String>,
     /// Values the server produced itself (`prefix`, `uuid`, `date`, `ext`), not checked.
     pub server: &'a [(&'a str, &'a str)],
@@ -123,9 +127,13 @@ pub fn render(t: &str, v: &Values<'_>) -> Result<String, TemplateError> {
                 None if name == "subject" => v.subject,
                 None => None,
             };
-            match caller {
-                Some(val) if v.placeholders.allows(name, val) => val.to_string(),
-                _ => return Err(TemplateError::InvalidPrincipal(name.to_string())),
+            match (caller, v.subject_namespace) {
+                (Some(val), _) if !v.placeholders.allows(name, val) => {
+                    return Err(TemplateError::InvalidPrincipal(name.to_string()));
+                }
+                (Some(val), Some(ns)) if name == "subject" => format!("{ns}.{val}"),
+                (Some(val), _) => val.to_string(),
+                (None, _) => return Err(TemplateError::InvalidPrincipal(name.to_string())),
             }
         };
         out.push_str(&value);
@@ -183,9 +191,51 @@ mod tests {
     ) -> Values<'a> {
         Values {
             subject,
+            subject_namespace: None,
             claims,
             server: &[("prefix", "users/"), ("date", "20260101")],
             placeholders: p,
+        }
+    }
+
+    /// Namespaced `{subject}`: `<namespace>.<subject>`, injective because no
+    /// namespace name contains `.` (so an API key whose id is `jwt.alice`
+    /// cannot become the JWT user `alice`); the pattern still applies to the
+    /// subject alone, and claims are never namespaced.
+    #[test]
+    fn namespaced_subjects_never_collide() {
+        let p = Placeholders::default();
+        let claims = BTreeMap::from([("tenant".to_string(), "acme".to_string())]);
+        let render_as = |ns: &str, sub: &str| {
+            let v = Values {
+                subject_namespace: Some(ns),
+                ..vals(Some(sub), &claims, &p)
+            };
+            render("u/{claim.tenant}/{subject}/", &v)
+        };
+        let mut seen = std::collections::HashMap::new();
+        for ns in ["api_key", "jwt"] {
+            for sub in ["alice", "jwt.alice", "api_key.alice", "a.b", "jwt", ".x", "x."] {
+                let r = render_as(ns, sub).unwrap();
+                assert!(r.starts_with("u/acme/") && r.ends_with('/'), "{r}");
+                if let Some(prev) = seen.insert(r.clone(), (ns, sub)) {
+                    panic!("{prev:?} and {:?} both render {r}", (ns, sub));
+                }
+                // Read back: up to the first `.` is the namespace.
+                let value = &r["u/acme/".len()..r.len() - 1];
+                assert_eq!(value.split_once('.'), Some((ns, sub)));
+            }
+        }
+        assert_eq!(
+            render_as("api_key", "jwt.alice").unwrap(),
+            "u/acme/api_key.jwt.alice/"
+        );
+        assert_eq!(render_as("jwt", "alice").unwrap(), "u/acme/jwt.alice/");
+        // 64 characters fit the default pattern; the namespace does not count.
+        let long = "a".repeat(64);
+        assert_eq!(render_as("jwt", &long).unwrap(), format!("u/acme/jwt.{long}/"));
+        for bad in ["*", "a/b", "", &"a".repeat(65)] {
+            assert!(render_as("jwt", bad).is_err(), "{bad:?}");
         }
     }
 

@@ -111,10 +111,11 @@ pub async fn mint(
     // The ticket must be usable: resolve the grant for this caller now.
     let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
     let subject = principal.subject.as_deref().unwrap_or_default();
-    let (ticket, expires) = state
-        .auth
-        .tickets
-        .mint(subject, &grant.name, &principal.claims, now);
+    let (ticket, expires) =
+        state
+            .auth
+            .tickets
+            .mint(subject, principal.namespace, &grant.name, &principal.claims, now);
     let expires_at = format_expiration(expires);
     state.audit.record(&Record {
         time: now,

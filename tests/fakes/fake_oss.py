@@ -64,7 +64,10 @@ case-insensitive); a matching Deny wins, else a matching Allow is needed.  The r
 and account fields of a resource pattern are not compared (the fake has neither).
 A statement with a ``Condition`` cannot be evaluated here: an Allow with one is
 ignored, a Deny with one applies.  Static keys without ``--key-policy`` and STS
-credentials issued without a Policy are unrestricted.
+credentials issued without a Policy are unrestricted.  ``x-oss-object-acl`` on
+PutObject, InitiateMultipartUpload or a PostObject form works like PutObjectACL: the
+session policy must also allow oss:PutObjectAcl on the object (an unknown ACL name is
+400 InvalidArgument).
 
 Test-only control API (JSON):
     GET  /_fake/objects   -> {"objects": [{"bucket", "key", "size", "md5", "etag",
@@ -432,6 +435,19 @@ def authorize(cred: Credential, action: str, bucket: str, key: str | None) -> No
     if cred.policy is not None and not policy_allows(cred.policy, action, bucket, key):
         target = bucket if key is None else f"{bucket}/{key}"
         raise OssError("AccessDenied", f"You are denied by session policy: {action} on {target}.")
+
+
+OBJECT_ACLS = ("private", "public-read", "public-read-write", "default")
+
+
+def authorize_object_acl(cred: Credential, acl: str | None, bucket: str, key: str) -> None:
+    """x-oss-object-acl on a write has the effect of PutObjectACL (OSS PutObjectACL doc),
+    so a RAM user or STS session needs oss:PutObjectAcl besides the write itself."""
+    if acl is None:
+        return
+    if acl not in OBJECT_ACLS:
+        raise OssError("InvalidArgument", f"x-oss-object-acl {acl!r} is not one of {', '.join(OBJECT_ACLS)}.")
+    authorize(cred, "oss:PutObjectAcl", bucket, key)
 
 
 # ---------------------------------------------------------------------------
@@ -1213,11 +1229,14 @@ class Handler(BaseHTTPRequestHandler):
         self.verifier.authenticate(req, now)
         raise OssError("NotImplemented", f"{method} with ?{'&'.join(sorted(ops))} is not implemented by the fake.")
 
-    def _authorized(self, req: Incoming, now: float, action: str) -> Reply:
-        """Authenticate + session policy; a Reply pre-filled with the auth details."""
+    def _authorized(self, req: Incoming, now: float, action: str, sets_acl: bool = False) -> Reply:
+        """Authenticate + session policy (and, for a write that may set it, the ACL
+        header's own permission); a Reply pre-filled with the auth details."""
         kind, cred = self.verifier.authenticate(req, now)
         try:
             authorize(cred, action, req.bucket, req.key)
+            if sets_acl:
+                authorize_object_acl(cred, req.headers.get("x-oss-object-acl"), req.bucket, req.key)
         except OssError as err:
             raise err.tag(kind, cred.access_key_id)
         return Reply(200, auth=kind, access_key_id=cred.access_key_id)
@@ -1229,7 +1248,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise OssError("InvalidDigest")
 
     def _put_object(self, req: Incoming, now: float) -> Reply:
-        reply = self._authorized(req, now, "oss:PutObject")
+        reply = self._authorized(req, now, "oss:PutObject", sets_acl=True)
         if "x-oss-copy-source" in req.headers:
             raise OssError("NotImplemented", "CopyObject is not implemented by the fake.")
         self._check_md5(req)
@@ -1241,7 +1260,7 @@ class Handler(BaseHTTPRequestHandler):
         return reply
 
     def _initiate(self, req: Incoming, now: float) -> Reply:
-        reply = self._authorized(req, now, "oss:PutObject")
+        reply = self._authorized(req, now, "oss:PutObject", sets_acl=True)
         content_type = req.headers.get("content-type") or "application/octet-stream"
         upload_id = self.store.create_upload(req.bucket, req.key, content_type)
         key = quote(req.key, safe="") if req.query.get("encoding-type") == "url" else req.key
@@ -1294,6 +1313,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             check_key(upload.key)
             authorize(upload.cred, "oss:PutObject", req.bucket, upload.key)
+            authorize_object_acl(upload.cred, upload.fields.get("x-oss-object-acl"), req.bucket, upload.key)
         except OssError as err:
             raise err.tag(upload.kind, upload.cred.access_key_id)
         obj = self.store.put(req.bucket, upload.key, [upload.data], upload.content_type, upload.kind)

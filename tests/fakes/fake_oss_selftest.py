@@ -251,13 +251,14 @@ def post_form(version: str, *, key: str = "uploads/${filename}", size: int = 5,
               extra_conditions: list | None = None, key_prefix: str = "uploads/", bucket_condition=BUCKET,
               signed_at: datetime.datetime | None = None, credential_day: str | None = None,
               omit_condition: str | None = None, policy_override: str | None = None,
-              file_last: bool = True, filename: str = "hello.txt") -> tuple[list, bytes]:
+              file_last: bool = True, filename: str = "hello.txt",
+              extra_fields: list | None = None) -> tuple[list, bytes]:
     """(fields, file bytes) of a PostObject form; knobs break exactly one thing each."""
     now = signed_at or datetime.datetime.now(datetime.timezone.utc)
     conditions: list = [{"bucket": bucket_condition}, ["starts-with", "$key", key_prefix],
                         ["content-length-range", 1, 64], ["in", "$content-type", ["text/plain", "image/png"]]]
     conditions += extra_conditions or []
-    fields = [("key", key), ("Content-Type", content_type)]
+    fields = [("key", key), ("Content-Type", content_type)] + (extra_fields or [])
     if status:
         fields.append(("success_action_status", status))
     if token is not None:
@@ -340,6 +341,15 @@ def header_auth_cases(r: Results, c: Clients, ep: str):
                               headers={"x-oss-security-token": TOKEN} if version == "v1" else None)
         r.case(f"{version} header signed 20 min ago", "RequestTimeTooSkewed",
                lambda: raw("PUT", url, b"x", headers))
+    # x-oss-object-acl on a write works like PutObjectACL: a session needs oss:PutObjectAcl.
+    public = {"x-oss-object-acl": "public-read"}
+    r.case("oss2 V4 put with x-oss-object-acl, session policy lacks oss:PutObjectAcl", "403 AccessDenied",
+           lambda: c.oss2("v4").put_object("uploads/public.txt", b"x", headers=public))
+    r.case("plain key V4 put with x-oss-object-acl public-read (no policy)", "200 OK",
+           lambda: c.oss2("v4", PLAIN_AK, PLAIN_SK, None).put_object("other/public.txt", b"x", headers=public))
+    r.case("plain key V4 put with an unknown x-oss-object-acl", "400 InvalidArgument",
+           lambda: c.oss2("v4", PLAIN_AK, PLAIN_SK, None).put_object(
+               "other/odd-acl.txt", b"x", headers={"x-oss-object-acl": "world-writable"}))
     # ali-oss with an IP endpoint: bucket only in the Host header (peers.md 4).
     url, headers = c.sign("v1", "PUT", "uploads/host-routed.txt", {"x-oss-security-token": TOKEN},
                           bucket_in_path=False)
@@ -493,6 +503,13 @@ def post_cases(r: Results, ep: str):
                 post(v, policy_override=base64.b64encode(b"{not json").decode()).outcome,
                 "400 InvalidPolicyDocument")
         r.check(f"{P} unknown AccessKeyId", post(v, ak="STS.neverIssued").outcome, "403 InvalidAccessKeyId")
+        # Fields no condition names are not checked by the policy, but an ACL needs oss:PutObjectAcl.
+        acl = [("x-oss-object-acl", "public-read")]
+        r.check(f"{P} x-oss-object-acl field, session policy lacks oss:PutObjectAcl",
+                post(v, extra_fields=acl).outcome, "403 AccessDenied")
+        r.check(f"{P} x-oss-object-acl field, plain key (no policy)",
+                post(v, ak=PLAIN_AK, sk=PLAIN_SK, token=None, extra_fields=acl, filename=f"acl-{v}.txt").outcome,
+                "204 OK")
     now = datetime.datetime.now(datetime.timezone.utc)
     r.check("PostObject v4 x-oss-date 20 min in the future",
             post("v4", signed_at=now + datetime.timedelta(minutes=20)).outcome, "403 RequestTimeTooSkewed")
