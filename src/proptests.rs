@@ -45,6 +45,7 @@ fn values<'a>(
 ) -> Values<'a> {
     Values {
         subject,
+        subject_namespace: None,
         claims,
         server: &[("date", "20260101")],
         placeholders: p,
@@ -201,7 +202,7 @@ proptest! {
         let tickets = crate::auth::ticket::Tickets::new(Some(vec![7; 32]), std::time::Duration::from_secs(300));
         let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
         let claims = BTreeMap::from([("tenant".to_string(), claim)]);
-        let (t, _) = tickets.mint(&subject, "g", &claims, now);
+        let (t, _) = tickets.mint(&subject, None, "g", &claims, now);
         let ok = tickets.verify(&t, "g", now).unwrap();
         prop_assert_eq!(&ok.subject, &subject);
         prop_assert_eq!(&ok.claims, &claims);
@@ -244,9 +245,15 @@ proptest! {
     fn config_parsing_never_panics_nor_echoes_secrets(text in hostile_string(200), secret in "[A-Za-z0-9]{24}") {
         let env = BTreeMap::new();
         let _ = crate::config::parse(&text, &env);
-        let with_secret = format!("[identity]\naccess_key_secret = \"{secret}\"\n{text}");
-        if let Err(e) = crate::config::parse(&with_secret, &env) {
-            prop_assert!(!e.contains(&secret), "{e}");
+        // The secret's line itself broken (text right after the value), or a later one.
+        for with_secret in [
+            format!("[identity]\naccess_key_secret = \"{secret}\"{text}\n"),
+            format!("[identity]\naccess_key_secret = \"{secret}{text}\n"),
+            format!("[identity]\naccess_key_secret = \"{secret}\"\n{text}"),
+        ] {
+            if let Err(e) = crate::config::parse(&with_secret, &env) {
+                prop_assert!(!e.contains(&secret), "{}", e);
+            }
         }
     }
 }
@@ -291,4 +298,104 @@ fn wire_verdict(
     authenticate(&received, &lookup, at + chrono::TimeDelta::seconds(1))
         .map(|_| ())
         .map_err(|e| format!("{} {}", e.code, e.message))
+}
+
+/// A JSON value shaped like a PostObject policy condition, or not quite.
+fn condition() -> impl Strategy<Value = Value> {
+    let field = prop_oneof![
+        Just("$key".to_string()),
+        Just("$success_action_status".to_string()),
+        Just("$content-type".to_string()),
+        Just("$x-oss-object-acl".to_string()),
+        Just("bucket".to_string()),
+        hostile_string(12),
+    ];
+    let op = prop_oneof![
+        Just("eq"),
+        Just("starts-with"),
+        Just("in"),
+        Just("not-in"),
+        Just("content-length-range"),
+        Just("ends-with"),
+    ];
+    let scalar = prop_oneof![
+        hostile_string(16).prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::json!(f)),
+        Just(Value::Null),
+    ];
+    let list = prop::collection::vec(scalar.clone(), 0..4).prop_map(Value::Array);
+    prop_oneof![
+        (op, field.clone(), prop_oneof![scalar.clone(), list])
+            .prop_map(|(o, f, v)| serde_json::json!([o, f, v])),
+        (any::<i64>(), any::<i64>()).prop_map(|(a, b)| serde_json::json!(["content-length-range", a, b])),
+        (field, scalar.clone()).prop_map(|(f, v)| serde_json::json!({ f.trim_start_matches('$'): v })),
+        scalar,
+    ]
+}
+
+proptest! {
+    /// The local sink's PostObject checks (policy JSON, every condition form,
+    /// expiry, fields) take whatever a signed form holds without a panic, and
+    /// never accept a file larger than a size condition allows.
+    #[test]
+    fn the_sinks_post_policy_checks_take_any_signed_policy(
+        conditions in prop::collection::vec(condition(), 0..6),
+        expiration in prop_oneof![Just("2030-01-01T00:00:00.000Z".to_string()), hostile_string(30)],
+        key in hostile_string(30),
+        file_size in 0u64..5000,
+        extra in prop::collection::vec((hostile_string(12), hostile_string(12)), 0..4),
+    ) {
+        use crate::local::verify::{Credential, PostFields, verify_post};
+        let policy = serde_json::json!({ "expiration": expiration, "conditions": conditions }).to_string();
+        let creds = SigningCredentials { access_key_id: "LTAIPropFake", access_key_secret: "fakeSecret", security_token: None };
+        let Ok(signed) = sign::post::sign_v1(&creds, &policy, &[("key", &key)]) else { return Ok(()) };
+        let mut fields: Vec<(String, String)> = signed.fields.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+        fields.extend(extra.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
+        let form = PostFields { fields: &fields, file_name: Some("a.bin"), file_content_type: None, file_size };
+        let known = Credential {
+            access_key_id: "LTAIPropFake".into(),
+            access_key_secret: "fakeSecret".into(),
+            security_token: None,
+            expiration: None,
+            policy: None,
+        };
+        let lookup = |id: &str| (id == known.access_key_id).then(|| known.clone());
+        let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        if verify_post("local-bucket", &form, &lookup, now).is_ok() {
+            for c in &conditions {
+                if let Some([op, lo, hi]) = c.as_array().map(Vec::as_slice)
+                    && op == "content-length-range"
+                    && let (Some(lo), Some(hi)) = (lo.as_i64(), hi.as_i64())
+                {
+                    prop_assert!(lo <= file_size as i64 && file_size as i64 <= hi, "{policy}");
+                }
+            }
+        }
+    }
+
+    /// The sink's other parsers of outside input: query strings, the
+    /// CompleteMultipartUpload XML, the three date forms (which also read back
+    /// what the signers write), and resource patterns of session policies.
+    #[test]
+    fn the_sinks_small_parsers_take_anything(
+        text in hostile_string(120),
+        bytes in prop::collection::vec(any::<u8>(), 0..200),
+        secs in 0i64..253_402_300_799,
+        pattern in hostile_string(30),
+    ) {
+        use crate::local::{access, oss, verify};
+        let _ = oss::parse_query(&text);
+        let _ = oss::parse_complete_body(&bytes);
+        let _ = oss::parse_complete_body(text.as_bytes());
+        let _ = verify::parse_http_date(&text);
+        let _ = verify::parse_iso_basic(&text, "x-oss-date");
+        let _ = verify::parse_iso_extended(&text);
+        let t = Utc.timestamp_opt(secs, 0).unwrap();
+        prop_assert_eq!(verify::parse_http_date(&sign::format_http_date(t)), Some(t));
+        prop_assert_eq!(verify::parse_iso_basic(&sign::format_iso8601_basic(t), "x-oss-date").ok(), Some(t));
+        let _ = access::resource_matches(&pattern, "local-bucket", Some(&text));
+        let exact = format!("acs:oss:*:*:local-bucket/{}", text);
+        prop_assert!(access::resource_matches(&exact, "local-bucket", Some(&text)));
+    }
 }

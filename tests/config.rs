@@ -597,6 +597,7 @@ async fn an_explicit_policy_is_rendered_per_caller_inside_its_strings() {
     let calls = sts.calls().await;
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["params"]["Policy"], body["policy_text"]);
+}
 
 /// Issue 13 item 6: a config that does not parse must not echo a secret. Each
 /// config is broken on (or in a string starting on) a line that sets a secret;

@@ -569,7 +569,7 @@ fn unquote(text: &str, plus: bool) -> String {
 }
 
 /// `a=1&b&c=` → decoded pairs in order (empty parts skipped), as the fake splits them.
-fn parse_query(raw: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_query(raw: &str) -> Vec<(String, String)> {
     raw.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -1233,7 +1233,10 @@ async fn post_object(
         Some(&upload.key),
     )
     .map_err(tag)?;
-    let acl = form.get("x-oss-object-acl");
+    let acl = fields
+        .iter()
+        .find(|(name, _)| name == "x-oss-object-acl")
+        .map(|(_, v)| v.as_str());
     access::authorize_object_acl(upload.credential.policy.as_ref(), acl, &bucket, &upload.key)
         .map_err(tag)?;
 
@@ -1458,7 +1461,7 @@ fn policy_size_limit(fields: &[(String, String)]) -> u64 {
 
 /// Every `Part` element (anywhere, as ElementTree's `iter`) as (PartNumber
 /// digits, ETag); MalformedXML if the XML is not well-formed or a part lacks either.
-fn parse_complete_body(body: &[u8]) -> Result<Vec<(String, String)>, OssError> {
+pub(crate) fn parse_complete_body(body: &[u8]) -> Result<Vec<(String, String)>, OssError> {
     let root = xml::parse(body).ok_or_else(|| OssError::new("MalformedXML"))?;
     let mut chosen = Vec::new();
     for part in root.find_all("Part") {

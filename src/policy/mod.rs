@@ -593,6 +593,7 @@ mod tests {
         let placeholders = template::Placeholders::default();
         let values = template::Values {
             subject: Some(evil),
+            subject_namespace: None,
             claims: &claims,
             server: &[],
             placeholders: &placeholders,
