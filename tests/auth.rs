@@ -526,6 +526,22 @@ async fn tickets_are_bound_to_subject_grant_and_expiry() {
         !e.server.logs.text().contains(&ticket),
         "a ticket reached the logs"
     );
+    // A body that is JSON but lacks the fields, or is not JSON: one answer, 400 bad_request (was 422 for `{}`).
+    for (body, content_type) in [
+        ("{}", "application/json"),
+        ("grant=users", "application/x-www-form-urlencoded"),
+    ] {
+        let r = http()
+            .post(e.server.url("/v1/tickets"))
+            .header("x-api-key", BACKEND_KEY)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "bad_request", "{body}");
+    }
 }
 
 /// Issue 13 item 4: an API key whose id is `alice` and a JWT whose `sub` is

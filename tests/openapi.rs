@@ -252,3 +252,121 @@ async fn every_documented_error_has_the_error_body() {
     }
     assert!(errors > 50, "only {errors} error responses documented");
 }
+
+/// Every `(status, code)` the source can answer with: `ApiError::new(StatusCode::X, "code"`,
+/// `not_found("code"` / `bad_request("code"`, `(StatusCode::X, "code")` tuples, the middleware's
+/// `=> ("code", …)` table and JSON bodies with a literal `"code"`. Test modules are skipped.
+fn codes_in_source() -> BTreeSet<(u16, String)> {
+    fn status(name: &str) -> u16 {
+        match name {
+            "BAD_REQUEST" | "bad_request" => 400,
+            "UNAUTHORIZED" => 401,
+            "FORBIDDEN" => 403,
+            "NOT_FOUND" | "not_found" => 404,
+            "METHOD_NOT_ALLOWED" => 405,
+            "PAYLOAD_TOO_LARGE" => 413,
+            "UNPROCESSABLE_ENTITY" => 422,
+            "TOO_MANY_REQUESTS" => 429,
+            "INTERNAL_SERVER_ERROR" => 500,
+            "BAD_GATEWAY" => 502,
+            "SERVICE_UNAVAILABLE" => 503,
+            "GATEWAY_TIMEOUT" => 504,
+            other => panic!("status {other} is not in the test's table"),
+        }
+    }
+    let patterns = [
+        r#"StatusCode::([A-Z_]+),\s*"([a-z][a-z0-9_]*)""#,
+        r#"\b(not_found|bad_request)\(\s*"([a-z][a-z0-9_]*)""#,
+    ];
+    let patterns: Vec<regex::Regex> = patterns.iter().map(|p| regex::Regex::new(p).unwrap()).collect();
+    let middleware =
+        regex::Regex::new(r#"StatusCode::([A-Z_]+)(?: \| StatusCode::[A-Z_]+)* => \{?\s*\(\s*"([a-z_]+)""#)
+            .unwrap();
+    let json_code = regex::Regex::new(r#""code": "([a-z_]+)""#).unwrap();
+    let mut out = BTreeSet::new();
+    let mut stack = vec![repo_root().join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                // The local emulator answers as OSS does (XML), not with ossvend's codes.
+                if !path.ends_with("local") {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = text.split("#[cfg(test)]").next().unwrap();
+            for re in patterns.iter().chain([&middleware]) {
+                for c in re.captures_iter(text) {
+                    out.insert((status(&c[1]), c[2].to_string()));
+                }
+            }
+            for c in json_code.captures_iter(text) {
+                // The admin reload's 422 body is built with json!.
+                let s = if &c[1] == "invalid_config" {
+                    422
+                } else {
+                    panic!("{}: code {} in JSON", path.display(), &c[1])
+                };
+                out.insert((s, c[1].to_string()));
+            }
+        }
+    }
+    // The middleware turns any other client error into 400 bad_request, and any
+    // server error into 500 internal_error; `internal()` is the latter.
+    out.insert((400, "bad_request".into()));
+    out.insert((500, "internal_error".into()));
+    out
+}
+
+/// README's error table: `| status | `code`, `code` | when |` rows.
+fn codes_in_readme() -> BTreeSet<(u16, String)> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let table = readme
+        .split("| status | `code` | when |")
+        .nth(1)
+        .expect("README has the error table");
+    let mut out = BTreeSet::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let status: u16 = cells[1].parse().unwrap();
+        for code in cells[2].split('`').skip(1).step_by(2) {
+            out.insert((status, code.to_string()));
+        }
+    }
+    out
+}
+
+/// One complete error table: the README lists every code the program returns,
+/// with its status, and nothing else; the OpenAPI document names each of them
+/// (the admin listener's codes aside: its routes are not in the document).
+#[test]
+fn the_readme_error_table_is_complete_and_the_openapi_document_agrees() {
+    let source = codes_in_source();
+    let readme = codes_in_readme();
+    assert_eq!(
+        source.difference(&readme).collect::<Vec<_>>(),
+        Vec::<&(u16, String)>::new(),
+        "returned by the program but not in README's table"
+    );
+    assert_eq!(
+        readme.difference(&source).collect::<Vec<_>>(),
+        Vec::<&(u16, String)>::new(),
+        "in README's table but never returned"
+    );
+    let doc = std::fs::read_to_string(repo_root().join(SNAPSHOT)).unwrap();
+    let admin_only = [
+        "admin_token_not_configured",
+        "invalid_admin_token",
+        "invalid_config",
+    ];
+    for (_, code) in &source {
+        if !admin_only.contains(&code.as_str()) {
+            assert!(
+                doc.contains(&format!("`{code}`")),
+                "{SNAPSHOT} never names `{code}`"
+            );
+        }
+    }
+}

@@ -184,7 +184,11 @@ fn status_error(status: StatusCode) -> ApiError {
         StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => {
             ("timeout", "the request took longer than server.request_timeout")
         }
-        s if s.is_client_error() => ("bad_request", "the request was not understood"),
+        // Any other client error (a body axum could not extract: 415, 422, …)
+        // is one documented answer, 400 `bad_request`.
+        s if s.is_client_error() => {
+            return ApiError::bad_request("bad_request", "the request was not understood");
+        }
         _ => ("internal_error", "the server failed to handle the request"),
     };
     ApiError::new(status, code, message)
