@@ -44,7 +44,7 @@ tokio::task_local! {
 }
 
 fn utc_seconds<S: serde::Serializer>(t: &chrono::DateTime<chrono::Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::sts::format_expiration(*t))
+    s.serialize_str(&crate::sign::format_iso8601_extended(*t))
 }
 
 pub struct Audit {

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::sts::format_expiration;
+use crate::sign::format_iso8601_extended;
 
 /// Which spelling of the credential body to return (`?format=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
@@ -122,7 +122,7 @@ pub(crate) struct CredentialProcessBody<'a> {
 
 /// The JSON text of `v` in `format`.
 pub fn to_json(format: CredentialFormat, v: &CredentialView<'_>) -> String {
-    let expiration = format_expiration(v.expiration);
+    let expiration = format_iso8601_extended(v.expiration);
     let out = match format {
         CredentialFormat::Default => serde_json::to_string(&AlibabaBody {
             status_code: 200,
@@ -131,7 +131,7 @@ pub fn to_json(format: CredentialFormat, v: &CredentialView<'_>) -> String {
             access_key_secret: v.access_key_secret,
             security_token: v.security_token,
             expiration,
-            refresh_after: format_expiration(v.refresh_after),
+            refresh_after: format_iso8601_extended(v.refresh_after),
             bucket: v.bucket,
             region: format!("oss-{}", v.region),
             oss_endpoint: v.endpoint,

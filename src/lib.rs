@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod credentials;
 pub mod error;
 pub mod formats;
 pub mod grants;

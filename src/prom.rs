@@ -74,10 +74,10 @@ pub fn spawn_upkeep() {
 }
 
 /// The text exposition of every metric, with the identity's remaining
-/// lifetime computed now.
-pub fn render(identity: &crate::identity::IdentityStatus) -> String {
+/// lifetime (seconds, computed now by the caller; `+Inf` for a fixed key).
+pub fn render(identity_remaining_seconds: f64) -> String {
     let handle = install();
-    gauge!("ossvend_identity_remaining_seconds").set(identity_remaining(identity));
+    gauge!("ossvend_identity_remaining_seconds").set(identity_remaining_seconds);
     exposition_infinities(handle.render())
 }
 
@@ -88,21 +88,6 @@ fn exposition_infinities(text: String) -> String {
         return text;
     }
     text.replace(" inf\n", " +Inf\n").replace(" -inf\n", " -Inf\n")
-}
-
-fn identity_remaining(s: &crate::identity::IdentityStatus) -> f64 {
-    if !s.valid {
-        return 0.0;
-    }
-    match &s.expiration {
-        None => f64::INFINITY,
-        Some(text) => chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%SZ")
-            .map(|t| {
-                let left = t.and_utc() - chrono::Utc::now();
-                (left.num_milliseconds() as f64 / 1000.0).max(0.0)
-            })
-            .unwrap_or(0.0),
-    }
 }
 
 fn describe() {

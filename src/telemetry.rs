@@ -264,7 +264,7 @@ impl FormatTime for Timestamp {
         let (secs, micros) = (now.timestamp(), now.timestamp_subsec_micros().min(999_999));
         SECOND.with_borrow_mut(|(second, text)| {
             if *second != secs {
-                *text = crate::sts::format_expiration(now);
+                *text = crate::sign::format_iso8601_extended(now);
                 text.pop(); // the `Z`
                 *second = secs;
             }

@@ -61,7 +61,7 @@ pub struct Tickets {
 impl std::fmt::Debug for Tickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tickets")
-            .field("key", &"[redacted]")
+            .field("key", &crate::credentials::Redact)
             .field("ttl", &self.ttl)
             .finish()
     }

@@ -19,7 +19,7 @@ use regex::Regex;
 pub const SECRET_WORDS: &[&str] = &["secret", "token", "password", "passwd", "private", "credential"];
 
 /// The text put where a secret was.
-pub const REDACTED: &str = "<redacted>";
+pub use crate::credentials::REDACTED;
 
 /// True if a key (bare, quoted or dotted) names a secret.
 pub fn names_secret(key: &str) -> bool {

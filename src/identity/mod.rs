@@ -27,69 +27,19 @@ pub mod static_key;
 pub mod uri;
 
 use std::collections::BTreeMap;
-use std::fmt;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use crate::config::IdentityConfig;
-use crate::sts::{Clock, StsClient, StsError, StsErrorKind, TempCredentials};
+use crate::sts::{Clock, StsClient, StsError, StsErrorKind};
 
 pub use refresh::{RefreshTimings, Refreshing, refresh_at};
 
-/// An AccessKey pair, optionally temporary (security token + expiry).
-#[derive(Clone)]
-pub struct Credentials {
-    pub access_key_id: String,
-    pub access_key_secret: SecretString,
-    pub security_token: Option<SecretString>,
-    pub expiration: Option<DateTime<Utc>>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("access_key_id", &key_id_prefix(&self.access_key_id))
-            .field("access_key_secret", &"[redacted]")
-            .field(
-                "security_token",
-                &self.security_token.as_ref().map(|_| "[redacted]"),
-            )
-            .field("expiration", &self.expiration)
-            .finish()
-    }
-}
-
-impl Credentials {
-    pub fn secret(&self) -> &str {
-        self.access_key_secret.expose_secret()
-    }
-    pub fn token(&self) -> Option<&str> {
-        self.security_token.as_ref().map(|t| t.expose_secret())
-    }
-}
-
-impl From<TempCredentials> for Credentials {
-    fn from(t: TempCredentials) -> Self {
-        Credentials {
-            access_key_id: t.access_key_id,
-            access_key_secret: t.access_key_secret,
-            security_token: Some(t.security_token),
-            expiration: Some(t.expiration),
-        }
-    }
-}
-
-/// What logs may show of an AccessKey id: enough to tell keys apart, not the whole id.
-pub fn key_id_prefix(id: &str) -> String {
-    let end = id.char_indices().nth(8).map_or(id.len(), |(i, _)| i);
-    let mut s = String::with_capacity(end + '…'.len_utf8());
-    s.push_str(&id[..end]);
-    s.push('…');
-    s
-}
+pub use crate::credentials::{Credentials, key_id_prefix};
 
 /// Why a source gave no credentials. The kind decides what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +120,26 @@ pub struct IdentityStatus {
     /// The last failure, while it is not followed by a success.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+impl IdentityStatus {
+    /// Life left of the held credential, in seconds: `+Inf` for a fixed key,
+    /// 0 when none is held (`ossvend_identity_remaining_seconds`).
+    pub fn remaining_seconds(&self) -> f64 {
+        let s = self;
+        if !s.valid {
+            return 0.0;
+        }
+        match &s.expiration {
+            None => f64::INFINITY,
+            Some(text) => chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%SZ")
+                .map(|t| {
+                    let left = t.and_utc() - chrono::Utc::now();
+                    (left.num_milliseconds() as f64 / 1000.0).max(0.0)
+                })
+                .unwrap_or(0.0),
+        }
+    }
 }
 
 /// The server's identity. A trait object so temporary identities (ECS role,
@@ -434,14 +404,6 @@ pub(crate) mod testutil;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_id_prefixes_keep_eight_characters() {
-        assert_eq!(key_id_prefix("STS.NSNfakeBenchAccessKeyId01"), "STS.NSNf…");
-        assert_eq!(key_id_prefix("short"), "short…");
-        assert_eq!(key_id_prefix("ééééééééé"), "éééééééé…");
-        assert_eq!(key_id_prefix(""), "…");
-    }
 
     #[test]
     fn strict_expiration() {

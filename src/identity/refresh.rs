@@ -29,7 +29,8 @@ use tracing::{debug, error, info, warn};
 use super::{
     CredentialProvider, Credentials, ErrorKind, Fetch, IdentityError, IdentityStatus, key_id_prefix,
 };
-use crate::sts::{Clock, format_expiration};
+use crate::sign::format_iso8601_extended as format_expiration;
+use crate::sts::Clock;
 
 /// Knobs of the refresh loop; [`RefreshTimings::default`] is what the server uses.
 #[derive(Debug, Clone, Copy)]

@@ -182,7 +182,7 @@ impl TestServer {
 
 /// An STS success body for `id`, expiring `life` from now.
 pub fn sts_success(id: &str, life: Duration) -> String {
-    let exp = crate::sts::format_expiration(Utc::now() + TimeDelta::from_std(life).unwrap());
+    let exp = crate::sign::format_iso8601_extended(Utc::now() + TimeDelta::from_std(life).unwrap());
     format!(
         r#"{{"RequestId":"r-1","Credentials":{{"AccessKeyId":"{id}","AccessKeySecret":"sec-{id}","SecurityToken":"tok-{id}","Expiration":"{exp}"}}}}"#
     )

@@ -14,20 +14,41 @@ pub mod store;
 pub mod sts;
 pub mod verify;
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::http::header;
+use axum::response::Json;
+use axum::routing::get;
 use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{self, Config, PostVersion, PresignScheme};
+use crate::credentials::{KeyId, Redact};
+use crate::server::AppState;
 
 pub use session::{Session, Sessions};
 
 /// The emulated account's long-lived key: what ossvend itself uses to call the
 /// STS emulator (and what `signing = "access_key"` grants sign with). Random per
 /// process, so nothing outside this process can ever have it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RootKey {
     pub access_key_id: String,
     pub access_key_secret: String,
+}
+
+impl fmt::Debug for RootKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootKey")
+            .field("access_key_id", &KeyId(&self.access_key_id))
+            .field("access_key_secret", &Redact)
+            .finish()
+    }
 }
 
 impl RootKey {
@@ -75,18 +96,6 @@ impl LocalState {
 // ---------------------------------------------------------------------------
 // The runner: `ossvend local`
 // ---------------------------------------------------------------------------
-
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-
-use axum::http::header;
-use axum::response::Json;
-use axum::routing::get;
-use tokio::net::TcpListener;
-use tracing::{info, warn};
-
-use crate::config::{self, Config, PostVersion, PresignScheme};
-use crate::server::AppState;
 
 /// The ready config (`config/ossvend.local.toml`), built in so the binary works anywhere.
 pub const READY_CONFIG: &str = include_str!("../../config/ossvend.local.toml");

@@ -7,9 +7,11 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 
+use crate::credentials::{KeyId, Redact};
+
 /// One AssumeRole result. `policy` is the parsed inline session policy; `None`
 /// means the session was issued without one (the emulated role allows all of OSS).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     pub access_key_id: String,
     pub access_key_secret: String,
@@ -18,6 +20,21 @@ pub struct Session {
     pub policy: Option<serde_json::Value>,
     pub role_arn: String,
     pub session_name: String,
+}
+
+impl std::fmt::Debug for Session {
+    // The secret and the token never reach logs; the id only as its prefix.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("access_key_id", &KeyId(&self.access_key_id))
+            .field("access_key_secret", &Redact)
+            .field("security_token", &Redact)
+            .field("expiration", &self.expiration)
+            .field("policy", &self.policy.is_some())
+            .field("role_arn", &self.role_arn)
+            .field("session_name", &self.session_name)
+            .finish()
+    }
 }
 
 /// Sessions by AccessKeyId. Expired sessions are kept (the sink must be able to

@@ -17,6 +17,7 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use subtle::ConstantTimeEq as _;
 
 use super::oss::OssError;
+use crate::credentials::{KeyId, Redact};
 use crate::sign::{self, oss_v1, oss_v4};
 
 /// Largest accepted distance between a request's own time and the server's.
@@ -67,12 +68,9 @@ impl fmt::Debug for Credential {
     // The secret and the token never reach logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")
-            .field("access_key_id", &self.access_key_id)
-            .field("access_key_secret", &"<redacted>")
-            .field(
-                "security_token",
-                &self.security_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("access_key_id", &KeyId(&self.access_key_id))
+            .field("access_key_secret", &Redact)
+            .field("security_token", &Redact::option(&self.security_token))
             .field("expiration", &self.expiration)
             .field("policy", &self.policy.is_some())
             .finish()

@@ -84,8 +84,8 @@ pub struct Values<'a> {
 
 /// `{date}`: the UTC day as `yyyymmdd` (chrono's `%Y%m%d` for years 0..=9999).
 pub fn yyyymmdd(t: chrono::DateTime<chrono::Utc>) -> String {
-    // `format_expiration` is `YYYY-MM-DDT…`; keep the digits of the date.
-    let full = crate::sts::format_expiration(t);
+    // `format_iso8601_extended` is `YYYY-MM-DDT…`; keep the digits of the date.
+    let full = crate::sign::format_iso8601_extended(t);
     match full.get(..10) {
         Some(d) if full.as_bytes().get(10) == Some(&b'T') => d.replace('-', ""),
         _ => t.format("%Y%m%d").to_string(),

@@ -25,7 +25,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 fn render_metrics(state: &AppState) -> Response {
-    let body = crate::prom::render(&state.issuer.identity.status());
+    let body = crate::prom::render(state.issuer.identity.status().remaining_seconds());
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT)),

@@ -18,7 +18,7 @@ use crate::formats::{self, CredentialFormat, CredentialView};
 use crate::grants::Grant;
 use crate::identity::key_id_prefix;
 use crate::server::AppState;
-use crate::sts::format_expiration;
+use crate::sign::format_iso8601_extended;
 
 /// Temporary STS credentials for one grant.
 ///
@@ -102,7 +102,7 @@ async fn issue(
     let caller = authorize(state, grant, headers, query, ctx).await?;
     let lookup = state.issuer.credentials(&caller.resolved).await?;
     let c = &lookup.credentials;
-    let expiration = format_expiration(c.expiration);
+    let expiration = format_iso8601_extended(c.expiration);
     state.audit.record(&Record {
         time: chrono::Utc::now(),
         request_id: &ctx.request_id,

@@ -61,7 +61,7 @@ impl StsHealthReport {
             } else {
                 "ok"
             },
-            since: h.failing_since.map(crate::sts::format_expiration),
+            since: h.failing_since.map(crate::sign::format_iso8601_extended),
             last_error: error.as_ref().map(|e| ApiError::from(e.clone()).code),
             sts_code: error.as_ref().and_then(|e| e.sts_code()).map(str::to_owned),
         }

@@ -190,7 +190,7 @@ impl Caller {
             policy_sha256: &self.resolved.policy_sha256,
             session_name: &self.resolved.request.session_name,
             access_key_id: &crate::identity::key_id_prefix(&material.access_key_id),
-            expiration: &crate::sts::format_expiration(expires_at),
+            expiration: &crate::sign::format_iso8601_extended(expires_at),
             cache: None,
             key: Some(key),
         });

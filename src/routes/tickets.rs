@@ -19,7 +19,7 @@ use crate::auth::Presented;
 use crate::config::AuthMethod;
 use crate::error::{ApiError, Body as Error};
 use crate::server::AppState;
-use crate::sts::format_expiration;
+use crate::sign::format_iso8601_extended;
 
 /// Which grant the ticket is for.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -115,7 +115,7 @@ pub async fn mint(
             .auth
             .tickets
             .mint(subject, principal.namespace, &grant.name, &principal.claims, now);
-    let expires_at = format_expiration(expires);
+    let expires_at = format_iso8601_extended(expires);
     state.audit.record(&Record {
         time: now,
         request_id: &ctx.request_id,

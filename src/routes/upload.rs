@@ -19,7 +19,7 @@ use crate::error::{ApiError, Body as Error};
 use crate::grants::Grant;
 use crate::grants::upload::{self, PostPolicy, Presigned, UploadRequest};
 use crate::server::AppState;
-use crate::sts::format_expiration;
+use crate::sign::format_iso8601_extended;
 
 /// Form fields as a JSON object that keeps their order (file goes after them).
 struct Ordered<'a>(&'a [(String, String)]);
@@ -146,7 +146,7 @@ fn post_body(p: &PostPolicy, legacy: bool) -> PostBody<'_> {
         key: p.key.as_deref(),
         fields: Ordered(&p.fields),
         expire: p.expires_at.timestamp(),
-        expires_at: format_expiration(p.expires_at),
+        expires_at: format_iso8601_extended(p.expires_at),
         version: match p.version {
             PostVersion::V4 => "v4",
             PostVersion::V1 => "v1",
@@ -285,7 +285,7 @@ fn presign_body(p: &Presigned) -> PresignBody<'_> {
         url: &p.url,
         headers: Ordered(&p.headers),
         key: &p.key,
-        expires_at: format_expiration(p.expires_at),
+        expires_at: format_iso8601_extended(p.expires_at),
         scheme: match p.scheme {
             PresignScheme::OssV4 => "oss-v4",
             PresignScheme::OssV1 => "oss-v1",

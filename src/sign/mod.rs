@@ -63,12 +63,13 @@ pub struct SigningCredentials<'a> {
 }
 
 impl fmt::Debug for SigningCredentials<'_> {
-    // The secret and the token never reach logs; the id is not secret.
+    // The secret and the token never reach logs; the id only as its prefix.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::credentials::{KeyId, Redact};
         f.debug_struct("SigningCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("access_key_secret", &"<redacted>")
-            .field("security_token", &self.security_token.map(|_| "<redacted>"))
+            .field("access_key_id", &KeyId(self.access_key_id))
+            .field("access_key_secret", &Redact)
+            .field("security_token", &Redact::option(&self.security_token))
             .finish()
     }
 }

@@ -38,7 +38,7 @@ use tracing::{info, warn};
 use super::backoff::Backoff;
 use super::client::AssumeRole;
 use super::{AssumeRoleRequest, StsError, TempCredentials};
-use crate::identity::{Credentials, key_id_prefix};
+use crate::credentials::{Credentials, key_id_prefix};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -407,8 +407,8 @@ impl CredentialCache {
                 info!(
                     role_arn = %req.role_arn, session_name = %req.session_name,
                     access_key_id = %key_id_prefix(&entry.creds.access_key_id),
-                    expiration = %super::format_expiration(entry.creds.expiration),
-                    refresh_at = %super::format_expiration(entry.refresh_at),
+                    expiration = %crate::sign::format_iso8601_extended(entry.creds.expiration),
+                    refresh_at = %crate::sign::format_iso8601_extended(entry.refresh_at),
                     "cached new STS credential"
                 );
                 *slot.current.write().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());

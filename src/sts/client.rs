@@ -18,7 +18,7 @@ use secrecy::ExposeSecret as _;
 use super::backoff::Gate;
 use super::{AssumeRoleRequest, OidcRequest, StsError, StsErrorKind, TempCredentials};
 use crate::config::StsConfig;
-use crate::identity::{Credentials, key_id_prefix};
+use crate::credentials::{Credentials, key_id_prefix};
 use crate::sign::sts_rpc;
 
 /// Anything that can mint temporary credentials; the cache depends on this,
@@ -305,7 +305,7 @@ impl StsClient {
                 Ok(c) => info!(
                     sts_request_id = %c.request_id, role_arn = %role_arn, session_name = %session_name,
                     caller = %caller, issued = %key_id_prefix(&c.access_key_id),
-                    expiration = %super::format_expiration(c.expiration), latency_ms, attempt, "{action} succeeded"
+                    expiration = %crate::sign::format_iso8601_extended(c.expiration), latency_ms, attempt, "{action} succeeded"
                 ),
                 Err(e) => warn!(
                     sts_request_id = e.sts_request_id().unwrap_or("-"), sts_code = e.sts_code().unwrap_or("-"),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::credentials::{Credentials, KeyId, Redact};
 pub use backoff::Backoff;
 pub use cache::{CacheKey, CacheTimings, Clock, CredentialCache, Lookup, Outcome, StsHealth, SystemClock};
 pub use client::{AssumeRole, Stamp, StsClient};
@@ -44,7 +45,7 @@ impl fmt::Debug for OidcRequest {
         f.debug_struct("OidcRequest")
             .field("role_arn", &self.role_arn)
             .field("oidc_provider_arn", &self.oidc_provider_arn)
-            .field("oidc_token", &"[redacted]")
+            .field("oidc_token", &Redact)
             .field("session_name", &self.session_name)
             .field("duration_seconds", &self.duration_seconds)
             .field("policy", &self.policy)
@@ -75,13 +76,23 @@ impl TempCredentials {
 impl fmt::Debug for TempCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TempCredentials")
-            .field(
-                "access_key_id",
-                &crate::identity::key_id_prefix(&self.access_key_id),
-            )
+            .field("access_key_id", &KeyId(&self.access_key_id))
+            .field("access_key_secret", &Redact)
+            .field("security_token", &Redact)
             .field("expiration", &self.expiration)
             .field("request_id", &self.request_id)
-            .finish_non_exhaustive()
+            .finish()
+    }
+}
+
+impl From<TempCredentials> for Credentials {
+    fn from(t: TempCredentials) -> Self {
+        Credentials {
+            access_key_id: t.access_key_id,
+            access_key_secret: t.access_key_secret,
+            security_token: Some(t.security_token),
+            expiration: Some(t.expiration),
+        }
     }
 }
 
@@ -212,12 +223,6 @@ impl StsError {
 /// Whole seconds, rounded up and at least 1: the form of `Retry-After`.
 pub fn retry_after_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-}
-
-/// `YYYY-MM-DDThh:mm:ssZ`: the exact form STS uses and strict clients parse
-/// (written without chrono's pattern interpreter; see `sign::format_iso8601_extended`).
-pub fn format_expiration(t: DateTime<Utc>) -> String {
-    crate::sign::format_iso8601_extended(t)
 }
 
 #[cfg(test)]
