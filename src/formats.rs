@@ -4,38 +4,12 @@
 //! AWS container-credentials body, a camelCase body for browser code, and AWS
 //! `credential_process` output.
 
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::sign::format_iso8601_extended;
 
-/// Which spelling of the credential body to return (`?format=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum CredentialFormat {
-    #[default]
-    Default,
-    Aws,
-    Camel,
-    CredentialProcess,
-}
-
-pub const FORMAT_NAMES: &str = "default, aws, camel, credential-process";
-
-impl FromStr for CredentialFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "default" => Ok(CredentialFormat::Default),
-            "aws" => Ok(CredentialFormat::Aws),
-            "camel" => Ok(CredentialFormat::Camel),
-            "credential-process" => Ok(CredentialFormat::CredentialProcess),
-            other => Err(format!("unknown format {other:?}; valid: {FORMAT_NAMES}")),
-        }
-    }
-}
+pub use crate::config::{CredentialFormat, FORMAT_NAMES};
 
 /// Everything a body may show.
 pub struct CredentialView<'a> {

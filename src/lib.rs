@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod check;
 pub mod config;
 pub mod connections;
 pub mod credentials;

@@ -186,7 +186,7 @@ fn load_checked(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let cfg = config::load(&path, env).map_err(|e| vec![e.to_string()])?;
-    let problems = config::validate(&cfg, env);
+    let problems = ossvend::check::config(&cfg, env);
     if problems.is_empty() {
         Ok((path, cfg))
     } else {

@@ -136,7 +136,7 @@ impl Live {
 
     async fn try_reload(&self) -> Result<Changes, Vec<String>> {
         let new = config::load(&self.path, &self.env).map_err(|e| vec![e.to_string()])?;
-        let problems = config::validate(&new, &self.env);
+        let problems = crate::check::config(&new, &self.env);
         if !problems.is_empty() {
             return Err(problems.iter().map(ToString::to_string).collect());
         }

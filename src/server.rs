@@ -127,7 +127,7 @@ impl AppState {
             refresh_before: config.sts.refresh_before,
             refresh_retry_after: Duration::from_secs(10),
             capacity: config.sts.cache_capacity,
-            failure_backoff: config.sts.failure_backoff(),
+            failure_backoff: crate::sts::Backoff::from_config(&config.sts),
         };
         let cache = CredentialCache::new(sts, Arc::new(SystemClock), timings);
         Ok(Issuer { identity, cache })

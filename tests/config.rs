@@ -696,7 +696,7 @@ fn cors_origins_and_patterns_must_be_browser_origins() {
     let problems = |cors: &str| -> Vec<String> {
         let text = format!("{ISSUE_EXAMPLE}\n[cors]\n{cors}\n");
         let cfg = ossvend::config::parse(&text, &env).unwrap();
-        ossvend::config::validate(&cfg, &env)
+        ossvend::check::config(&cfg, &env)
             .iter()
             .map(ToString::to_string)
             .collect()

@@ -865,7 +865,7 @@ fn admin_settings_are_validated() {
         let text =
             ops_config("http://127.0.0.1:9", false, "").replace("[server]", &format!("{admin}\n[server]"));
         let cfg = ossvend::config::parse(&text, &env).unwrap();
-        ossvend::config::validate(&cfg, &env)
+        ossvend::check::config(&cfg, &env)
             .iter()
             .map(ToString::to_string)
             .collect()

@@ -10,6 +10,7 @@ pub mod validate;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -496,12 +497,29 @@ pub struct StsConfig {
     pub cache_capacity: u64,
 }
 
-impl StsConfig {
-    /// `failure_backoff` .. `failure_backoff_max`, for the cache and the client.
-    pub fn failure_backoff(&self) -> crate::sts::Backoff {
-        crate::sts::Backoff {
-            initial: self.failure_backoff,
-            max: self.failure_backoff_max,
+/// Which spelling of the credential body to return (`?format=`, a grant's
+/// `credentials_format`); the bodies themselves are `crate::formats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialFormat {
+    #[default]
+    Default,
+    Aws,
+    Camel,
+    CredentialProcess,
+}
+
+pub const FORMAT_NAMES: &str = "default, aws, camel, credential-process";
+
+impl FromStr for CredentialFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "default" => Ok(CredentialFormat::Default),
+            "aws" => Ok(CredentialFormat::Aws),
+            "camel" => Ok(CredentialFormat::Camel),
+            "credential-process" => Ok(CredentialFormat::CredentialProcess),
+            other => Err(format!("unknown format {other:?}; valid: {FORMAT_NAMES}")),
         }
     }
 }
@@ -652,7 +670,7 @@ pub struct GrantConfig {
     /// Body of the credentials route when the client sends no `?format=`:
     /// `default`, `aws`, `camel` or `credential-process`.
     #[serde(default)]
-    pub credentials_format: crate::formats::CredentialFormat,
+    pub credentials_format: CredentialFormat,
     /// Authentication methods this grant accepts: `api_key`, `jwt`, `ticket`,
     /// `none`. Default `["none"]` (anonymous; loopback only unless
     /// `server.allow_anonymous`).

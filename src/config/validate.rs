@@ -21,10 +21,12 @@ impl fmt::Display for Problem {
     }
 }
 
-struct Problems(Vec<Problem>);
+/// Problems collected so far, in report order.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
@@ -42,16 +44,28 @@ pub const MAX_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Far above what one process can hold open (each connection is a file descriptor).
 pub const MAX_CONNECTIONS: usize = 1_048_576;
 
-/// Checks `config` as loaded; `env` is the process environment (for the identity).
+/// The model's own checks of `config` as loaded, with no I/O; `env` is the
+/// process environment (STS region overrides). The `[identity]` table is
+/// checked by its owner, `identity::check`, which reads the environment and
+/// local files; `crate::check::config` runs both, in report order.
 pub fn validate(config: &Config, env: &BTreeMap<String, String>) -> Vec<Problem> {
-    let mut p = Problems(Vec::new());
-    check_server(config, &mut p);
-    check_admin(config, &mut p);
-    check_identity(config, env, &mut p);
-    check_sts(config, env, &mut p);
-    check_auth(config, &mut p);
-    check_grants(config, &mut p);
+    let mut p = Problems::default();
+    check_before_identity(config, &mut p);
+    check_after_identity(config, env, &mut p);
     p.0
+}
+
+/// The sections reported before `[identity]`: `[server]`, `[admin]`.
+pub fn check_before_identity(config: &Config, p: &mut Problems) {
+    check_server(config, p);
+    check_admin(config, p);
+}
+
+/// The sections reported after `[identity]`: `[sts]`, `[auth]`, the grants.
+pub fn check_after_identity(config: &Config, env: &BTreeMap<String, String>, p: &mut Problems) {
+    check_sts(config, env, p);
+    check_auth(config, p);
+    check_grants(config, p);
 }
 
 fn anonymous_grants(config: &Config) -> bool {
@@ -157,201 +171,7 @@ fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
-fn check_identity(config: &Config, env: &BTreeMap<String, String>, p: &mut Problems) {
-    check_identity_at("identity", &config.identity, env, 0, p);
-}
-
-/// One `[identity]` table (or a nested `[identity.base]`) at `path`. Checks what
-/// start-up would fail on, reading local files and the environment but never
-/// the network.
-fn check_identity_at(
-    path: &str,
-    id: &super::IdentityConfig,
-    env: &BTreeMap<String, String>,
-    depth: usize,
-    p: &mut Problems,
-) {
-    use crate::identity;
-    let at = |key: &str| format!("{path}.{key}");
-    let Some(used) = super::IdentityConfig::keys_used_by(&id.source) else {
-        p.add(
-            at("source"),
-            format!(
-                "{:?} is not supported; supported: {}",
-                id.source,
-                super::IDENTITY_SOURCES
-                    .iter()
-                    .map(|s| format!("{s:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        );
-        return;
-    };
-    for key in id.keys_set() {
-        if !used.contains(&key) {
-            p.add(
-                at(key),
-                format!(
-                    "is not used by source = {:?} (it reads: {})",
-                    id.source,
-                    used.join(", ")
-                ),
-            );
-        }
-    }
-    let source = id.source.as_str();
-    if let Some(name) = &id.role_session_name {
-        check_session_name(&at("role_session_name"), name, p);
-    }
-    if let Some(d) = id.duration_seconds
-        && !(MIN_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&d)
-    {
-        p.add(
-            at("duration_seconds"),
-            format!("{d} must be between {MIN_DURATION_SECONDS} and {MAX_DURATION_SECONDS} seconds"),
-        );
-    }
-    if used.contains(&"metadata_endpoint")
-        && let Err(e) = identity::ecs::check_metadata_endpoint(id.metadata_endpoint())
-    {
-        p.add(at("metadata_endpoint"), e);
-    }
-    if used.contains(&"role_name")
-        && let Some(r) = &id.role_name
-        && let Err(e) = identity::ecs::check_role_name(r)
-    {
-        p.add(at("role_name"), e);
-    }
-    let has = |name: &str| env.get(name).is_some_and(|v| !v.is_empty());
-    match source {
-        "env" => {
-            if id.access_key_secret.is_some() && !id.allow_inline_secret {
-                p.add(
-                    at("access_key_secret"),
-                    "a secret written in the config file is refused; put it in ALIBABA_CLOUD_ACCESS_KEY_SECRET, \
-                     or set identity.allow_inline_secret = true if you really mean it",
-                );
-            }
-            let names = identity::env::family(env);
-            if id.access_key_id.is_none() && !has(names.id) {
-                p.add(path, format!("source = \"env\" but {} is not set", names.id));
-            }
-            if id.access_key_secret.is_none() && !has(names.secret) {
-                p.add(path, format!("source = \"env\" but {} is not set", names.secret));
-            }
-        }
-        "static" => {
-            if id.access_key_id.as_deref().is_none_or(str::is_empty) {
-                p.add(at("access_key_id"), "is required for source = \"static\"");
-            }
-            let given = [
-                id.secret_env.is_some(),
-                id.secret_file.is_some(),
-                id.access_key_secret.is_some(),
-            ];
-            match given.iter().filter(|g| **g).count() {
-                0 => p.add(path, "source = \"static\" needs secret_env or secret_file"),
-                1 => {}
-                _ => p.add(path, "give only one of secret_env, secret_file and access_key_secret"),
-            }
-            if let Some(var) = &id.secret_env
-                && !has(var)
-            {
-                p.add(at("secret_env"), format!("the environment variable {var} is not set"));
-            }
-            if let Some(file) = &id.secret_file {
-                match identity::expand_home(file, env) {
-                    Err(e) => p.add(at("secret_file"), e),
-                    Ok(f) => {
-                        if let Err(e) = identity::static_key::read_secret_file(&f) {
-                            p.add(at("secret_file"), e);
-                        }
-                    }
-                }
-            }
-            if id.access_key_secret.is_some() && !id.allow_inline_secret {
-                p.add(
-                    at("access_key_secret"),
-                    "a secret written in the config file is refused; use secret_env or secret_file, \
-                     or set identity.allow_inline_secret = true if you really mean it",
-                );
-            }
-        }
-        "profile" => {
-            if let Err(e) = identity::profile::resolve(id, env) {
-                p.add(at("profile"), e.message);
-            }
-        }
-        "oidc" => match identity::oidc::OidcSettings::from_config(id, env) {
-            Err(e) => p.add(path, format!("source = \"oidc\": {}", e.message)),
-            Ok(s) => {
-                if !is_role_arn(&s.role_arn) {
-                    p.add(
-                        at("role_arn"),
-                        format!("{:?} is not a role ARN like acs:ram::1234567890123456:role/name", s.role_arn),
-                    );
-                }
-                if !is_oidc_provider_arn(&s.oidc_provider_arn) {
-                    p.add(
-                        at("oidc_provider_arn"),
-                        format!(
-                            "{:?} is not an OIDC provider ARN like acs:ram::1234567890123456:oidc-provider/name",
-                            s.oidc_provider_arn
-                        ),
-                    );
-                }
-                if let Err(e) = identity::oidc::read_token_file(&s.token_file) {
-                    p.add(at("oidc_token_file"), e);
-                }
-                check_session_name(&at("role_session_name"), &s.session_name, p);
-            }
-        },
-        "credentials_uri" | "chain" => {
-            match identity::uri::configured_uri(id, env) {
-                Some(uri) => {
-                    if let Err(e) = identity::uri::check_uri(uri) {
-                        let key = if id.credentials_uri.is_some() {
-                            at("credentials_uri")
-                        } else {
-                            format!("{path} (ALIBABA_CLOUD_CREDENTIALS_URI)")
-                        };
-                        p.add(key, e);
-                    }
-                }
-                None if source == "credentials_uri" => p.add(
-                    path,
-                    "source = \"credentials_uri\" but neither credentials_uri nor ALIBABA_CLOUD_CREDENTIALS_URI is set",
-                ),
-                None => {}
-            }
-        }
-        "ram_role_arn" => {
-            match &id.role_arn {
-                None => p.add(at("role_arn"), "is required for source = \"ram_role_arn\""),
-                Some(r) if !is_role_arn(r) => p.add(
-                    at("role_arn"),
-                    format!("{r:?} is not a role ARN like acs:ram::1234567890123456:role/name"),
-                ),
-                Some(_) => {}
-            }
-            if let Some(ext) = &id.external_id {
-                check_external_id(&at("external_id"), ext, p);
-            }
-            match &id.base {
-                None => p.add(
-                    at("base"),
-                    "[identity.base] is required for source = \"ram_role_arn\": the provider whose credentials sign the AssumeRole",
-                ),
-                Some(_) if depth >= 3 => p.add(at("base"), "is nested too deep"),
-                Some(base) => check_identity_at(&at("base"), base, env, depth + 1, p),
-            }
-        }
-        _ => {}
-    }
-}
-
-fn is_oidc_provider_arn(s: &str) -> bool {
+pub fn is_oidc_provider_arn(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("acs:ram::") else {
         return false;
     };
@@ -366,7 +186,7 @@ fn is_oidc_provider_arn(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ".@_-".contains(c))
 }
 
-fn check_external_id(path: &str, ext: &str, p: &mut Problems) {
+pub fn check_external_id(path: &str, ext: &str, p: &mut Problems) {
     let ok_chars = ext
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c));
@@ -886,7 +706,7 @@ fn check_duration(path: &str, d: u32, config: &Config, p: &mut Problems) {
     }
 }
 
-fn check_session_name(path: &str, s: &str, p: &mut Problems) {
+pub fn check_session_name(path: &str, s: &str, p: &mut Problems) {
     let ok =
         (2..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || ".@_-".contains(c));
     if !ok {

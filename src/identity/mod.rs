@@ -17,6 +17,7 @@
 //! | `chain` | [`chain`] | the credentials SDKs' default chain |
 
 pub mod chain;
+pub mod check;
 pub mod ecs;
 pub mod env;
 pub mod oidc;

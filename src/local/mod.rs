@@ -232,7 +232,7 @@ pub fn local_config(
         cfg.server.static_dir = None;
     }
     problems.extend(
-        config::validate(&cfg, env)
+        crate::check::config(&cfg, env)
             .iter()
             .map(|p| format!("{origin}: {p}")),
     );

@@ -23,6 +23,14 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// `failure_backoff` .. `failure_backoff_max` of `[sts]`, for the cache and the client.
+    pub fn from_config(cfg: &crate::config::StsConfig) -> Backoff {
+        Backoff {
+            initial: cfg.failure_backoff,
+            max: cfg.failure_backoff_max,
+        }
+    }
+
     /// No back-off: every miss calls STS.
     pub const OFF: Backoff = Backoff {
         initial: Duration::ZERO,

@@ -98,7 +98,7 @@ impl StsClient {
             max_retries: cfg.max_retries,
             retry_base: cfg.retry_base_delay,
             budget: RateLimiter::direct(Quota::per_second(rate)),
-            gate: Gate::new(cfg.failure_backoff()),
+            gate: Gate::new(super::Backoff::from_config(cfg)),
             stamp: Arc::new(Stamp::now),
         })
     }
