@@ -28,6 +28,7 @@ pub mod routes;
 pub mod server;
 pub mod sign;
 pub mod signcli;
+pub mod state;
 pub mod sts;
 pub mod telemetry;
 

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ossvend::config::{self, Config, DEFAULT_CONFIG_PATH};
-use ossvend::server::{self, AppState};
+use ossvend::server;
+use ossvend::state::AppState;
 
 // A request allocates about fifty small, short-lived objects (hyper, axum,
 // the log line); glibc's malloc spent ~17% of a cached request's instructions
@@ -155,7 +156,7 @@ fn main() -> ExitCode {
                     },
                 };
                 // Reloads re-read this file with this environment.
-                let live = ossvend::reload::Live::new(state, path, env.clone());
+                let live = ossvend::reload::Live::new(state, ossvend::routes::app, path, env.clone());
                 match server::run_live(live, listener, admin).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => report(&[format!("server error: {e}")]),

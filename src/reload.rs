@@ -23,11 +23,13 @@ use tower::ServiceExt as _;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The application currently served, and how to rebuild it.
 pub struct Live {
     current: RwLock<Current>,
+    /// Builds the router for a state; handed in, so this module need not know the routes.
+    app: fn(Arc<AppState>) -> Router,
     path: PathBuf,
     env: BTreeMap<String, String>,
     /// One reload at a time.
@@ -56,10 +58,17 @@ pub struct Changes {
 
 impl Live {
     /// `path` and `env`: the file and environment the server was started with.
-    pub fn new(state: Arc<AppState>, path: PathBuf, env: BTreeMap<String, String>) -> Arc<Live> {
-        let router = crate::routes::app(state.clone());
+    /// `app` builds the router served for a state (`routes::app`).
+    pub fn new(
+        state: Arc<AppState>,
+        app: fn(Arc<AppState>) -> Router,
+        path: PathBuf,
+        env: BTreeMap<String, String>,
+    ) -> Arc<Live> {
+        let router = app(state.clone());
         Arc::new(Live {
             current: RwLock::new(Current { state, router }),
+            app,
             path,
             env,
             reloading: tokio::sync::Mutex::new(()),
@@ -145,7 +154,7 @@ impl Live {
             .await
             .map_err(|e| vec![e])?;
         let changes = diff(&old, &state);
-        let router = crate::routes::app(state.clone());
+        let router = (self.app)(state.clone());
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Current { state, router };
         Ok(changes)
     }

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::config::{self, Config, PostVersion, PresignScheme};
 use crate::credentials::{KeyId, Redact};
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub use session::{Session, Sessions};
 

@@ -15,7 +15,7 @@ use super::middleware::{REQUEST_ID_HEADER, RequestCtx, is_safe_id};
 use crate::config::ApiKeyConfig;
 use crate::error::ApiError;
 use crate::reload::Live;
-use crate::server::AppState;
+use crate::state::AppState;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 

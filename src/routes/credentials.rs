@@ -17,8 +17,8 @@ use crate::error::{ApiError, Body as Error};
 use crate::formats::{self, CredentialFormat, CredentialView};
 use crate::grants::Grant;
 use crate::identity::key_id_prefix;
-use crate::server::AppState;
 use crate::sign::format_iso8601_extended;
+use crate::state::AppState;
 
 /// Temporary STS credentials for one grant.
 ///

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Liveness: always `{"status": "ok"}`.
 #[derive(Serialize, utoipa::ToSchema)]

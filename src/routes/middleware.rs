@@ -14,7 +14,7 @@ use axum::response::Response;
 use tracing::{Instrument, debug, error_span, info, warn};
 
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 

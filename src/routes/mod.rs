@@ -25,12 +25,12 @@ use crate::auth::{Presented, Principal};
 use crate::config::CorsConfig;
 use crate::error::ApiError;
 use crate::grants::{Grant, Resolved};
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub use admin::admin_app;
 pub use middleware::{REQUEST_ID_HEADER, RequestCtx};
 
-/// The whole application; shared by `main` and the tests.
+/// The whole application: the router `reload::Live` serves and rebuilds on reload.
 pub fn app(state: Arc<AppState>) -> Router {
     let static_dir = state.config.server.static_dir.clone();
     let mut router = Router::new()

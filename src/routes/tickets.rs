@@ -18,8 +18,8 @@ use crate::audit::Record;
 use crate::auth::Presented;
 use crate::config::AuthMethod;
 use crate::error::{ApiError, Body as Error};
-use crate::server::AppState;
 use crate::sign::format_iso8601_extended;
+use crate::state::AppState;
 
 /// Which grant the ticket is for.
 #[derive(Deserialize, utoipa::ToSchema)]

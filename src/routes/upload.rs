@@ -18,8 +18,8 @@ use crate::config::{PostVersion, PresignScheme};
 use crate::error::{ApiError, Body as Error};
 use crate::grants::Grant;
 use crate::grants::upload::{self, PostPolicy, Presigned, UploadRequest};
-use crate::server::AppState;
 use crate::sign::format_iso8601_extended;
+use crate::state::AppState;
 
 /// Form fields as a JSON object that keeps their order (file goes after them).
 struct Ordered<'a>(&'a [(String, String)]);

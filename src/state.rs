@@ -1,0 +1,149 @@
+//! The application state: everything a request needs, built from a validated
+//! config (and, on reload, from the previous state where nothing changed).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::audit::Audit;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::grants::{Grants, Issuer};
+use crate::identity::{self, RefreshTimings};
+use crate::ratelimit::Limits;
+use crate::sts::{CacheTimings, CredentialCache, StsClient, SystemClock};
+
+pub struct AppState {
+    pub config: Config,
+    pub grants: Grants,
+    pub issuer: Issuer,
+    pub auth: Authenticator,
+    pub limits: Limits,
+    pub audit: Audit,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl AppState {
+    /// `env` is the process environment (identity variables are read from it).
+    ///
+    /// Configuration problems of the identity (a missing variable, secret file
+    /// or profile) stop start-up. A temporary identity whose first fetch fails
+    /// remotely (metadata service or STS down) does not: the server starts
+    /// unready and keeps retrying in the background.
+    pub async fn build(config: Config, env: &BTreeMap<String, String>) -> Result<Arc<Self>, String> {
+        Self::build_reusing(config, env, None).await
+    }
+
+    /// Like [`AppState::build`], for a reload: when `[identity]` and `[sts]`
+    /// are unchanged from `previous`, its identity and credential cache are
+    /// kept (cached credentials of unchanged grants keep being served without
+    /// an STS call), and so are its rate-limit counters for grants whose limits
+    /// did not change and its per-process ticket key.
+    pub async fn build_reusing(
+        mut config: Config,
+        env: &BTreeMap<String, String>,
+        previous: Option<&AppState>,
+    ) -> Result<Arc<Self>, String> {
+        crate::prom::install();
+        // Region/VPC defaults from the environment are resolved once, here.
+        config.sts.endpoint = Some(
+            config
+                .sts
+                .resolve_endpoint(env)
+                .map_err(|e| format!("sts: {e}"))?,
+        );
+        let issuer = match previous.filter(|p| p.issuer_unchanged(&config)) {
+            Some(p) => Issuer {
+                identity: p.issuer.identity.clone(),
+                cache: p.issuer.cache.clone(),
+            },
+            None => Self::build_issuer(&config, env).await?,
+        };
+        let grants = Grants::from_config(&config)?;
+        let mut auth = Authenticator::from_config(&config, env)?;
+        if let Some(p) = previous
+            && config.auth.tickets.secret_env.is_none()
+            && p.config.auth.tickets.secret_env.is_none()
+        {
+            // A random per-process key: keep it, or every ticket out there would turn invalid.
+            auth.tickets = p.auth.tickets.with_ttl(config.auth.tickets.ttl);
+        }
+        let limits = Limits::carry_over(grants.iter(), previous.map(|p| &p.limits));
+        let audit = Audit::open(&config.audit)?;
+        let trusted_proxies = config
+            .rate_limit
+            .trusted_proxies
+            .iter()
+            .filter_map(|t| {
+                t.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| t.parse::<std::net::IpAddr>().ok().map(Into::into))
+            })
+            .collect();
+        Ok(Arc::new(AppState {
+            grants,
+            issuer,
+            auth,
+            limits,
+            audit,
+            trusted_proxies,
+            config,
+        }))
+    }
+
+    /// Whether `new` (its STS endpoint already resolved) has the same
+    /// `[identity]` and `[sts]` as this state, so its identity and cache can be kept.
+    pub fn issuer_unchanged(&self, new: &Config) -> bool {
+        same_identity(&self.config.identity, &new.identity)
+            && format!("{:?}", self.config.sts) == format!("{:?}", new.sts)
+    }
+
+    async fn build_issuer(config: &Config, env: &BTreeMap<String, String>) -> Result<Issuer, String> {
+        let sts = Arc::new(StsClient::new(&config.sts)?);
+        let deps = identity::Deps {
+            sts: sts.clone(),
+            clock: Arc::new(SystemClock),
+            timings: RefreshTimings::default(),
+        };
+        let identity = identity::from_config(&config.identity, env, &deps).map_err(|e| e.to_string())?;
+        // Success is logged by the provider ("server identity loaded", with the source).
+        if let Err(e) = identity.credentials().await {
+            if e.is_fatal_at_startup() {
+                return Err(e.to_string());
+            }
+            warn!(
+                source = identity.source_name(), error = %e,
+                "starting without a server identity; /readyz stays 503 until a background retry succeeds"
+            );
+        }
+        identity.start();
+        let timings = CacheTimings {
+            min_remaining: config.sts.min_remaining,
+            refresh_before: config.sts.refresh_before,
+            refresh_retry_after: Duration::from_secs(10),
+            capacity: config.sts.cache_capacity,
+            failure_backoff: crate::sts::Backoff::from_config(&config.sts),
+        };
+        let cache = CredentialCache::new(sts, Arc::new(SystemClock), timings);
+        Ok(Issuer { identity, cache })
+    }
+}
+
+/// `[identity]` tables compared field by field, inline secrets included (their
+/// `Debug` form is redacted, so they are compared separately).
+fn same_identity(a: &crate::config::IdentityConfig, b: &crate::config::IdentityConfig) -> bool {
+    use secrecy::ExposeSecret as _;
+    let secret = |c: &crate::config::IdentityConfig| {
+        c.access_key_secret.as_ref().map(|s| s.expose_secret().to_owned())
+    };
+    format!("{a:?}") == format!("{b:?}")
+        && secret(a) == secret(b)
+        && match (&a.base, &b.base) {
+            (Some(x), Some(y)) => same_identity(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+}
