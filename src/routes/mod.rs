@@ -14,12 +14,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
-use axum::routing::{get, post};
 use chrono::Utc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Presented, Principal};
 use crate::config::CorsConfig;
@@ -30,44 +32,38 @@ use crate::server::AppState;
 pub use admin::admin_app;
 pub use middleware::{REQUEST_ID_HEADER, RequestCtx};
 
-/// The whole application; shared by `main` and the tests.
+/// Every documented route, declared once: [`app`] serves what this returns and
+/// [`openapi::document`] describes it. `metrics_here`: `GET /metrics` is served on
+/// this listener (no admin listener is configured); the document always lists it.
+fn api(metrics_here: bool) -> OpenApiRouter<Arc<AppState>> {
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(credentials::grant_credentials))
+        .routes(routes!(credentials::legacy_credentials))
+        .routes(routes!(upload::post_policy))
+        .routes(routes!(upload::legacy_post_policy))
+        .routes(routes!(upload::presign_get, upload::presign_post))
+        .routes(routes!(upload::legacy_presign))
+        .routes(routes!(credentials::explain))
+        .routes(routes!(tickets::mint))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz));
+    if metrics_here {
+        api = api.routes(routes!(admin::metrics));
+    }
+    api.routes(routes!(openapi::openapi_json))
+}
+
+/// The whole application: the documented routes, the fallbacks and the middleware.
 pub fn app(state: Arc<AppState>) -> Router {
     let static_dir = state.config.server.static_dir.clone();
-    let mut router = Router::new()
-        .route(
-            "/v1/grants/{grant}/credentials",
-            get(credentials::grant_credentials),
+    let (router, _) = api(state.config.admin.listen.is_none()).split_for_parts();
+    let mut router = router.method_not_allowed_fallback(|| async {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path does not accept that method",
         )
-        .route(
-            "/get_sts_token_for_oss_upload",
-            get(credentials::legacy_credentials),
-        )
-        .route("/v1/grants/{grant}/post-policy", get(upload::post_policy))
-        .route(
-            "/get_post_signature_for_oss_upload",
-            get(upload::legacy_post_policy),
-        )
-        .route(
-            "/v1/grants/{grant}/presign",
-            get(upload::presign_get).post(upload::presign_post),
-        )
-        .route("/get_presigned_url_for_oss_upload", get(upload::legacy_presign))
-        .route("/v1/grants/{grant}/explain", get(credentials::explain))
-        .route("/v1/tickets", post(tickets::mint))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this path does not accept that method",
-            )
-        });
-    // Without an admin listener, the metrics are served here.
-    if state.config.admin.listen.is_none() {
-        router = router.route("/metrics", get(admin::metrics));
-    }
+    });
     router = match static_dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir).fallback(axum::routing::any(not_found))),
         None => router.fallback(not_found),

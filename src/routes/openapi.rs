@@ -1,6 +1,6 @@
-//! `GET /openapi.json`: the OpenAPI 3 document of the HTTP API, generated from
-//! the handlers' `#[utoipa::path]` annotations and the response types'
-//! `ToSchema` derives, built once and cached. `docs/openapi.json` is its
+//! `GET /openapi.json`: the OpenAPI 3 document of the HTTP API, derived from the
+//! routes `routes::api` declares (their `#[utoipa::path]` annotations and the
+//! response types' `ToSchema` derives), built once and cached. `docs/openapi.json` is its
 //! committed snapshot (kept honest by `tests/openapi.rs`).
 
 use std::sync::LazyLock;
@@ -47,21 +47,6 @@ described below.";
         description = DESCRIPTION,
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(
-        super::credentials::grant_credentials,
-        super::credentials::legacy_credentials,
-        super::upload::post_policy,
-        super::upload::legacy_post_policy,
-        super::upload::presign_get,
-        super::upload::presign_post,
-        super::upload::legacy_presign,
-        super::credentials::explain,
-        super::tickets::mint,
-        super::health::healthz,
-        super::health::readyz,
-        metrics,
-        openapi_json,
-    ),
     modifiers(&SecuritySchemes),
     tags(
         (name = "credentials", description = "Temporary STS credentials for a grant"),
@@ -70,7 +55,7 @@ described below.";
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
 )]
-struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The security schemes the grant routes and `POST /v1/tickets` name.
 struct SecuritySchemes;
@@ -152,23 +137,6 @@ pub(crate) struct LegacyPostBody {
     legacy: LegacyPostFields,
 }
 
-/// The Prometheus metrics in the text exposition format.
-///
-/// Served here only when no admin listener (`admin.listen`) is configured; otherwise on the
-/// admin listener.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "operations",
-    params(("X-Request-Id" = Option<String>, Header, description = "The caller's request id")),
-    responses(
-        (status = 200, description = "Prometheus text format (version 0.0.4)", body = String,
-            content_type = "text/plain; version=0.0.4; charset=utf-8"),
-    ),
-)]
-#[allow(dead_code)] // documentation only: the handler is `admin::metrics`
-fn metrics() {}
-
 /// This OpenAPI document.
 #[utoipa::path(
     get,
@@ -191,7 +159,7 @@ pub async fn openapi_json() -> Response {
 /// The document as pretty-printed JSON, built on first use.
 pub fn document() -> &'static str {
     static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-        let mut doc = ApiDoc::openapi();
+        let (_, mut doc) = super::api(true).split_for_parts();
         doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
         doc.to_pretty_json().expect("the OpenAPI document serialises")
     });
