@@ -4,21 +4,18 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use serde::Serialize;
 
+use super::authorized::{Authorized, Issued, RouteGrant};
 use super::openapi::{AuthHeaders, CredentialsBody};
-use super::{RequestCtx, authorize};
-use crate::audit::Record;
 use crate::error::{ApiError, Body as Error};
 use crate::formats::{self, CredentialFormat, CredentialView};
-use crate::grants::Grant;
-use crate::identity::key_id_prefix;
 use crate::server::AppState;
-use crate::sts::format_expiration;
 
 /// Temporary STS credentials for one grant.
 ///
@@ -49,13 +46,10 @@ use crate::sts::format_expiration;
 )]
 pub async fn grant_credentials(
     State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    Format(format): Format,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
-    issue(&state, &grant, &ctx, &headers, query.as_deref()).await
+    issue(&state, format, &caller).await
 }
 
 /// Temporary STS credentials for `server.default_grant` (the seeds' legacy path).
@@ -83,42 +77,31 @@ pub async fn grant_credentials(
 )]
 pub async fn legacy_credentials(
     State(state): State<Arc<AppState>>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    Format(format): Format,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.default_grant()?;
-    issue(&state, &grant, &ctx, &headers, query.as_deref()).await
+    issue(&state, format, &caller).await
 }
 
 async fn issue(
     state: &AppState,
-    grant: &Grant,
-    ctx: &RequestCtx,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    format: CredentialFormat,
+    caller: &Authorized,
 ) -> Result<Response, ApiError> {
-    let format = requested_format(query)?.unwrap_or(grant.credentials_format);
-    let caller = authorize(state, grant, headers, query, ctx).await?;
+    let grant = &caller.grant;
     let lookup = state.issuer.credentials(&caller.resolved).await?;
     let c = &lookup.credentials;
-    let expiration = format_expiration(c.expiration);
-    state.audit.record(&Record {
-        time: chrono::Utc::now(),
-        request_id: &ctx.request_id,
-        client_ip: &ctx.ip_string(),
-        subject: caller.principal.display(),
-        auth: caller.principal.method.as_str(),
-        grant: &grant.name,
-        kind: "credentials",
-        policy_sha256: &caller.resolved.policy_sha256,
-        session_name: &caller.resolved.request.session_name,
-        access_key_id: &key_id_prefix(&c.access_key_id),
-        expiration: &expiration,
-        cache: Some(lookup.outcome.as_str()),
-        key: Some(&caller.resolved.prefix),
-    });
     let prefix = &caller.resolved.prefix;
+    caller.audit(
+        state,
+        Issued {
+            kind: "credentials",
+            access_key_id: Some(&c.access_key_id),
+            expires_at: c.expiration,
+            cache: Some(lookup.outcome.as_str()),
+            key: prefix,
+        },
+    );
     // Every hit of a shared credential gets the same bytes: render them once.
     let body = grant.memo.body(c, lookup.refresh_after, format, prefix, || {
         formats::to_json(
@@ -143,6 +126,20 @@ async fn issue(
     resp.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+/// The body's spelling: `?format=` if given (an unknown one is a 400 listing the
+/// valid ones, before the caller is authenticated), else the grant's default.
+pub(crate) struct Format(CredentialFormat);
+
+impl FromRequestParts<Arc<AppState>> for Format {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Response> {
+        let RouteGrant(grant) = RouteGrant::from_request_parts(parts, state).await?;
+        let asked = requested_format(parts.uri.query()).map_err(IntoResponse::into_response)?;
+        Ok(Format(asked.unwrap_or(grant.credentials_format)))
+    }
 }
 
 /// `?format=` if given; an unknown one is a 400 listing the valid ones.
@@ -179,15 +176,8 @@ fn requested_format(query: Option<&str>) -> Result<Option<CredentialFormat>, Api
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
-pub async fn explain(
-    State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
-    let caller = authorize(&state, &grant, &headers, query.as_deref(), &ctx).await?;
+pub async fn explain(caller: Authorized) -> Result<Response, ApiError> {
+    let grant = &caller.grant;
     let r = &caller.resolved;
     let policy: serde_json::Value = serde_json::from_str(&r.policy).unwrap_or_default();
     let u = &grant.upload;

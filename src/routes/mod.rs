@@ -3,6 +3,7 @@
 //! policy logic here.
 
 mod admin;
+mod authorized;
 mod credentials;
 mod health;
 mod middleware;
@@ -13,8 +14,7 @@ mod upload;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
-use chrono::Utc;
+use axum::http::{HeaderValue, Method, StatusCode, header, request::Parts};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeDir;
@@ -23,10 +23,8 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Presented, Principal};
 use crate::config::CorsConfig;
 use crate::error::ApiError;
-use crate::grants::{Grant, Resolved};
 use crate::server::AppState;
 
 pub use admin::admin_app;
@@ -144,79 +142,11 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
     Some(layer)
 }
 
-/// What every grant route does first: who is calling, are they within their
-/// rate limits, and what does the grant mean for them.
-pub(crate) struct Caller {
-    pub principal: Principal,
-    pub resolved: Arc<Resolved>,
-}
-
-impl Caller {
-    pub fn target<'a>(
-        &'a self,
-        placeholders: &'a crate::policy::template::Placeholders,
-    ) -> crate::grants::upload::Target<'a> {
-        crate::grants::upload::Target {
-            prefix: &self.resolved.prefix,
-            principal: &self.principal,
-            placeholders,
-        }
-    }
-
-    /// The audit record of a signed upload (PostObject policy or presigned URL).
-    #[allow(clippy::too_many_arguments)]
-    pub fn audit(
-        &self,
-        state: &AppState,
-        grant: &Grant,
-        ctx: &RequestCtx,
-        kind: &'static str,
-        material: &crate::grants::upload::SigningMaterial,
-        expires_at: chrono::DateTime<Utc>,
-        key: &str,
-    ) {
-        state.audit.record(&crate::audit::Record {
-            time: Utc::now(),
-            request_id: &ctx.request_id,
-            client_ip: &ctx.ip_string(),
-            subject: self.principal.display(),
-            auth: self.principal.method.as_str(),
-            grant: &grant.name,
-            kind,
-            policy_sha256: &self.resolved.policy_sha256,
-            session_name: &self.resolved.request.session_name,
-            access_key_id: &crate::identity::key_id_prefix(&material.access_key_id),
-            expiration: &crate::sts::format_expiration(expires_at),
-            cache: None,
-            key: Some(key),
-        });
-    }
-}
-
-pub(crate) async fn authorize(
-    state: &AppState,
-    grant: &Grant,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    ctx: &RequestCtx,
-) -> Result<Caller, ApiError> {
-    let now = Utc::now();
-    state.limits.check_ip(grant, ctx.client_ip)?;
-    let presented = Presented::from_request(headers, query);
-    let principal = state
-        .auth
-        .authenticate(&grant.name, &grant.auth, &presented, now)
-        .await?;
-    state.limits.check_subject(grant, &principal)?;
-    let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
-    Ok(Caller { principal, resolved })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{HeaderMap, Request};
     use tower::ServiceExt as _;
 
     /// What the CORS layer answers a GET from `origin` to `path`.

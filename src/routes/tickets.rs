@@ -13,8 +13,8 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::RequestCtx;
+use super::authorized::{Authorized, Issued};
 use super::openapi::AuthHeaders;
-use crate::audit::Record;
 use crate::auth::Presented;
 use crate::config::AuthMethod;
 use crate::error::{ApiError, Body as Error};
@@ -96,41 +96,32 @@ pub async fn mint(
         .copied()
         .filter(|m| matches!(m, AuthMethod::ApiKey | AuthMethod::Jwt))
         .collect();
-    let now = Utc::now();
-    state.limits.check_ip(&grant, ctx.client_ip)?;
     let presented = Presented {
         ticket: None,
         ..Presented::from_request(&headers, None)
     };
-    let principal = state
-        .auth
-        .authenticate(&grant.name, &minters, &presented, now)
-        .await?;
-    state.limits.check_subject(&grant, &principal)?;
-    // The ticket must be usable: resolve the grant for this caller now.
-    let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
+    // Resolving the grant for this caller too proves the ticket will be usable.
+    let caller = Authorized::check(&state, grant, &minters, &presented, ctx).await?;
+    let (grant, principal) = (&caller.grant, &caller.principal);
     let subject = principal.subject.as_deref().unwrap_or_default();
-    let (ticket, expires) =
-        state
-            .auth
-            .tickets
-            .mint(subject, principal.namespace, &grant.name, &principal.claims, now);
-    let expires_at = format_expiration(expires);
-    state.audit.record(&Record {
-        time: now,
-        request_id: &ctx.request_id,
-        client_ip: &ctx.ip_string(),
+    let (ticket, expires) = state.auth.tickets.mint(
         subject,
-        auth: principal.method.as_str(),
-        grant: &grant.name,
-        kind: "ticket",
-        policy_sha256: &resolved.policy_sha256,
-        session_name: &resolved.request.session_name,
-        access_key_id: "-",
-        expiration: &expires_at,
-        cache: None,
-        key: Some(&resolved.prefix),
-    });
+        principal.namespace,
+        &grant.name,
+        &principal.claims,
+        Utc::now(),
+    );
+    caller.audit(
+        &state,
+        Issued {
+            kind: "ticket",
+            access_key_id: None,
+            expires_at: expires,
+            cache: None,
+            key: &caller.resolved.prefix,
+        },
+    );
+    let expires_at = format_expiration(expires);
     let body = TicketBody {
         ticket: &ticket,
         grant: &grant.name,

@@ -5,18 +5,17 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
+use super::authorized::{Authorized, Issued, WithBody};
 use super::openapi::{AuthHeaders, LegacyPostBody};
-use super::{RequestCtx, authorize};
 use crate::config::{PostVersion, PresignScheme};
 use crate::error::{ApiError, Body as Error};
-use crate::grants::Grant;
 use crate::grants::upload::{self, PostPolicy, Presigned, UploadRequest};
 use crate::server::AppState;
 use crate::sts::format_expiration;
@@ -42,24 +41,22 @@ fn no_store(mut resp: Response) -> Response {
 
 async fn make_post_policy(
     state: &AppState,
-    grant: &Grant,
-    ctx: &RequestCtx,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    caller: &Authorized,
     req: &UploadRequest,
 ) -> Result<PostPolicy, ApiError> {
-    let caller = authorize(state, grant, headers, query, ctx).await?;
+    let grant = &caller.grant;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
     let target = caller.target(&state.auth.placeholders);
     let p = upload::post_policy(grant, &target, &material, Utc::now(), req)?;
     caller.audit(
         state,
-        grant,
-        ctx,
-        "post-policy",
-        &material,
-        p.expires_at,
-        p.key.as_deref().unwrap_or(&p.dir),
+        Issued {
+            kind: "post-policy",
+            access_key_id: Some(&material.access_key_id),
+            expires_at: p.expires_at,
+            cache: None,
+            key: p.key.as_deref().unwrap_or(&p.dir),
+        },
     );
     Ok(p)
 }
@@ -188,14 +185,10 @@ fn post_body(p: &PostPolicy, legacy: bool) -> PostBody<'_> {
 )]
 pub async fn post_policy(
     State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
-    let p = make_post_policy(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_post_policy(&state, &caller, &req).await?;
     Ok(no_store(Json(post_body(&p, false)).into_response()))
 }
 
@@ -229,29 +222,32 @@ pub async fn post_policy(
 )]
 pub async fn legacy_post_policy(
     State(state): State<Arc<AppState>>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.default_grant()?;
-    let p = make_post_policy(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_post_policy(&state, &caller, &req).await?;
     Ok(no_store(Json(post_body(&p, true)).into_response()))
 }
 
 async fn make_presigned(
     state: &AppState,
-    grant: &Grant,
-    ctx: &RequestCtx,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    caller: &Authorized,
     req: &UploadRequest,
 ) -> Result<Presigned, ApiError> {
-    let caller = authorize(state, grant, headers, query, ctx).await?;
+    let grant = &caller.grant;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
     let target = caller.target(&state.auth.placeholders);
     let p = upload::presign(grant, &target, &material, Utc::now(), req)?;
-    caller.audit(state, grant, ctx, "presign", &material, p.expires_at, &p.key);
+    caller.audit(
+        state,
+        Issued {
+            kind: "presign",
+            access_key_id: Some(&material.access_key_id),
+            expires_at: p.expires_at,
+            cache: None,
+            key: &p.key,
+        },
+    );
     Ok(p)
 }
 
@@ -325,14 +321,10 @@ fn presign_body(p: &Presigned) -> PresignBody<'_> {
 )]
 pub async fn presign_get(
     State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
-    let p = make_presigned(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_presigned(&state, &caller, &req).await?;
     Ok(no_store(Json(presign_body(&p)).into_response()))
 }
 
@@ -365,15 +357,10 @@ pub async fn presign_get(
 )]
 pub async fn presign_post(
     State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Option<Json<UploadRequest>>,
+    WithBody(body, caller): WithBody<Option<Json<UploadRequest>>>,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
     let req = body.map(|Json(b)| b).unwrap_or_default();
-    let p = make_presigned(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_presigned(&state, &caller, &req).await?;
     Ok(no_store(Json(presign_body(&p)).into_response()))
 }
 
@@ -407,12 +394,9 @@ pub async fn presign_post(
 )]
 pub async fn legacy_presign(
     State(state): State<Arc<AppState>>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.default_grant()?;
-    let p = make_presigned(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_presigned(&state, &caller, &req).await?;
     Ok(no_store(p.url.into_response()))
 }
