@@ -183,6 +183,8 @@ async fn every_documented_error_has_the_error_body() {
                     continue;
                 }
                 errors += 1;
+                // Shared error responses are `$ref`s into `components.responses`.
+                let resp = resolve(&doc, resp);
                 let schema = &resp["content"]["application/json"]["schema"];
                 assert!(!schema.is_null(), "{method} {path} {status}: no JSON body");
                 let schema = resolve(&doc, schema);

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::authorized::{Authorized, Issued, RouteGrant};
-use super::openapi::{AuthHeaders, CredentialsBody};
-use crate::error::{ApiError, Body as Error};
+use super::openapi::CredentialsBody;
+use crate::error::ApiError;
 use crate::formats::{self, CredentialFormat, CredentialView};
 use crate::server::AppState;
 
@@ -28,19 +28,13 @@ use crate::server::AppState;
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
         ("format" = inline(Option<CredentialFormat>), Query, description = "The body's spelling; default: the grant's `credentials_format` (`default` unless configured)"),
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "Temporary credentials in the spelling `format` selects", body = CredentialsBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
-        (status = 400, description = "`unknown_format`: `format` is not `default`, `aws`, `camel` or `credential-process`", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        (status = 400, response = super::responses::UnknownFormat),
+        super::responses::GrantAuthErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
@@ -59,19 +53,13 @@ pub async fn grant_credentials(
     tag = "credentials",
     params(
         ("format" = inline(Option<CredentialFormat>), Query, description = "The body's spelling; default: the grant's `credentials_format` (`default` unless configured)"),
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "Temporary credentials in the spelling `format` selects", body = CredentialsBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
-        (status = 400, description = "`unknown_format`: `format` is not `default`, `aws`, `camel` or `credential-process`", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`no_default_grant`: `server.default_grant` is not set", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        (status = 400, response = super::responses::UnknownFormat),
+        super::responses::DefaultGrantAuthErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
@@ -162,17 +150,12 @@ fn requested_format(query: Option<&str>) -> Result<Option<CredentialFormat>, Api
     tag = "auth",
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "What this caller would get from the grant", body = ExplainBody, headers(("X-Request-Id" = String, description = "The request id"))),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "`auth_unavailable`: the JWT issuer's keys could not be fetched", body = Error),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::GrantAuthErrors,
+        (status = 503, response = super::responses::AuthUnavailable),
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]

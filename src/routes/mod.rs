@@ -8,6 +8,7 @@ mod credentials;
 mod health;
 mod middleware;
 mod openapi;
+mod responses;
 mod tickets;
 mod upload;
 

@@ -17,7 +17,7 @@ use super::authorized::{Authorized, Issued};
 use super::openapi::AuthHeaders;
 use crate::auth::Presented;
 use crate::config::AuthMethod;
-use crate::error::{ApiError, Body as Error};
+use crate::error::ApiError;
 use crate::server::AppState;
 use crate::sts::format_expiration;
 
@@ -58,14 +58,14 @@ pub(crate) struct TicketBody<'a> {
     request_body(content = TicketRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "A ticket for the grant, bound to the caller", body = TicketBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`bad_request`: no JSON body, unparsable JSON, or a body without the expected fields", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept tickets, or the caller's method), `grant_not_allowed` (the API key may not use this grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 413, description = "`payload_too_large`: the body is over `server.body_limit_bytes`", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "`auth_unavailable`: the JWT issuer's keys could not be fetched", body = Error),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        (status = 400, response = super::responses::BadTicketRequest),
+        (status = 401, response = super::responses::Unauthenticated),
+        (status = 403, response = super::responses::TicketForbidden),
+        (status = 404, response = super::responses::UnknownGrant),
+        (status = 413, response = super::responses::PayloadTooLarge),
+        (status = 429, response = super::responses::RateLimited),
+        (status = 503, response = super::responses::AuthUnavailable),
+        (status = 504, response = super::responses::Timeout),
     ),
     security(("api_key" = []), ("jwt" = [])),
 )]

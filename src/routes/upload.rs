@@ -13,9 +13,9 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::authorized::{Authorized, Issued, WithBody};
-use super::openapi::{AuthHeaders, LegacyPostBody};
+use super::openapi::LegacyPostBody;
 use crate::config::{PostVersion, PresignScheme};
-use crate::error::{ApiError, Body as Error};
+use crate::error::ApiError;
 use crate::grants::upload::{self, PostPolicy, Presigned, UploadRequest};
 use crate::server::AppState;
 use crate::sts::format_expiration;
@@ -165,21 +165,13 @@ fn post_body(p: &PostPolicy, legacy: bool) -> PostBody<'_> {
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
         UploadRequest,
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "A signed PostObject form", body = PostBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type (or, with none declared, any of the grant's allowed types)", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::GrantAuthErrors,
+        super::responses::UploadQueryErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
@@ -202,21 +194,13 @@ pub async fn post_policy(
     tag = "uploads",
     params(
         UploadRequest,
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "A signed PostObject form with the seeds' flat fields", body = LegacyPostBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`no_default_grant`: `server.default_grant` is not set", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type (or, with none declared, any of the grant's allowed types)", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::DefaultGrantAuthErrors,
+        super::responses::UploadQueryErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
@@ -301,21 +285,13 @@ fn presign_body(p: &Presigned) -> PresignBody<'_> {
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
         UploadRequest,
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "A presigned PUT URL and the headers to send with it", body = PresignBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type (or, with none declared, any of the grant's allowed types)", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::GrantAuthErrors,
+        super::responses::UploadQueryErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
@@ -335,23 +311,17 @@ pub async fn presign_get(
     tag = "uploads",
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     request_body(content = Option<UploadRequest>, description = "`filename` and `content_type` as JSON (optional: without a JSON body, neither is given)", content_type = "application/json"),
     responses(
         (status = 200, description = "A presigned PUT URL and the headers to send with it", body = PresignBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (unparsable JSON or query, or a body without the expected fields)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 413, description = "`payload_too_large`: the body is over `server.body_limit_bytes`", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        (status = 400, response = super::responses::BadUploadBody),
+        (status = 413, response = super::responses::PayloadTooLarge),
+        (status = 422, response = super::responses::DeclaredExtensionMismatch),
+        (status = 500, response = super::responses::SigningFailed),
+        super::responses::GrantAuthErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
@@ -374,21 +344,13 @@ pub async fn presign_post(
     tag = "uploads",
     params(
         UploadRequest,
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "The presigned PUT URL", body = String, content_type = "text/plain", headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`no_default_grant`: `server.default_grant` is not set", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type (or, with none declared, any of the grant's allowed types)", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::DefaultGrantAuthErrors,
+        super::responses::UploadQueryErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
