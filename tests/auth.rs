@@ -879,3 +879,41 @@ async fn ambiguous_credentials_are_refused_and_schemes_are_parsed() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(e.sts.call_count().await, 0);
 }
+
+/// Issue 15: the grant routes authorize through one extractor; what a request
+/// with several faults is refused for first stays as it was when each handler
+/// looked up the grant, parsed `format` and read its body before authenticating.
+#[tokio::test]
+async fn what_is_refused_first_is_unchanged_by_the_extractor() {
+    let e = start().await;
+    let code = |v: &Value| v["code"].as_str().unwrap_or_default().to_owned();
+    // An unknown grant before a bad `format`, a bad `format` before authentication.
+    for (path, want) in [
+        ("/v1/grants/nope/credentials?format=bogus", (404, "unknown_grant")),
+        (
+            "/v1/grants/users/credentials?format=bogus",
+            (400, "unknown_format"),
+        ),
+        ("/v1/grants/nope/post-policy", (404, "unknown_grant")),
+        ("/v1/grants/users/post-policy", (401, "unauthenticated")),
+        ("/v1/grants/nope/explain", (404, "unknown_grant")),
+        ("/v1/grants/users/explain", (401, "unauthenticated")),
+    ] {
+        let (s, _, body) = get(e.server.url(path), None).await;
+        assert_eq!((s, code(&body).as_str()), want, "{path}: {body}");
+    }
+    // A presign body that is not JSON is refused before the grant and the caller.
+    for grant in ["nope", "users"] {
+        let r = http()
+            .post(e.server.url(&format!("/v1/grants/{grant}/presign")))
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!((s, code(&body).as_str()), (400, "bad_request"), "{grant}: {body}");
+    }
+    assert_eq!(e.sts.call_count().await, 0);
+}

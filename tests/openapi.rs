@@ -1,7 +1,7 @@
 //! `GET /openapi.json`: the document the real binary serves is the committed
 //! snapshot `docs/openapi.json` (byte for byte; `UPDATE_SNAPSHOTS=1` rewrites it),
-//! an independent validator (Python `openapi-spec-validator`) accepts it, and it
-//! describes exactly the routes the router serves.
+//! an independent validator (Python `openapi-spec-validator`) accepts it, and every
+//! operation it describes is served.
 
 mod common;
 
@@ -109,50 +109,6 @@ async fn served_document_is_valid_openapi_3() {
     }
 }
 
-/// `(method, path)` of every `.route(...)` in `routes::app`, read from the source:
-/// the routes the main router serves.
-fn routes_in_source() -> BTreeSet<(String, String)> {
-    let src = std::fs::read_to_string(repo_root().join("src/routes/mod.rs")).unwrap();
-    let start = src.find("pub fn app(").expect("routes::app");
-    let body = &src[start..];
-    let body = &body[..body.find("\n}\n").expect("end of routes::app")];
-    let mut routes = BTreeSet::new();
-    let mut rest = body;
-    while let Some(i) = rest.find(".route(") {
-        rest = &rest[i + ".route(".len()..];
-        // The call's arguments, up to the matching parenthesis.
-        let mut depth = 1;
-        let end = rest
-            .char_indices()
-            .find(|&(_, c)| {
-                match c {
-                    '(' => depth += 1,
-                    ')' => depth -= 1,
-                    _ => {}
-                }
-                depth == 0
-            })
-            .map(|(i, _)| i)
-            .expect("balanced .route(...)");
-        let args = &rest[..end];
-        let path = args.split('"').nth(1).expect("a literal path");
-        let handlers = &args[args.find(',').unwrap()..];
-        let mut found = false;
-        for m in METHODS {
-            let call = format!("{m}(");
-            if handlers
-                .match_indices(&call)
-                .any(|(i, _)| i == 0 || !handlers.as_bytes()[i - 1].is_ascii_alphanumeric())
-            {
-                routes.insert((m.to_owned(), path.to_owned()));
-                found = true;
-            }
-        }
-        assert!(found, "no method in .route({args})");
-    }
-    routes
-}
-
 fn documented(doc: &Value) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -175,19 +131,15 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
     }
 }
 
+/// The router and the document are derived from one declaration (`routes::api`), so
+/// no route can be served undocumented; this checks the other half on the real
+/// binary: every documented operation is answered by a route, not the fallbacks.
 #[tokio::test]
-async fn documented_routes_are_exactly_the_served_routes() {
+async fn every_documented_operation_is_served() {
     let (_sts, server, body) = served().await;
     let doc: Value = serde_json::from_str(&body).unwrap();
     let documented = documented(&doc);
-    let in_source = routes_in_source();
-    assert!(in_source.len() >= 12, "{in_source:?}");
-    let missing: Vec<_> = in_source.difference(&documented).collect();
-    let extra: Vec<_> = documented.difference(&in_source).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "served but not documented: {missing:?}\ndocumented but not served: {extra:?}"
-    );
+    assert!(documented.len() >= 13, "{documented:?}");
 
     // Every documented operation is answered by a route, not the fallbacks.
     let client = http();
@@ -231,6 +183,8 @@ async fn every_documented_error_has_the_error_body() {
                     continue;
                 }
                 errors += 1;
+                // Shared error responses are `$ref`s into `components.responses`.
+                let resp = resolve(&doc, resp);
                 let schema = &resp["content"]["application/json"]["schema"];
                 assert!(!schema.is_null(), "{method} {path} {status}: no JSON body");
                 let schema = resolve(&doc, schema);

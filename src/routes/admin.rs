@@ -19,7 +19,20 @@ use crate::state::AppState;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// `GET /metrics` on the main listener (when no admin listener is configured).
+/// The Prometheus metrics in the text exposition format.
+///
+/// Served here only when no admin listener (`admin.listen`) is configured; otherwise on the
+/// admin listener.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    params(("X-Request-Id" = Option<String>, Header, description = "The caller's request id")),
+    responses(
+        (status = 200, description = "Prometheus text format (version 0.0.4)", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+    ),
+)]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     render_metrics(&state)
 }

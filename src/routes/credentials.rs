@@ -4,20 +4,17 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use serde::Serialize;
 
-use super::openapi::{AuthHeaders, CredentialsBody};
-use super::{RequestCtx, authorize};
-use crate::audit::Record;
-use crate::error::{ApiError, Body as Error};
+use super::authorized::{Authorized, Issued, RouteGrant};
+use super::openapi::CredentialsBody;
+use crate::error::ApiError;
 use crate::formats::{self, CredentialFormat, CredentialView};
-use crate::grants::Grant;
-use crate::identity::key_id_prefix;
-use crate::sign::format_iso8601_extended;
 use crate::state::AppState;
 
 /// Temporary STS credentials for one grant.
@@ -31,31 +28,22 @@ use crate::state::AppState;
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
         ("format" = inline(Option<CredentialFormat>), Query, description = "The body's spelling; default: the grant's `credentials_format` (`default` unless configured)"),
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "Temporary credentials in the spelling `format` selects", body = CredentialsBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
-        (status = 400, description = "`unknown_format`: `format` is not `default`, `aws`, `camel` or `credential-process`", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        (status = 400, response = super::responses::UnknownFormat),
+        super::responses::GrantAuthErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
 pub async fn grant_credentials(
     State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    Format(format): Format,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
-    issue(&state, &grant, &ctx, &headers, query.as_deref()).await
+    issue(&state, format, &caller).await
 }
 
 /// Temporary STS credentials for `server.default_grant` (the seeds' legacy path).
@@ -65,60 +53,43 @@ pub async fn grant_credentials(
     tag = "credentials",
     params(
         ("format" = inline(Option<CredentialFormat>), Query, description = "The body's spelling; default: the grant's `credentials_format` (`default` unless configured)"),
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "Temporary credentials in the spelling `format` selects", body = CredentialsBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
-        (status = 400, description = "`unknown_format`: `format` is not `default`, `aws`, `camel` or `credential-process`", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`no_default_grant`: `server.default_grant` is not set", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        (status = 400, response = super::responses::UnknownFormat),
+        super::responses::DefaultGrantAuthErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
 pub async fn legacy_credentials(
     State(state): State<Arc<AppState>>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    Format(format): Format,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.default_grant()?;
-    issue(&state, &grant, &ctx, &headers, query.as_deref()).await
+    issue(&state, format, &caller).await
 }
 
 async fn issue(
     state: &AppState,
-    grant: &Grant,
-    ctx: &RequestCtx,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    format: CredentialFormat,
+    caller: &Authorized,
 ) -> Result<Response, ApiError> {
-    let format = requested_format(query)?.unwrap_or(grant.credentials_format);
-    let caller = authorize(state, grant, headers, query, ctx).await?;
+    let grant = &caller.grant;
     let lookup = state.issuer.credentials(&caller.resolved).await?;
     let c = &lookup.credentials;
-    let expiration = format_iso8601_extended(c.expiration);
-    state.audit.record(&Record {
-        time: chrono::Utc::now(),
-        request_id: &ctx.request_id,
-        client_ip: &ctx.ip_string(),
-        subject: caller.principal.display(),
-        auth: caller.principal.method.as_str(),
-        grant: &grant.name,
-        kind: "credentials",
-        policy_sha256: &caller.resolved.policy_sha256,
-        session_name: &caller.resolved.request.session_name,
-        access_key_id: &key_id_prefix(&c.access_key_id),
-        expiration: &expiration,
-        cache: Some(lookup.outcome.as_str()),
-        key: Some(&caller.resolved.prefix),
-    });
     let prefix = &caller.resolved.prefix;
+    caller.audit(
+        state,
+        Issued {
+            kind: "credentials",
+            access_key_id: Some(&c.access_key_id),
+            expires_at: c.expiration,
+            cache: Some(lookup.outcome.as_str()),
+            key: prefix,
+        },
+    );
     // Every hit of a shared credential gets the same bytes: render them once.
     let body = grant.memo.body(c, lookup.refresh_after, format, prefix, || {
         formats::to_json(
@@ -145,6 +116,20 @@ async fn issue(
     Ok(resp)
 }
 
+/// The body's spelling: `?format=` if given (an unknown one is a 400 listing the
+/// valid ones, before the caller is authenticated), else the grant's default.
+pub(crate) struct Format(CredentialFormat);
+
+impl FromRequestParts<Arc<AppState>> for Format {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Response> {
+        let RouteGrant(grant) = RouteGrant::from_request_parts(parts, state).await?;
+        let asked = requested_format(parts.uri.query()).map_err(IntoResponse::into_response)?;
+        Ok(Format(asked.unwrap_or(grant.credentials_format)))
+    }
+}
+
 /// `?format=` if given; an unknown one is a 400 listing the valid ones.
 fn requested_format(query: Option<&str>) -> Result<Option<CredentialFormat>, ApiError> {
     let Some(f) = query.and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "format"))
@@ -165,29 +150,17 @@ fn requested_format(query: Option<&str>) -> Result<Option<CredentialFormat>, Api
     tag = "auth",
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "What this caller would get from the grant", body = ExplainBody, headers(("X-Request-Id" = String, description = "The request id"))),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "`auth_unavailable`: the JWT issuer's keys could not be fetched", body = Error),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::GrantAuthErrors,
+        (status = 503, response = super::responses::AuthUnavailable),
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
-pub async fn explain(
-    State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
-    let caller = authorize(&state, &grant, &headers, query.as_deref(), &ctx).await?;
+pub async fn explain(caller: Authorized) -> Result<Response, ApiError> {
+    let grant = &caller.grant;
     let r = &caller.resolved;
     let policy: serde_json::Value = serde_json::from_str(&r.policy).unwrap_or_default();
     let u = &grant.upload;

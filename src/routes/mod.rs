@@ -3,71 +3,66 @@
 //! policy logic here.
 
 mod admin;
+mod authorized;
 mod credentials;
 mod health;
 mod middleware;
 mod openapi;
+mod responses;
 mod tickets;
 mod upload;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
-use axum::routing::{get, post};
-use chrono::Utc;
+use axum::http::{HeaderValue, Method, StatusCode, header, request::Parts};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::auth::{Presented, Principal};
 use crate::config::CorsConfig;
 use crate::error::ApiError;
-use crate::grants::{Grant, Resolved};
 use crate::state::AppState;
 
 pub use admin::admin_app;
 pub use middleware::{REQUEST_ID_HEADER, RequestCtx};
 
-/// The whole application: the router `reload::Live` serves and rebuilds on reload.
+/// Every documented route, declared once: [`app`] serves what this returns and
+/// [`openapi::document`] describes it. `metrics_here`: `GET /metrics` is served on
+/// this listener (no admin listener is configured); the document always lists it.
+fn api(metrics_here: bool) -> OpenApiRouter<Arc<AppState>> {
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(credentials::grant_credentials))
+        .routes(routes!(credentials::legacy_credentials))
+        .routes(routes!(upload::post_policy))
+        .routes(routes!(upload::legacy_post_policy))
+        .routes(routes!(upload::presign_get, upload::presign_post))
+        .routes(routes!(upload::legacy_presign))
+        .routes(routes!(credentials::explain))
+        .routes(routes!(tickets::mint))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz));
+    if metrics_here {
+        api = api.routes(routes!(admin::metrics));
+    }
+    api.routes(routes!(openapi::openapi_json))
+}
+
+/// The whole application: the documented routes, the fallbacks and the middleware.
 pub fn app(state: Arc<AppState>) -> Router {
     let static_dir = state.config.server.static_dir.clone();
-    let mut router = Router::new()
-        .route(
-            "/v1/grants/{grant}/credentials",
-            get(credentials::grant_credentials),
+    let (router, _) = api(state.config.admin.listen.is_none()).split_for_parts();
+    let mut router = router.method_not_allowed_fallback(|| async {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path does not accept that method",
         )
-        .route(
-            "/get_sts_token_for_oss_upload",
-            get(credentials::legacy_credentials),
-        )
-        .route("/v1/grants/{grant}/post-policy", get(upload::post_policy))
-        .route(
-            "/get_post_signature_for_oss_upload",
-            get(upload::legacy_post_policy),
-        )
-        .route(
-            "/v1/grants/{grant}/presign",
-            get(upload::presign_get).post(upload::presign_post),
-        )
-        .route("/get_presigned_url_for_oss_upload", get(upload::legacy_presign))
-        .route("/v1/grants/{grant}/explain", get(credentials::explain))
-        .route("/v1/tickets", post(tickets::mint))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this path does not accept that method",
-            )
-        });
-    // Without an admin listener, the metrics are served here.
-    if state.config.admin.listen.is_none() {
-        router = router.route("/metrics", get(admin::metrics));
-    }
+    });
     router = match static_dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir).fallback(axum::routing::any(not_found))),
         None => router.fallback(not_found),
@@ -148,79 +143,11 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
     Some(layer)
 }
 
-/// What every grant route does first: who is calling, are they within their
-/// rate limits, and what does the grant mean for them.
-pub(crate) struct Caller {
-    pub principal: Principal,
-    pub resolved: Arc<Resolved>,
-}
-
-impl Caller {
-    pub fn target<'a>(
-        &'a self,
-        placeholders: &'a crate::policy::template::Placeholders,
-    ) -> crate::grants::upload::Target<'a> {
-        crate::grants::upload::Target {
-            prefix: &self.resolved.prefix,
-            principal: &self.principal,
-            placeholders,
-        }
-    }
-
-    /// The audit record of a signed upload (PostObject policy or presigned URL).
-    #[allow(clippy::too_many_arguments)]
-    pub fn audit(
-        &self,
-        state: &AppState,
-        grant: &Grant,
-        ctx: &RequestCtx,
-        kind: &'static str,
-        material: &crate::grants::upload::SigningMaterial,
-        expires_at: chrono::DateTime<Utc>,
-        key: &str,
-    ) {
-        state.audit.record(&crate::audit::Record {
-            time: Utc::now(),
-            request_id: &ctx.request_id,
-            client_ip: &ctx.ip_string(),
-            subject: self.principal.display(),
-            auth: self.principal.method.as_str(),
-            grant: &grant.name,
-            kind,
-            policy_sha256: &self.resolved.policy_sha256,
-            session_name: &self.resolved.request.session_name,
-            access_key_id: &crate::identity::key_id_prefix(&material.access_key_id),
-            expiration: &crate::sign::format_iso8601_extended(expires_at),
-            cache: None,
-            key: Some(key),
-        });
-    }
-}
-
-pub(crate) async fn authorize(
-    state: &AppState,
-    grant: &Grant,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    ctx: &RequestCtx,
-) -> Result<Caller, ApiError> {
-    let now = Utc::now();
-    state.limits.check_ip(grant, ctx.client_ip)?;
-    let presented = Presented::from_request(headers, query);
-    let principal = state
-        .auth
-        .authenticate(&grant.name, &grant.auth, &presented, now)
-        .await?;
-    state.limits.check_subject(grant, &principal)?;
-    let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
-    Ok(Caller { principal, resolved })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{HeaderMap, Request};
     use tower::ServiceExt as _;
 
     /// What the CORS layer answers a GET from `origin` to `path`.

@@ -1,17 +1,23 @@
-//! `GET /openapi.json`: the OpenAPI 3 document of the HTTP API, generated from
-//! the handlers' `#[utoipa::path]` annotations and the response types'
-//! `ToSchema` derives, built once and cached. `docs/openapi.json` is its
+//! `GET /openapi.json`: the OpenAPI 3 document of the HTTP API, derived from the
+//! routes `routes::api` declares (their `#[utoipa::path]` annotations and the
+//! response types' `ToSchema` derives), built once and cached. `docs/openapi.json` is its
 //! committed snapshot (kept honest by `tests/openapi.rs`).
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::openapi::{Ref, RefOr, Required};
+use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::formats::{AlibabaBody, AwsContainerBody, CamelBody, CredentialProcessBody};
 
+use super::authorized::Authorized;
+use super::responses::ErrorResponses;
 use super::upload::{LegacyPostFields, PostBody};
 
 const DESCRIPTION: &str = "\
@@ -47,22 +53,8 @@ described below.";
         description = DESCRIPTION,
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(
-        super::credentials::grant_credentials,
-        super::credentials::legacy_credentials,
-        super::upload::post_policy,
-        super::upload::legacy_post_policy,
-        super::upload::presign_get,
-        super::upload::presign_post,
-        super::upload::legacy_presign,
-        super::credentials::explain,
-        super::tickets::mint,
-        super::health::healthz,
-        super::health::readyz,
-        metrics,
-        openapi_json,
-    ),
-    modifiers(&SecuritySchemes),
+    components(schemas(crate::error::Body)),
+    modifiers(&SecuritySchemes, &ErrorResponses),
     tags(
         (name = "credentials", description = "Temporary STS credentials for a grant"),
         (name = "uploads", description = "Locally signed single uploads: PostObject forms and presigned PUT URLs"),
@@ -70,7 +62,7 @@ described below.";
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
 )]
-struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The security schemes the grant routes and `POST /v1/tickets` name.
 struct SecuritySchemes;
@@ -110,64 +102,122 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The request headers every grant route reads.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)] // documentation only: the handlers read these from the `HeaderMap`
-pub(crate) struct AuthHeaders {
-    /// An API key, for grants that accept `api_key`.
-    #[param(rename = "X-Api-Key")]
-    x_api_key: Option<String>,
-    /// `Bearer <JWT>` (grants that accept `jwt`), `ApiKey <key>`, or a bare API key (the AWS SDKs'
-    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`). Also described by the `jwt` security scheme.
-    #[param(rename = "Authorization")]
-    authorization: Option<String>,
-    /// The caller's request id; kept (and echoed) when it is 1–128 characters of `A-Za-z0-9-_.:`,
-    /// else a new one is made.
-    #[param(rename = "X-Request-Id", pattern = "^[A-Za-z0-9._:-]{1,128}$")]
-    x_request_id: Option<String>,
+/// The request headers of the routes that authenticate a caller (what
+/// `Presented::from_request` and the request-id middleware read).
+pub(crate) enum AuthHeaders {}
+
+impl IntoParams for AuthHeaders {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let header = |name: &str, description: &str, pattern: Option<&str>| {
+            let schema = ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                .pattern(pattern);
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Header)
+                .description(Some(description))
+                .required(Required::False)
+                .schema(Some(schema))
+                .build()
+        };
+        vec![
+            header("X-Api-Key", "An API key, for grants that accept `api_key`.", None),
+            header(
+                "Authorization",
+                "`Bearer <JWT>` (grants that accept `jwt`), `ApiKey <key>`, or a bare API key (the AWS SDKs'\n\
+                 `AWS_CONTAINER_AUTHORIZATION_TOKEN`). Also described by the `jwt` security scheme.",
+                None,
+            ),
+            header(
+                "X-Request-Id",
+                "The caller's request id; kept (and echoed) when it is 1–128 characters of `A-Za-z0-9-_.:`,\n\
+                 else a new one is made.",
+                Some("^[A-Za-z0-9._:-]{1,128}$"),
+            ),
+        ]
+    }
 }
 
-/// A credential body: one of the spellings `format` selects.
-#[derive(ToSchema)]
-#[serde(untagged)]
-#[schema(as = Credentials)]
-#[allow(dead_code)] // documentation only: `formats::to_json` writes the bodies
-pub(crate) enum CredentialsBody {
-    Default(AlibabaBody<'static>),
-    Aws(AwsContainerBody<'static>),
-    Camel(CamelBody<'static>),
-    CredentialProcess(CredentialProcessBody<'static>),
+/// What the `Authorized` extractor reads: `?ticket=` and the [`AuthHeaders`].
+impl IntoParams for Authorized {
+    fn into_params(in_provider: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let ticket = ParameterBuilder::new()
+            .name("ticket")
+            .parameter_in(ParameterIn::Query)
+            .description(Some(
+                "A ticket from `POST /v1/tickets` (grants that accept `ticket`)",
+            ))
+            .required(Required::False)
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .build();
+        std::iter::once(ticket)
+            .chain(AuthHeaders::into_params(in_provider))
+            .collect()
+    }
+}
+
+/// A credential body: one of the spellings `format` selects (`formats::to_json`
+/// writes them).
+pub(crate) enum CredentialsBody {}
+
+impl PartialSchema for CredentialsBody {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name(AlibabaBody::name()))
+            .item(Ref::from_schema_name(AwsContainerBody::name()))
+            .item(Ref::from_schema_name(CamelBody::name()))
+            .item(Ref::from_schema_name(CredentialProcessBody::name()))
+            .description(Some("A credential body: one of the spellings `format` selects."))
+            .into()
+    }
+}
+
+impl ToSchema for CredentialsBody {
+    fn name() -> Cow<'static, str> {
+        "Credentials".into()
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        fn add<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+            schemas.push((T::name().into(), T::schema()));
+            T::schemas(schemas);
+        }
+        add::<AlibabaBody>(schemas);
+        add::<AwsContainerBody>(schemas);
+        add::<CamelBody>(schemas);
+        add::<CredentialProcessBody>(schemas);
+    }
 }
 
 /// `/get_post_signature_for_oss_upload`: the PostObject form plus the flat fields
-/// of the seeds' web sample.
-#[derive(ToSchema)]
-#[schema(as = LegacyPostPolicy)]
-#[allow(dead_code)] // documentation only: `PostBody` flattens its `legacy` fields
-pub(crate) struct LegacyPostBody {
-    #[serde(flatten)]
-    form: PostBody<'static>,
-    #[serde(flatten)]
-    legacy: LegacyPostFields,
+/// of the seeds' web sample (`PostBody` flattens its `legacy` fields).
+pub(crate) enum LegacyPostBody {}
+
+impl PartialSchema for LegacyPostBody {
+    fn schema() -> RefOr<Schema> {
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name(PostBody::name()))
+            .item(Ref::from_schema_name(LegacyPostFields::name()))
+            .description(Some(
+                "`/get_post_signature_for_oss_upload`: the PostObject form plus the flat fields\n\
+                 of the seeds' web sample.",
+            ))
+            .into()
+    }
 }
 
-/// The Prometheus metrics in the text exposition format.
-///
-/// Served here only when no admin listener (`admin.listen`) is configured; otherwise on the
-/// admin listener.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "operations",
-    params(("X-Request-Id" = Option<String>, Header, description = "The caller's request id")),
-    responses(
-        (status = 200, description = "Prometheus text format (version 0.0.4)", body = String,
-            content_type = "text/plain; version=0.0.4; charset=utf-8"),
-    ),
-)]
-#[allow(dead_code)] // documentation only: the handler is `admin::metrics`
-fn metrics() {}
+impl ToSchema for LegacyPostBody {
+    fn name() -> Cow<'static, str> {
+        "LegacyPostPolicy".into()
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((PostBody::name().into(), PostBody::schema()));
+        PostBody::schemas(schemas);
+        schemas.push((LegacyPostFields::name().into(), LegacyPostFields::schema()));
+        LegacyPostFields::schemas(schemas);
+    }
+}
 
 /// This OpenAPI document.
 #[utoipa::path(
@@ -191,7 +241,7 @@ pub async fn openapi_json() -> Response {
 /// The document as pretty-printed JSON, built on first use.
 pub fn document() -> &'static str {
     static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-        let mut doc = ApiDoc::openapi();
+        let (_, mut doc) = super::api(true).split_for_parts();
         doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
         doc.to_pretty_json().expect("the OpenAPI document serialises")
     });

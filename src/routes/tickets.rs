@@ -13,11 +13,11 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::RequestCtx;
+use super::authorized::{Authorized, Issued};
 use super::openapi::AuthHeaders;
-use crate::audit::Record;
 use crate::auth::Presented;
 use crate::config::AuthMethod;
-use crate::error::{ApiError, Body as Error};
+use crate::error::ApiError;
 use crate::sign::format_iso8601_extended;
 use crate::state::AppState;
 
@@ -58,14 +58,14 @@ pub(crate) struct TicketBody<'a> {
     request_body(content = TicketRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "A ticket for the grant, bound to the caller", body = TicketBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`bad_request`: no JSON body, unparsable JSON, or a body without the expected fields", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept tickets, or the caller's method), `grant_not_allowed` (the API key may not use this grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 413, description = "`payload_too_large`: the body is over `server.body_limit_bytes`", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "`auth_unavailable`: the JWT issuer's keys could not be fetched", body = Error),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        (status = 400, response = super::responses::BadTicketRequest),
+        (status = 401, response = super::responses::Unauthenticated),
+        (status = 403, response = super::responses::TicketForbidden),
+        (status = 404, response = super::responses::UnknownGrant),
+        (status = 413, response = super::responses::PayloadTooLarge),
+        (status = 429, response = super::responses::RateLimited),
+        (status = 503, response = super::responses::AuthUnavailable),
+        (status = 504, response = super::responses::Timeout),
     ),
     security(("api_key" = []), ("jwt" = [])),
 )]
@@ -96,41 +96,32 @@ pub async fn mint(
         .copied()
         .filter(|m| matches!(m, AuthMethod::ApiKey | AuthMethod::Jwt))
         .collect();
-    let now = Utc::now();
-    state.limits.check_ip(&grant, ctx.client_ip)?;
     let presented = Presented {
         ticket: None,
         ..Presented::from_request(&headers, None)
     };
-    let principal = state
-        .auth
-        .authenticate(&grant.name, &minters, &presented, now)
-        .await?;
-    state.limits.check_subject(&grant, &principal)?;
-    // The ticket must be usable: resolve the grant for this caller now.
-    let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
+    // Resolving the grant for this caller too proves the ticket will be usable.
+    let caller = Authorized::check(&state, grant, &minters, &presented, ctx).await?;
+    let (grant, principal) = (&caller.grant, &caller.principal);
     let subject = principal.subject.as_deref().unwrap_or_default();
-    let (ticket, expires) =
-        state
-            .auth
-            .tickets
-            .mint(subject, principal.namespace, &grant.name, &principal.claims, now);
-    let expires_at = format_iso8601_extended(expires);
-    state.audit.record(&Record {
-        time: now,
-        request_id: &ctx.request_id,
-        client_ip: &ctx.ip_string(),
+    let (ticket, expires) = state.auth.tickets.mint(
         subject,
-        auth: principal.method.as_str(),
-        grant: &grant.name,
-        kind: "ticket",
-        policy_sha256: &resolved.policy_sha256,
-        session_name: &resolved.request.session_name,
-        access_key_id: "-",
-        expiration: &expires_at,
-        cache: None,
-        key: Some(&resolved.prefix),
-    });
+        principal.namespace,
+        &grant.name,
+        &principal.claims,
+        Utc::now(),
+    );
+    caller.audit(
+        &state,
+        Issued {
+            kind: "ticket",
+            access_key_id: None,
+            expires_at: expires,
+            cache: None,
+            key: &caller.resolved.prefix,
+        },
+    );
+    let expires_at = format_iso8601_extended(expires);
     let body = TicketBody {
         ticket: &ticket,
         grant: &grant.name,

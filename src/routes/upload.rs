@@ -5,18 +5,17 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use super::openapi::{AuthHeaders, LegacyPostBody};
-use super::{RequestCtx, authorize};
+use super::authorized::{Authorized, Issued, WithBody};
+use super::openapi::LegacyPostBody;
 use crate::config::{PostVersion, PresignScheme};
-use crate::error::{ApiError, Body as Error};
-use crate::grants::Grant;
+use crate::error::ApiError;
 use crate::grants::upload::{self, PostPolicy, Presigned, UploadRequest};
 use crate::sign::format_iso8601_extended;
 use crate::state::AppState;
@@ -42,24 +41,22 @@ fn no_store(mut resp: Response) -> Response {
 
 async fn make_post_policy(
     state: &AppState,
-    grant: &Grant,
-    ctx: &RequestCtx,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    caller: &Authorized,
     req: &UploadRequest,
 ) -> Result<PostPolicy, ApiError> {
-    let caller = authorize(state, grant, headers, query, ctx).await?;
+    let grant = &caller.grant;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
     let target = caller.target(&state.auth.placeholders);
     let p = upload::post_policy(grant, &target, &material, Utc::now(), req)?;
     caller.audit(
         state,
-        grant,
-        ctx,
-        "post-policy",
-        &material,
-        p.expires_at,
-        p.key.as_deref().unwrap_or(&p.dir),
+        Issued {
+            kind: "post-policy",
+            access_key_id: Some(&material.access_key_id),
+            expires_at: p.expires_at,
+            cache: None,
+            key: p.key.as_deref().unwrap_or(&p.dir),
+        },
     );
     Ok(p)
 }
@@ -168,34 +165,22 @@ fn post_body(p: &PostPolicy, legacy: bool) -> PostBody<'_> {
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
         UploadRequest,
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "A signed PostObject form", body = PostBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type (or, with none declared, any of the grant's allowed types)", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::GrantAuthErrors,
+        super::responses::UploadQueryErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
 pub async fn post_policy(
     State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
-    let p = make_post_policy(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_post_policy(&state, &caller, &req).await?;
     Ok(no_store(Json(post_body(&p, false)).into_response()))
 }
 
@@ -209,49 +194,44 @@ pub async fn post_policy(
     tag = "uploads",
     params(
         UploadRequest,
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "A signed PostObject form with the seeds' flat fields", body = LegacyPostBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`no_default_grant`: `server.default_grant` is not set", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type (or, with none declared, any of the grant's allowed types)", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::DefaultGrantAuthErrors,
+        super::responses::UploadQueryErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
 pub async fn legacy_post_policy(
     State(state): State<Arc<AppState>>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.default_grant()?;
-    let p = make_post_policy(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_post_policy(&state, &caller, &req).await?;
     Ok(no_store(Json(post_body(&p, true)).into_response()))
 }
 
 async fn make_presigned(
     state: &AppState,
-    grant: &Grant,
-    ctx: &RequestCtx,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    caller: &Authorized,
     req: &UploadRequest,
 ) -> Result<Presigned, ApiError> {
-    let caller = authorize(state, grant, headers, query, ctx).await?;
+    let grant = &caller.grant;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
     let target = caller.target(&state.auth.placeholders);
     let p = upload::presign(grant, &target, &material, Utc::now(), req)?;
-    caller.audit(state, grant, ctx, "presign", &material, p.expires_at, &p.key);
+    caller.audit(
+        state,
+        Issued {
+            kind: "presign",
+            access_key_id: Some(&material.access_key_id),
+            expires_at: p.expires_at,
+            cache: None,
+            key: &p.key,
+        },
+    );
     Ok(p)
 }
 
@@ -305,34 +285,22 @@ fn presign_body(p: &Presigned) -> PresignBody<'_> {
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
         UploadRequest,
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "A presigned PUT URL and the headers to send with it", body = PresignBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type (or, with none declared, any of the grant's allowed types)", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::GrantAuthErrors,
+        super::responses::UploadQueryErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
 pub async fn presign_get(
     State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
-    let p = make_presigned(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_presigned(&state, &caller, &req).await?;
     Ok(no_store(Json(presign_body(&p)).into_response()))
 }
 
@@ -343,37 +311,26 @@ pub async fn presign_get(
     tag = "uploads",
     params(
         ("grant" = String, Path, description = "The name of a configured grant", example = "browser-upload"),
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     request_body(content = Option<UploadRequest>, description = "`filename` and `content_type` as JSON (optional: without a JSON body, neither is given)", content_type = "application/json"),
     responses(
         (status = 200, description = "A presigned PUT URL and the headers to send with it", body = PresignBody, headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (unparsable JSON or query, or a body without the expected fields)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`unknown_grant`: no grant has this name", body = Error),
-        (status = 413, description = "`payload_too_large`: the body is over `server.body_limit_bytes`", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        (status = 400, response = super::responses::BadUploadBody),
+        (status = 413, response = super::responses::PayloadTooLarge),
+        (status = 422, response = super::responses::DeclaredExtensionMismatch),
+        (status = 500, response = super::responses::SigningFailed),
+        super::responses::GrantAuthErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
 pub async fn presign_post(
     State(state): State<Arc<AppState>>,
-    Path(grant): Path<String>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-    body: Option<Json<UploadRequest>>,
+    WithBody(body, caller): WithBody<Option<Json<UploadRequest>>>,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.get(&grant)?;
     let req = body.map(|Json(b)| b).unwrap_or_default();
-    let p = make_presigned(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_presigned(&state, &caller, &req).await?;
     Ok(no_store(Json(presign_body(&p)).into_response()))
 }
 
@@ -387,32 +344,21 @@ pub async fn presign_post(
     tag = "uploads",
     params(
         UploadRequest,
-        ("ticket" = Option<String>, Query, description = "A ticket from `POST /v1/tickets` (grants that accept `ticket`)"),
-        AuthHeaders,
+        Authorized,
     ),
     responses(
         (status = 200, description = "The presigned PUT URL", body = String, content_type = "text/plain", headers(("X-Request-Id" = String, description = "The request id"), ("Cache-Control" = String, description = "`no-store`"))),
-        (status = 400, description = "`content_type_required`, `content_type_not_allowed` or `invalid_content_type` (the grant's Content-Type allowlist), or `bad_request` (an unparsable query)", body = Error),
-        (status = 401, description = "`unauthenticated` (no credentials) or `invalid_credentials` (bad, expired or not yet valid)", body = Error, headers(("WWW-Authenticate" = String, description = "One challenge per method the grant accepts"))),
-        (status = 403, description = "`auth_method_not_allowed` (the grant does not accept this method), `grant_not_allowed` (the API key may not use this grant), `wrong_grant` (a ticket for another grant) or `invalid_principal` (a caller value the grant's templates refuse)", body = Error),
-        (status = 404, description = "`no_default_grant`: `server.default_grant` is not set", body = Error),
-        (status = 422, description = "`extension_mismatch`: the file name's extension does not fit the declared content type (or, with none declared, any of the grant's allowed types)", body = Error),
-        (status = 429, description = "`rate_limited`: over the grant's `per_subject_per_minute` or `per_ip_per_minute`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "`internal_error`: signing failed", body = Error),
-        (status = 502, description = "`sts_denied`, `sts_rejected_request` or `sts_short_lived`: STS refused or returned a credential too short-lived (`sts_code` says what STS answered)", body = Error),
-        (status = 503, description = "`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", body = Error, headers(("Retry-After" = u64, description = "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"))),
-        (status = 504, description = "`timeout`: the request took longer than `server.request_timeout`", body = Error),
+        super::responses::DefaultGrantAuthErrors,
+        super::responses::UploadQueryErrors,
+        super::responses::StsErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
 pub async fn legacy_presign(
     State(state): State<Arc<AppState>>,
-    Extension(ctx): Extension<RequestCtx>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
     Query(req): Query<UploadRequest>,
+    caller: Authorized,
 ) -> Result<Response, ApiError> {
-    let grant = state.grants.default_grant()?;
-    let p = make_presigned(&state, &grant, &ctx, &headers, raw.as_deref(), &req).await?;
+    let p = make_presigned(&state, &caller, &req).await?;
     Ok(no_store(p.url.into_response()))
 }
