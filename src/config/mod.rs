@@ -497,8 +497,7 @@ pub struct StsConfig {
     pub cache_capacity: u64,
 }
 
-/// Which spelling of the credential body to return (`?format=`, a grant's
-/// `credentials_format`); the bodies themselves are `crate::formats`.
+/// Which spelling of the credential body to return (`?format=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialFormat {
