@@ -219,16 +219,21 @@ mod tests {
         BTreeMap::from([("tenant".to_string(), "acme".to_string())])
     }
 
-    #[test]
-    fn round_trip() {
-        let t = tickets();
-        let (ticket, exp) = t.mint(
+    /// Alice's ticket (an API-key caller) for `avatars`, minted at `t0`.
+    fn alice_ticket(t: &Tickets) -> (String, DateTime<Utc>) {
+        t.mint(
             "alice",
             Some(SubjectNamespace::ApiKey),
             "avatars",
             &claims(),
             t0(),
-        );
+        )
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = tickets();
+        let (ticket, exp) = alice_ticket(&t);
         assert_eq!(exp, t0() + chrono::Duration::seconds(300));
         // URL-safe as is: no padding, no `+`/`/`.
         assert!(
@@ -299,13 +304,7 @@ mod tests {
     #[test]
     fn tampered_payload_is_rejected() {
         let t = tickets();
-        let (ticket, _) = t.mint(
-            "alice",
-            Some(SubjectNamespace::ApiKey),
-            "avatars",
-            &claims(),
-            t0(),
-        );
+        let (ticket, _) = alice_ticket(&t);
         let (_, tag) = ticket.split_once('.').unwrap();
         let forged = serde_json::json!({"v":1,"sub":"mallory","grant":"avatars","exp":t0().timestamp()+300,"claims":{}});
         let forged_body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
@@ -325,13 +324,7 @@ mod tests {
     #[test]
     fn tampered_mac_is_rejected() {
         let t = tickets();
-        let (ticket, _) = t.mint(
-            "alice",
-            Some(SubjectNamespace::ApiKey),
-            "avatars",
-            &claims(),
-            t0(),
-        );
+        let (ticket, _) = alice_ticket(&t);
         let (body, tag) = ticket.split_once('.').unwrap();
         let mut raw = URL_SAFE_NO_PAD.decode(tag).unwrap();
         raw[0] ^= 1;
@@ -375,13 +368,7 @@ mod tests {
             );
         }
         // Padded base64 is not the format.
-        let (ticket, _) = t.mint(
-            "alice",
-            Some(SubjectNamespace::ApiKey),
-            "avatars",
-            &claims(),
-            t0(),
-        );
+        let (ticket, _) = alice_ticket(&t);
         assert!(t.verify(&format!("{ticket}="), "avatars", t0()).is_err());
         let huge = "a".repeat(MAX_TICKET_LEN + 1);
         assert_eq!(t.verify(&huge, "g", t0()), Err(AuthError::Invalid("malformed")));
@@ -390,13 +377,7 @@ mod tests {
     #[test]
     fn expired_ticket_is_rejected() {
         let t = tickets();
-        let (ticket, exp) = t.mint(
-            "alice",
-            Some(SubjectNamespace::ApiKey),
-            "avatars",
-            &claims(),
-            t0(),
-        );
+        let (ticket, exp) = alice_ticket(&t);
         assert_eq!(t.verify(&ticket, "avatars", exp), Err(AuthError::Expired));
         assert_eq!(
             t.verify(&ticket, "avatars", exp + chrono::Duration::hours(1)),
@@ -409,13 +390,7 @@ mod tests {
     #[test]
     fn ticket_for_another_grant_is_rejected() {
         let t = tickets();
-        let (ticket, _) = t.mint(
-            "alice",
-            Some(SubjectNamespace::ApiKey),
-            "avatars",
-            &claims(),
-            t0(),
-        );
+        let (ticket, _) = alice_ticket(&t);
         assert_eq!(t.verify(&ticket, "documents", t0()), Err(AuthError::WrongGrant));
         assert_eq!(t.verify(&ticket, "avatars2", t0()), Err(AuthError::WrongGrant));
     }
