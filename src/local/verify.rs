@@ -2,10 +2,9 @@
 //! (V1 and V4), PostObject policies (V1 and V4) and their conditions, the
 //! security token and the credential's expiry.
 //!
-//! A port of `tests/fakes/fake_oss.py` (its `Keyring`, `Verifier` and PostObject
-//! checks), so the sink and the Python fake give the same verdicts on the same
-//! requests: the same checks in the same order, the same error codes. The
-//! expected signature is computed with [`crate::sign`] from what arrived and
+//! The checks and error codes follow OSS's documentation (docs/signing.md has
+//! the wire formats); the official SDKs (tests/local.rs) and the signing
+//! vectors prove them. The expected signature is computed with [`crate::sign`] from what arrived and
 //! compared in constant time. Everything here is a pure function of the received
 //! request parts, a credential lookup and `now`.
 
@@ -13,7 +12,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 use base64::Engine as _;
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use serde_json::Value as Json;
 use subtle::ConstantTimeEq as _;
 
 use super::oss::OssError;
@@ -152,7 +152,7 @@ pub fn authenticate(
         let claimed = claimed_v4_header(auth);
         (AuthScheme::V4Header, claimed, v4_header(req, auth, lookup, now))
     } else if let Some(rest) = auth.strip_prefix("OSS ") {
-        let claimed = py_strip(rest.rsplit_once(':').map_or("", |(ak, _)| ak)).to_string();
+        let claimed = rest.rsplit_once(':').map_or("", |(ak, _)| ak).trim().to_string();
         (AuthScheme::V1Header, claimed, v1_header(req, rest, lookup, now))
     } else if !auth.is_empty() {
         return Err(OssError::msg(
@@ -234,7 +234,7 @@ fn v1_header(
     lookup: Lookup<'_>,
     now: DateTime<Utc>,
 ) -> Result<Credential, OssError> {
-    let (ak, signature) = py_strip(rest).rsplit_once(':').unwrap_or(("", ""));
+    let (ak, signature) = rest.trim().rsplit_once(':').unwrap_or(("", ""));
     if ak.is_empty() || signature.is_empty() {
         return Err(OssError::msg(
             "InvalidArgument",
@@ -402,7 +402,7 @@ fn claimed_v4_header(auth: &str) -> String {
     auth.find("Credential=").map_or(String::new(), |i| {
         auth[i + "Credential=".len()..]
             .chars()
-            .take_while(|&c| c != '/' && c != ',' && !py_isspace(c))
+            .take_while(|&c| c != '/' && c != ',' && !c.is_whitespace())
             .collect()
     })
 }
@@ -417,8 +417,8 @@ fn v4_header(
 ) -> Result<Credential, OssError> {
     let mut fields: HashMap<&str, &str> = HashMap::new();
     for item in auth[oss_v4::ALGORITHM.len()..].split(',') {
-        if let Some((name, value)) = py_strip(item).split_once('=') {
-            fields.insert(name, py_strip(value));
+        if let Some((name, value)) = item.trim().split_once('=') {
+            fields.insert(name, value.trim());
         }
     }
     let credential = fields.get("Credential").copied().unwrap_or("");
@@ -566,7 +566,7 @@ fn check_v4_signature(
     let mut extra: Vec<String> = additional
         .unwrap_or("")
         .split(';')
-        .map(|n| py_strip(n).to_lowercase())
+        .map(|n| n.trim().to_lowercase())
         .filter(|n| !n.is_empty() && !v4_default_signed(n) && req.header(n).is_some_and(|v| !v.is_empty()))
         .collect();
     extra.sort();
@@ -731,30 +731,25 @@ fn post_checks(
     }
 
     let policy = decode_policy(policy_b64)?;
-    let expiration = policy.member("expiration").unwrap_or(&Json::Null);
-    let expires_at = match expiration {
-        Json::Str(s) => parse_iso_extended(s),
-        _ => None,
-    }
-    .ok_or_else(|| {
+    let expiration = &policy["expiration"];
+    let expires_at = expiration.as_str().and_then(parse_iso_extended).ok_or_else(|| {
         OssError::msg(
             "InvalidPolicyDocument",
             format!(
                 "Invalid Policy: expiration must be like 2024-03-01T08:00:00.000Z, got {}.",
-                expiration.dumps()
+                expiration
             ),
         )
     })?;
     if now > expires_at {
-        let shown = match expiration {
-            Json::Str(s) => s.clone(),
-            other => other.dumps(),
-        };
+        let shown = expiration
+            .as_str()
+            .map_or_else(|| expiration.to_string(), str::to_string);
         return Err(OssError::msg("AccessDenied", "Request has expired.")
             .with_extra("Expires", shown)
             .with_extra("ServerTime", now.timestamp().to_string()));
     }
-    let Some(Json::List(conditions)) = policy.member("conditions") else {
+    let Some(conditions) = policy["conditions"].as_array() else {
         // decode_policy guarantees a list.
         return Err(OssError::msg(
             "InvalidPolicyDocument",
@@ -850,16 +845,14 @@ fn decode_policy(policy_b64: &str) -> Result<Json, OssError> {
     let bytes = ENGINE.decode(policy_b64).map_err(|e| not_json(e.to_string()))?;
     let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
     let doc: Json = serde_json::from_slice(text).map_err(|e| not_json(e.to_string()))?;
-    let shape_ok = matches!(&doc, Json::Obj(_))
-        && doc.member("expiration").is_some()
-        && doc.member("conditions").is_some();
+    let shape_ok = doc.get("expiration").is_some() && doc.get("conditions").is_some();
     if !shape_ok {
         return Err(OssError::msg(
             "InvalidPolicyDocument",
             "Invalid Policy: expiration and conditions are both required.",
         ));
     }
-    if !matches!(doc.member("conditions"), Some(Json::List(_))) {
+    if !doc["conditions"].is_array() {
         return Err(OssError::msg(
             "InvalidPolicyDocument",
             "Invalid Policy: conditions must be a list.",
@@ -873,9 +866,9 @@ fn exact_condition_names(conditions: &[Json]) -> Vec<String> {
     let mut found = Vec::new();
     for cond in conditions {
         match cond {
-            Json::Obj(members) => found.extend(members.iter().map(|(k, _)| k.to_lowercase())),
-            Json::List(items) if items.len() == 3 => {
-                if let (Json::Str(op), Json::Str(field)) = (&items[0], &items[1])
+            Json::Object(members) => found.extend(members.keys().map(|k| k.to_lowercase())),
+            Json::Array(items) if items.len() == 3 => {
+                if let (Json::String(op), Json::String(field)) = (&items[0], &items[1])
                     && op.to_lowercase() == "eq"
                 {
                     found.push(field.trim_start_matches('$').to_lowercase());
@@ -887,54 +880,59 @@ fn exact_condition_names(conditions: &[Json]) -> Vec<String> {
     found
 }
 
+/// An integral JSON number (`content-length-range` bounds); floats are not.
+fn integer(value: &Json) -> Option<i128> {
+    value
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| value.as_u64().map(i128::from))
+}
+
 /// Evaluates every condition in order; the first failure decides the error.
 fn check_conditions(conditions: &[Json], values: &HashMap<&str, &str>, size: u64) -> Result<(), OssError> {
     for cond in conditions {
-        let bad = |why: &str| {
-            OssError::msg(
-                "InvalidPolicyDocument",
-                format!("Invalid Policy: {why}: {}", cond.dumps()),
-            )
-        };
+        let bad =
+            |why: &str| OssError::msg("InvalidPolicyDocument", format!("Invalid Policy: {why}: {cond}"));
         let failed = || {
             OssError::msg(
                 "AccessDenied",
-                format!(
-                    "Invalid according to Policy: Policy Condition failed: {}",
-                    cond.dumps()
-                ),
+                format!("Invalid according to Policy: Policy Condition failed: {cond}"),
             )
         };
         let have = |field: &str| values.get(field.to_lowercase().as_str()).copied().unwrap_or("");
         match cond {
-            Json::Obj(members) => {
+            Json::Object(members) => {
+                // The document's shape first, then the values.
                 if members.is_empty() {
                     return Err(bad("empty condition"));
                 }
-                for (name, want) in members {
-                    let Json::Str(want) = want else {
-                        return Err(bad("an exact-match value must be a string"));
-                    };
-                    if have(name) != want {
-                        return Err(failed());
-                    }
+                if !members.values().all(Json::is_string) {
+                    return Err(bad("an exact-match value must be a string"));
+                }
+                if members
+                    .iter()
+                    .any(|(name, want)| want.as_str() != Some(have(name)))
+                {
+                    return Err(failed());
                 }
             }
-            Json::List(items) => {
-                let Some(Json::Str(op)) = items.first() else {
+            Json::Array(items) => {
+                let Some(Json::String(op)) = items.first() else {
                     return Err(bad(
                         "a condition must be an object or a list starting with an operator",
                     ));
                 };
                 let op = op.to_lowercase();
                 if op == "content-length-range" {
-                    let (Some(Json::Int(low)), Some(Json::Int(high)), 3) =
-                        (items.get(1), items.get(2), items.len())
-                    else {
+                    let (Some(low), Some(high), 3) = (
+                        items.get(1).and_then(integer),
+                        items.get(2).and_then(integer),
+                        items.len(),
+                    ) else {
                         return Err(bad("content-length-range needs two integers"));
                     };
                     let size = i128::from(size);
-                    if size > *high {
+                    if size > high {
                         return Err(OssError::msg(
                             "EntityTooLarge",
                             format!(
@@ -942,7 +940,7 @@ fn check_conditions(conditions: &[Json], values: &HashMap<&str, &str>, size: u64
                             ),
                         ));
                     }
-                    if size < *low {
+                    if size < low {
                         return Err(OssError::msg(
                             "EntityTooSmall",
                             format!(
@@ -953,19 +951,19 @@ fn check_conditions(conditions: &[Json], values: &HashMap<&str, &str>, size: u64
                     continue;
                 }
                 if !matches!(op.as_str(), "eq" | "starts-with" | "in" | "not-in") {
-                    return Err(bad(&format!("unknown operator {}", items[0].dumps())));
+                    return Err(bad(&format!("unknown operator {}", items[0])));
                 }
                 let field = match (items.len(), items.get(1)) {
-                    (3, Some(Json::Str(f))) if f.starts_with('$') => &f[1..],
+                    (3, Some(Json::String(f))) if f.starts_with('$') => &f[1..],
                     _ => return Err(bad("expected [op, \"$field\", value]")),
                 };
                 let have = have(field);
                 let ok = match (op.as_str(), &items[2]) {
-                    ("eq", Json::Str(want)) => have == want,
-                    ("starts-with", Json::Str(want)) => have.starts_with(want.as_str()),
+                    ("eq", Json::String(want)) => have == want,
+                    ("starts-with", Json::String(want)) => have.starts_with(want.as_str()),
                     ("eq" | "starts-with", _) => return Err(bad(&format!("{op} needs a string value"))),
-                    (_, Json::List(list)) if list.iter().all(|w| matches!(w, Json::Str(_))) => {
-                        let member = list.iter().any(|w| matches!(w, Json::Str(s) if s == have));
+                    (_, Json::Array(list)) if list.iter().all(Json::is_string) => {
+                        let member = list.iter().any(|w| w.as_str() == Some(have));
                         member == (op == "in")
                     }
                     _ => return Err(bad(&format!("{op} needs a list of strings"))),
@@ -985,404 +983,38 @@ fn check_conditions(conditions: &[Json], values: &HashMap<&str, &str>, size: u64
 }
 
 // ---------------------------------------------------------------------------
-// JSON as Python's json module sees it
+// Times
 // ---------------------------------------------------------------------------
 
-/// A JSON value that keeps object member order and tells integers from floats,
-/// as Python's `json.loads` does: condition order decides which failure is
-/// reported, and `content-length-range` needs integers. A repeated member keeps
-/// its first position and its last value, like a Python dict.
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Int(i128),
-    Float(f64),
-    Str(String),
-    List(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn member(&self, name: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(members) => members.iter().find(|(k, _)| k == name).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    /// `json.dumps` with its default separators and `ensure_ascii`, for messages.
-    fn dumps(&self) -> String {
-        let mut out = String::new();
-        self.dump_into(&mut out);
-        out
-    }
-
-    fn dump_into(&self, out: &mut String) {
-        match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Int(i) => out.push_str(&i.to_string()),
-            Json::Float(f) => out.push_str(&format!("{f:?}")),
-            Json::Str(s) => {
-                out.push('"');
-                for c in s.chars() {
-                    match c {
-                        '"' => out.push_str("\\\""),
-                        '\\' => out.push_str("\\\\"),
-                        '\n' => out.push_str("\\n"),
-                        '\r' => out.push_str("\\r"),
-                        '\t' => out.push_str("\\t"),
-                        '\u{8}' => out.push_str("\\b"),
-                        '\u{c}' => out.push_str("\\f"),
-                        c if (' '..='~').contains(&c) => out.push(c),
-                        c => {
-                            let mut units = [0u16; 2];
-                            for u in c.encode_utf16(&mut units) {
-                                out.push_str(&format!("\\u{u:04x}"));
-                            }
-                        }
-                    }
-                }
-                out.push('"');
-            }
-            Json::List(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    item.dump_into(out);
-                }
-                out.push(']');
-            }
-            Json::Obj(members) => {
-                out.push('{');
-                for (i, (k, v)) in members.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    Json::Str(k.clone()).dump_into(out);
-                    out.push_str(": ");
-                    v.dump_into(out);
-                }
-                out.push('}');
-            }
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Json {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Json;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("JSON")
-            }
-            fn visit_unit<E>(self) -> Result<Json, E> {
-                Ok(Json::Null)
-            }
-            fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
-                Ok(Json::Bool(b))
-            }
-            fn visit_i64<E>(self, i: i64) -> Result<Json, E> {
-                Ok(Json::Int(i.into()))
-            }
-            fn visit_u64<E>(self, u: u64) -> Result<Json, E> {
-                Ok(Json::Int(u.into()))
-            }
-            fn visit_f64<E>(self, f: f64) -> Result<Json, E> {
-                Ok(Json::Float(f))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Json, E> {
-                Ok(Json::Str(s.to_string()))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Json, E> {
-                Ok(Json::Str(s))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(Json::List(items))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
-                let mut members: Vec<(String, Json)> = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, Json>()? {
-                    match members.iter_mut().find(|(name, _)| *name == k) {
-                        Some(slot) => slot.1 = v,
-                        None => members.push((k, v)),
-                    }
-                }
-                Ok(Json::Obj(members))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Times, numbers and strings as the fake (Python) reads them
-// ---------------------------------------------------------------------------
-
-/// `20240301T080000Z` → time, else 400 InvalidArgument. Seconds may be 60 or 61,
-/// as `time.strptime` allows.
+/// `x-oss-date` / `x-oss-date` form field: ISO 8601 basic, `20240301T080000Z`,
+/// else 400 InvalidArgument.
 pub fn parse_iso_basic(value: &str, what: &str) -> Result<DateTime<Utc>, OssError> {
-    let b = value.as_bytes();
-    let shape_ok = b.len() == 16
-        && b[..8].iter().all(u8::is_ascii_digit)
-        && b[8] == b'T'
-        && b[9..15].iter().all(u8::is_ascii_digit)
-        && b[15] == b'Z';
-    if !shape_ok {
-        return Err(OssError::msg(
-            "InvalidArgument",
-            format!("{what} must look like 20240301T080000Z, got {value:?}."),
-        ));
-    }
-    let n = |r: std::ops::Range<usize>| value[r].parse::<u32>().unwrap_or(u32::MAX);
-    civil_time(n(0..4), n(4..6), n(6..8), n(9..11), n(11..13), n(13..15)).ok_or_else(|| {
+    let shape_ok = value.len() == 16 && value.is_ascii();
+    let parsed = shape_ok
+        .then(|| NaiveDateTime::parse_from_str(value, "%Y%m%dT%H%M%SZ").ok())
+        .flatten();
+    parsed.map(|t| t.and_utc()).ok_or_else(|| {
         OssError::msg(
             "InvalidArgument",
-            format!("{what} is not a valid date: {value:?}."),
+            format!("{what} must be a date like 20240301T080000Z, got {value:?}."),
         )
     })
 }
 
-/// `2024-03-01T08:00:00[.000]Z` → time (fraction kept), `None` if malformed.
+/// A PostObject policy's `expiration`: ISO 8601 (RFC 3339), `2024-03-01T08:00:00.000Z`.
 pub fn parse_iso_extended(value: &str) -> Option<DateTime<Utc>> {
-    // Python's `$` also matches before one final newline.
-    let value = value.strip_suffix('\n').unwrap_or(value);
-    let value = value.strip_suffix('Z')?;
-    let b = value.as_bytes();
-    if b.len() < 19 {
-        return None;
-    }
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    let shape_ok = digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && b[10] == b'T'
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19);
-    if !shape_ok {
-        return None;
-    }
-    let fraction = &value[19..];
-    let nanos = if fraction.is_empty() {
-        0
-    } else {
-        let f = fraction.strip_prefix('.')?;
-        if f.is_empty() || f.len() > 9 || !f.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        format!("{f:0<9}").parse::<i64>().ok()?
-    };
-    let n = |r: std::ops::Range<usize>| value[r].parse::<u32>().unwrap_or(u32::MAX);
-    let whole = civil_time(n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19))?;
-    Some(whole + TimeDelta::nanoseconds(nanos))
+    DateTime::parse_from_rfc3339(value).ok().map(|t| t.to_utc())
 }
 
-/// A UTC civil time with `time.strptime`'s ranges (seconds up to 61).
-fn civil_time(year: u32, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<DateTime<Utc>> {
-    if year == 0 || hour > 23 || minute > 59 || second > 61 {
-        return None;
-    }
-    let date = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
-    let base = date.and_hms_opt(hour, minute, 0)?.and_utc();
-    Some(base + TimeDelta::seconds(i64::from(second)))
-}
-
-const MONTH_NAMES: [&str; 24] = [
-    "jan",
-    "feb",
-    "mar",
-    "apr",
-    "may",
-    "jun",
-    "jul",
-    "aug",
-    "sep",
-    "oct",
-    "nov",
-    "dec",
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-];
-const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-const ZONES: [(&str, i64); 14] = [
-    ("UT", 0),
-    ("UTC", 0),
-    ("GMT", 0),
-    ("Z", 0),
-    ("AST", -400),
-    ("ADT", -300),
-    ("EST", -500),
-    ("EDT", -400),
-    ("CST", -600),
-    ("CDT", -500),
-    ("MST", -700),
-    ("MDT", -600),
-    ("PST", -800),
-    ("PDT", -700),
-];
-
-/// An HTTP `Date` as Python's `email.utils.parsedate_to_datetime` reads it
-/// (RFC 1123, RFC 850, asctime-ish and other lenient forms); `None` if it
-/// cannot. A date without a zone is UTC.
+/// An HTTP `Date` (RFC 1123, as the SDKs send it; RFC 850 and asctime are also
+/// HTTP dates); `None` if it is none of them.
 pub fn parse_http_date(value: &str) -> Option<DateTime<Utc>> {
-    let mut data: Vec<String> = value
-        .split(py_isspace)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    let first = data.first()?.clone();
-    if first.ends_with(',') || DAY_NAMES.contains(&first.to_lowercase().as_str()) {
-        data.remove(0);
-    } else if let Some(i) = first.rfind(',') {
-        data[0] = first[i + 1..].to_string();
-    }
-    if data.len() == 3 {
-        let stuff: Vec<String> = data[0].split('-').map(str::to_string).collect();
-        if stuff.len() == 3 {
-            data = stuff.into_iter().chain(data[1..].iter().cloned()).collect();
-        }
-    }
-    if data.len() == 4 {
-        let s = data[3].clone();
-        let split = s.find('+').or_else(|| s.find('-'));
-        match split {
-            Some(i) if i > 0 => {
-                data.truncate(3);
-                data.push(s[..i].to_string());
-                data.push(s[i..].to_string());
-            }
-            _ => data.push(String::new()),
-        }
-    }
-    if data.len() < 5 {
-        return None;
-    }
-    data.truncate(5);
-    let [dd, mm, yy, tm, tz]: [String; 5] = data.try_into().ok()?;
-    if dd.is_empty() || mm.is_empty() || yy.is_empty() {
-        return None;
-    }
-    let (mut dd, mut mm, mut yy, mut tm, mut tz) = (dd, mm.to_lowercase(), yy, tm, tz);
-    if !MONTH_NAMES.contains(&mm.as_str()) {
-        (dd, mm) = (mm, dd.to_lowercase());
-        if !MONTH_NAMES.contains(&mm.as_str()) {
-            return None;
-        }
-    }
-    let mut month = MONTH_NAMES.iter().position(|m| *m == mm)? as i64 + 1;
-    if month > 12 {
-        month -= 12;
-    }
-    if dd.ends_with(',') {
-        dd.pop();
-    }
-    if yy.find(':').is_some_and(|i| i > 0) {
-        std::mem::swap(&mut yy, &mut tm);
-    }
-    if yy.ends_with(',') {
-        yy.pop();
-        if yy.is_empty() {
-            return None;
-        }
-    }
-    if !yy.chars().next().is_some_and(py_isdigit) {
-        std::mem::swap(&mut yy, &mut tz);
-    }
-    if tm.is_empty() {
-        return None;
-    }
-    if tm.ends_with(',') {
-        tm.pop();
-    }
-    let pieces: Vec<&str> = tm.split(':').collect();
-    let (thh, tmm, tss) = match pieces[..] {
-        [h, m] => (h, m, "0"),
-        [h, m, s] => (h, m, s),
-        [one] if one.contains('.') => match one.split('.').collect::<Vec<_>>()[..] {
-            [h, m] => (h, m, "0"),
-            [h, m, s] => (h, m, s),
-            _ => return None,
-        },
-        _ => return None,
-    };
-    let mut year = py_int(&yy)?;
-    let day = py_int(&dd)?;
-    let (hour, minute, second) = (py_int(thh)?, py_int(tmm)?, py_int(tss)?);
-    if year < 100 {
-        year += if year > 68 { 1900 } else { 2000 };
-    }
-    tz = tz.to_uppercase();
-    let mut offset = match ZONES.iter().find(|(name, _)| *name == tz) {
-        Some((_, o)) => *o,
-        None => py_int(&tz).unwrap_or(0),
-    };
-    if offset != 0 {
-        let sign = offset.signum();
-        let abs = offset.abs();
-        offset = sign * ((abs / 100) * 3600 + (abs % 100) * 60);
-    }
-    // datetime() ranges: seconds stop at 59, offsets stay within a day.
-    let in_range = (1..=9999).contains(&year)
-        && (0..=23).contains(&hour)
-        && (0..=59).contains(&minute)
-        && (0..=59).contains(&second)
-        && offset.abs() < 86_400;
-    if !in_range {
-        return None;
-    }
-    let date = NaiveDate::from_ymd_opt(year as i32, month as u32, u32::try_from(day).ok()?)?;
-    let local = date
-        .and_hms_opt(hour as u32, minute as u32, second as u32)?
-        .and_utc();
-    Some(local - TimeDelta::seconds(offset))
+    httpdate::parse_http_date(value.trim())
+        .ok()
+        .map(DateTime::<Utc>::from)
 }
 
-/// Python's `int(text)` for plain decimal text: surrounding whitespace, a sign,
-/// digits with single `_` between them. `None` where Python raises (or on i64 overflow).
-fn py_int(text: &str) -> Option<i64> {
-    let t = py_strip(text);
-    let (negative, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let ok = !digits.is_empty()
-        && !digits.starts_with('_')
-        && !digits.ends_with('_')
-        && !digits.contains("__")
-        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_');
-    if !ok {
-        return None;
-    }
-    let n: i64 = digits.replace('_', "").parse().ok()?;
-    Some(if negative { -n } else { n })
-}
-
-/// ASCII digits only (`str.isdigit()` and `int()` agree on them); huge values
-/// saturate, which still compares as "later than any time".
+/// ASCII digits only; huge values saturate, which still compares as "later than any time".
 fn parse_decimal(text: &str) -> Option<u128> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -1390,27 +1022,12 @@ fn parse_decimal(text: &str) -> Option<u128> {
     Some(text.parse::<u128>().unwrap_or(u128::MAX))
 }
 
-/// `now > seconds` with `now`'s fraction, as Python compares a float clock.
+/// `now > seconds`, counting `now`'s fraction.
 fn later_than(now: DateTime<Utc>, seconds: u128) -> bool {
     let Ok(s) = i64::try_from(seconds) else {
         return false;
     };
     now.timestamp() > s || (now.timestamp() == s && now.timestamp_subsec_nanos() > 0)
-}
-
-/// `str.isspace()`: Unicode whitespace plus the ASCII separators 0x1C..=0x1F.
-pub(crate) fn py_isspace(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
-
-/// `str.isdigit()` for the latin-1 range header values live in.
-fn py_isdigit(c: char) -> bool {
-    c.is_ascii_digit() || matches!(c, '\u{b2}' | '\u{b3}' | '\u{b9}')
-}
-
-/// `str.strip()` without arguments.
-pub(crate) fn py_strip(s: &str) -> &str {
-    s.trim_matches(py_isspace)
 }
 
 /// Constant-time comparison of a presented secret-derived value.
@@ -2056,26 +1673,17 @@ mod tests {
     }
 
     #[test]
-    fn http_dates_parse_like_python() {
+    fn http_dates() {
         let t = at(1_700_000_000);
+        // RFC 1123 (what oss2, ali-oss and alibabacloud-oss-v2 send), RFC 850, asctime.
         for s in [
             "Tue, 14 Nov 2023 22:13:20 GMT",
-            "Tue,14 Nov 2023 22:13:20 GMT",
-            "14 Nov 2023 22:13:20 +0000",
             "Tuesday, 14-Nov-23 22:13:20 GMT",
-            "Tue, 14 Nov 2023 23:13:20 +0100",
-            "Tue, 14 Nov 2023 17:13:20 EST",
-            "Tue, 14 Nov 2023 22:13:20 -0000",
-            "Tue, 14 Nov 2023 22:13:20",
-            "Tue, 14 Nov 2023 22.13.20 GMT",
-            "Tue, Nov 14 2023 22:13:20 GMT",
+            "Tue Nov 14 22:13:20 2023",
+            " Tue, 14 Nov 2023 22:13:20 GMT ",
         ] {
             assert_eq!(parse_http_date(s), Some(t), "{s}");
         }
-        assert_eq!(
-            parse_http_date("Tue, 14 Nov 2023 22:13 GMT"),
-            Some(t - TimeDelta::seconds(20))
-        );
         for s in [
             "",
             "   ",
@@ -2084,7 +1692,7 @@ mod tests {
             "Tue, 14 Nov 2023 24:13:20 GMT",
             "Tue, 14 Nov 2023 22:13:60 GMT",
             "Tue, 14 Foo 2023 22:13:20 GMT",
-            "Tue, 14 Nov 2023 22:13:20 +9999",
+            "Tue, 14 Nov 2023 23:13:20 +0100",
             "Tue, 14 Nov 99999999999999999999 22:13:20 GMT",
             "20231114T221320Z",
         ] {
@@ -2098,16 +1706,13 @@ mod tests {
             parse_iso_basic("20231114T221320Z", "d").unwrap(),
             at(1_700_000_000)
         );
-        assert_eq!(
-            parse_iso_basic("20231114T221361Z", "d").unwrap(),
-            at(1_700_000_041)
-        );
         for bad in [
             "20231114T221320",
             "2023111T221320Z",
             "20230231T000000Z",
-            "00000101T000000Z",
             "20231114T241320Z",
+            "20231114T221361Z",
+            "+2023114T221320Z",
         ] {
             assert_eq!(
                 parse_iso_basic(bad, "d").unwrap_err().code,
@@ -2123,17 +1728,7 @@ mod tests {
             parse_iso_extended("2023-11-14T22:13:20.5Z"),
             Some(at(1_700_000_000) + TimeDelta::milliseconds(500))
         );
-        assert_eq!(
-            parse_iso_extended("2023-11-14T22:13:20.000Z\n"),
-            Some(at(1_700_000_000))
-        );
-        for bad in [
-            "2023-11-14T22:13:20",
-            "2023-11-14 22:13:20Z",
-            "2023-11-14T22:13:20.Z",
-            "2023-11-14T22:13:20.1234567890Z",
-            "é",
-        ] {
+        for bad in ["2023-11-14T22:13:20", "2023-11-14T22:13:20.Z", "é"] {
             assert_eq!(parse_iso_extended(bad), None, "{bad}");
         }
     }
@@ -2226,11 +1821,11 @@ mod tests {
             "InvalidPolicyDocument"
         );
         assert_eq!(run(&policy(r#",{}"#), &key, 1, None), "InvalidPolicyDocument");
+        // A malformed condition is reported whatever its member order.
         assert_eq!(
             run(&policy(r#",{"key":"a","zz":1}"#), &key, 1, None),
-            "AccessDenied"
+            "InvalidPolicyDocument"
         );
-        // Member order decides which problem is reported first, as in Python.
         assert_eq!(
             run(&policy(r#",{"zz":1,"key":"a"}"#), &key, 1, None),
             "InvalidPolicyDocument"
@@ -2325,13 +1920,5 @@ mod tests {
                 .collect();
             assert_eq!(run(&f), "InvalidPolicyDocument", "{junk}");
         }
-    }
-
-    #[test]
-    fn python_json_dumps() {
-        let j: Json = serde_json::from_str(r#"{"a":[1,2.5,"é\n"],"b":null,"a":true}"#).unwrap();
-        assert_eq!(j.dumps(), r#"{"a": true, "b": null}"#);
-        let j: Json = serde_json::from_str(r#"["in","$x",["😀"]]"#).unwrap();
-        assert_eq!(j.dumps(), r#"["in", "$x", ["\ud83d\ude00"]]"#);
     }
 }
