@@ -206,3 +206,53 @@ fn demo_page_uploads_against_ossvend_local_alone() {
     // Nothing was written outside the data dir's objects, and the accepted uploads are there.
     assert!(local.data_dir.join("objects").is_dir(), "{}", context());
 }
+
+/// Issue 15: a frontend on its own dev server (`http://localhost:<port>`, another
+/// loopback origin) `fetch`es the credentials route of `ossvend local` in
+/// Chromium. The `content-type: application/json` header makes it a preflighted
+/// request, so both the preflight and the GET must carry CORS headers.
+#[test]
+fn a_page_on_another_loopback_port_fetches_local_credentials() {
+    let browser_dir = require_browser_deps();
+    let local = LocalServer::start(None, &[]);
+    assert!(
+        local.server.logs.text().contains("any loopback origin"),
+        "local mode does not say it admits loopback origins:\n{}",
+        local.server.logs.text()
+    );
+    let run = run_client(
+        {
+            let mut cmd = Command::new("node");
+            cmd.arg(browser_dir.join("cors.js"))
+                .args(["--ossvend", &local.server.base, "--grant", GRANT]);
+            cmd
+        },
+        Duration::from_secs(120),
+    );
+    println!("{}", run.output);
+    assert!(run.succeeded(), "cors.js failed:\n{}", run.output);
+    let line = run
+        .output
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    let result: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(
+        result["origin"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("http://localhost:"),
+        "{result}"
+    );
+    assert_eq!(
+        result["status"],
+        200,
+        "the page could not read the answer: {result}\n{}",
+        local.server.logs.text()
+    );
+    assert!(
+        result["keyId"].as_str().is_some_and(|k| k.starts_with("STS.")),
+        "{result}"
+    );
+}

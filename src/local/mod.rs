@@ -217,6 +217,8 @@ pub fn local_config(
             ));
         }
     }
+    // A frontend on its own dev server (http://localhost:5173, …) calls local mode.
+    cfg.cors.allow_loopback_origins = true;
     if let Some(dir) = &cfg.server.static_dir
         && !dir.is_dir()
     {
@@ -320,6 +322,7 @@ pub async fn run(opts: Options, env: &BTreeMap<String, String>) -> Result<(), Ve
         objects = %format!("http://{main_addr}/_local/objects"),
         data_dir = %data_dir.display(),
         embedded_page,
+        cors = "any loopback origin (http://localhost:*, http://127.0.0.1:*, http://[::1]:*)",
         "ossvend local listening on http://{main_addr}/ (uploads land in {})",
         data_dir.display()
     );
