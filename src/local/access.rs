@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 
-use super::oss::OssError;
+use super::error::OssError;
 pub use crate::policy::wildcard_match;
 
 /// `acs:oss:<region>:<account>:<bucket>[/<key>]`; region and account are not compared.

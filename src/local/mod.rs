@@ -8,6 +8,7 @@
 //! reached from anything but loopback.
 
 pub mod access;
+pub mod error;
 pub mod oss;
 pub mod session;
 pub mod store;

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::LocalState;
-use super::oss::OssError;
+use super::error::OssError;
 use crate::error::ApiError;
 
 /// Serialises the renames that must look atomic together (object + sidecar,
