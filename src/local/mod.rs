@@ -6,6 +6,13 @@
 //! signatures with `crate::sign`, the security token, expiry and the session
 //! policy — and stores the bytes under the data directory. Both refuse to be
 //! reached from anything but loopback.
+//!
+//! Its parts: `sts` (the AssumeRole emulator) and `session` (what it minted);
+//! `oss` (the sink's HTTP side: routing and CORS in `oss/mod.rs`, bodies,
+//! PostObject forms, the operations); `verify` (authentication: `v1`, `v4`,
+//! PostObject `post`); `access` (session policies); `store` (objects on disk and
+//! the listing); `error` (OSS's error codes and XML). Behind the cargo feature
+//! `local` (on by default).
 
 pub mod access;
 pub mod error;
