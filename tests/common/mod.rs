@@ -382,6 +382,114 @@ impl Drop for FakeOss {
     }
 }
 
+/// The embedded OSS sink of `ossvend local` (`ossvend::local::oss`), in this
+/// process on an ephemeral loopback port, accepting what the fake STS issued
+/// (fetched from its `/_fake/calls` and `/_fake/issued/<ak>` before each request,
+/// with the session policy sent) and, with `key`, one long-term AccessKey. Stops
+/// when dropped.
+pub struct EmbeddedOss {
+    pub endpoint: String,
+    state: Arc<ossvend::local::LocalState>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl EmbeddedOss {
+    pub fn start(sts: &FakeSts, key: Option<(&str, &str)>) -> EmbeddedOss {
+        use ossvend::local::{LocalState, RootKey};
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = LocalState::new(dir.path().to_path_buf());
+        if let Some((ak, sk)) = key {
+            state.root = RootKey {
+                access_key_id: ak.to_string(),
+                access_key_secret: sk.to_string(),
+            };
+        }
+        let state = Arc::new(state);
+        let sts_url = sts.endpoint.clone();
+        let synced = state.clone();
+        let app = ossvend::local::oss::router(state.clone()).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let (sts_url, state) = (sts_url.clone(), synced.clone());
+                async move {
+                    sync_sessions(&sts_url, &state).await;
+                    next.run(req).await
+                }
+            },
+        ));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        });
+        EmbeddedOss {
+            endpoint,
+            state,
+            _shutdown: tx,
+            _dir: dir,
+        }
+    }
+
+    /// The stored bytes of an object, if it exists.
+    pub async fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        ossvend::local::store::read_object(&self.state.data_dir, bucket, key)
+            .unwrap()
+            .map(|(_, bytes)| bytes)
+    }
+
+    pub async fn objects(&self) -> Vec<ossvend::local::store::ObjectMeta> {
+        ossvend::local::store::list_objects(&self.state.data_dir).unwrap()
+    }
+}
+
+/// Copies every credential the fake STS issued that the sink does not know yet.
+async fn sync_sessions(sts_url: &str, state: &ossvend::local::LocalState) {
+    let client = http();
+    let calls = json_list(&client, format!("{sts_url}/_fake/calls"), "calls").await;
+    for ak in calls.iter().filter_map(|c| c["access_key_id_issued"].as_str()) {
+        if state.sessions.get(ak).is_some() {
+            continue;
+        }
+        let r = client
+            .get(format!("{sts_url}/_fake/issued/{ak}"))
+            .send()
+            .await
+            .unwrap();
+        if !r.status().is_success() {
+            continue;
+        }
+        let issued: Value = r.json().await.unwrap();
+        let policy = issued["Policy"]
+            .as_str()
+            .map(|p| serde_json::from_str(p).expect("the fake STS keeps the policy as sent"));
+        state.sessions.insert(ossvend::local::Session {
+            access_key_id: ak.to_string(),
+            access_key_secret: issued["AccessKeySecret"].as_str().unwrap().to_string(),
+            security_token: issued["SecurityToken"].as_str().unwrap().to_string(),
+            expiration: chrono::DateTime::parse_from_rfc3339(issued["Expiration"].as_str().unwrap())
+                .unwrap()
+                .to_utc(),
+            policy,
+            role_arn: ROLE_ARN.to_string(),
+            session_name: "fake-sts".to_string(),
+        });
+    }
+}
+
 /// The `fields` object of a JSON body, in document order (a `serde_json::Value`
 /// would sort it, and the order of form fields is part of the contract).
 pub fn ordered_fields(raw: &str) -> Vec<(String, String)> {
