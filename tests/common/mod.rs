@@ -390,6 +390,7 @@ impl Drop for FakeOss {
 pub struct EmbeddedOss {
     pub endpoint: String,
     state: Arc<ossvend::local::LocalState>,
+    requests: SinkLog,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     _dir: tempfile::TempDir,
 }
@@ -421,24 +422,31 @@ impl EmbeddedOss {
         listener.set_nonblocking(true).unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let requests = SinkLog::default();
+        let layer = requests.clone();
+        // One thread: the sink's per-request log line is recorded by this thread's subscriber.
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            use tracing_subscriber::layer::SubscriberExt as _;
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
+            let subscriber = tracing_subscriber::registry().with(layer);
+            tracing::subscriber::with_default(subscriber, || {
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.await;
+                        })
+                        .await;
+                })
             });
         });
         EmbeddedOss {
             endpoint,
             state,
+            requests,
             _shutdown: tx,
             _dir: dir,
         }
@@ -453,6 +461,59 @@ impl EmbeddedOss {
 
     pub async fn objects(&self) -> Vec<ossvend::local::store::ObjectMeta> {
         ossvend::local::store::list_objects(&self.state.data_dir).unwrap()
+    }
+
+    /// Every request the sink answered, in order, from its `local OSS request` log
+    /// line: `method`, `bucket`, `key`, `query` (the operation parameters), `status`,
+    /// `verdict` ("OK" or the error code), `auth` (the scheme) and `access_key_id`
+    /// (as logged: the first 8 characters and `…`).
+    pub async fn requests(&self) -> Vec<Value> {
+        self.requests.0.lock().unwrap().clone()
+    }
+
+    /// The requests, one line each, for failure messages.
+    pub fn log_text(&self) -> String {
+        self.requests
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r}\n"))
+            .collect()
+    }
+}
+
+/// Records the sink's `local OSS request` events as JSON objects.
+#[derive(Clone, Default)]
+struct SinkLog(Arc<Mutex<Vec<Value>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SinkLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(serde_json::Map<String, Value>);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0
+                    .insert(field.name().into(), Value::String(format!("{value:?}")));
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.insert(field.name().into(), Value::String(value.into()));
+            }
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                self.0.insert(field.name().into(), json!(value));
+            }
+            fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+                self.0.insert(field.name().into(), json!(value));
+            }
+        }
+        let mut f = Fields(serde_json::Map::new());
+        event.record(&mut f);
+        if f.0.get("message").and_then(Value::as_str) != Some("local OSS request") {
+            return;
+        }
+        let ops = f.0.get("ops").and_then(Value::as_str).unwrap_or("").to_string();
+        let query: Vec<&str> = ops.split('&').filter(|o| !o.is_empty()).collect();
+        f.0.insert("query".into(), json!(query));
+        self.0.lock().unwrap().push(Value::Object(f.0));
     }
 }
 
