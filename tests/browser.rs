@@ -1,7 +1,7 @@
 //! The demo page (`static/`) in a real browser: Debian's Chromium, driven by
 //! `tests/browser/e2e.js` (playwright-core), uploads with all three methods
-//! from ossvend's origin to the fake OSS on another port (real CORS), and the
-//! fake's control API confirms the stored bytes; then the same script runs
+//! from ossvend's origin to the embedded OSS sink (run in this process) on
+//! another port (real CORS), and the sink's listing confirms the stored bytes; then the same script runs
 //! against `ossvend local` alone (embedded STS emulator and OSS sink). Needs `/usr/bin/chromium` and
 //! `tests/browser/node_modules`: `scripts/test-deps` installs both.
 
@@ -16,7 +16,7 @@ use common::*;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const GRANT: &str = "browser-upload";
 
-fn browser_config(sts: &FakeSts, oss: &FakeOss, static_dir: &Path) -> String {
+fn browser_config(sts: &FakeSts, oss: &EmbeddedOss, static_dir: &Path) -> String {
     format!(
         r#"
 [server]
@@ -163,19 +163,19 @@ fn run_e2e(ossvend: &str, oss: &str, listing: &str, artifacts: &Path, context: &
 #[test]
 fn demo_page_uploads_with_all_three_methods_in_chromium() {
     let sts = FakeSts::start();
-    let oss = FakeOss::start(&sts, &[]);
+    let oss = EmbeddedOss::start(&sts, None);
     let server = Server::start(browser_config(&sts, &oss, &repo_root().join("static")));
     let context = || {
         format!(
-            "fake OSS:\n{}\nossvend logs:\n{}",
-            oss.output.text(),
+            "OSS sink:\n{}\nossvend logs:\n{}",
+            oss.log_text(),
             server.logs.text()
         )
     };
     run_e2e(
         &server.base,
         &oss.endpoint,
-        "fake",
+        "sink",
         &target_dir().join("test-artifacts"),
         &context,
     );

@@ -309,79 +309,6 @@ pub fn venv_python() -> PathBuf {
     p
 }
 
-/// `tests/fakes/fake_oss.py` on an ephemeral port, looking up STS credentials
-/// at the fake STS; killed on drop.
-pub struct FakeOss {
-    child: Child,
-    pub endpoint: String,
-    pub output: Captured,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl FakeOss {
-    /// `keys`: long-term AccessKey pairs it also accepts (for `signing = "access_key"`).
-    pub fn start(sts: &FakeSts, keys: &[(&str, &str)]) -> FakeOss {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(venv_python());
-        cmd.arg(repo_root().join("tests/fakes/fake_oss.py"))
-            .args(["--port", "0", "--sts", &sts.endpoint, "--data-dir"])
-            .arg(dir.path());
-        for (ak, sk) in keys {
-            cmd.args(["--key", &format!("{ak}:{sk}")]);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let output = Captured::default();
-        let (tx, rx) = mpsc::channel();
-        output.spawn_reader(child.stdout.take().unwrap(), Some(("listening on ", tx)));
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("fake OSS did not start");
-        FakeOss {
-            child,
-            endpoint: format!("http://{addr}"),
-            output,
-            client: http(),
-            _dir: dir,
-        }
-    }
-
-    /// The stored bytes of an object, if it exists.
-    pub async fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
-        let r = self
-            .client
-            .get(format!("{}/_fake/object/{bucket}/{key}", self.endpoint))
-            .send()
-            .await
-            .unwrap();
-        if r.status().is_success() {
-            Some(r.bytes().await.unwrap().to_vec())
-        } else {
-            None
-        }
-    }
-
-    pub async fn objects(&self) -> Vec<Value> {
-        json_list(
-            &self.client,
-            format!("{}/_fake/objects", self.endpoint),
-            "objects",
-        )
-        .await
-    }
-}
-
-impl Drop for FakeOss {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The embedded OSS sink of `ossvend local` (`ossvend::local::oss`), in this
 /// process on an ephemeral loopback port, accepting what the fake STS issued
 /// (fetched from its `/_fake/calls` and `/_fake/issued/<ak>` before each request,
@@ -409,15 +336,18 @@ impl EmbeddedOss {
         let state = Arc::new(state);
         let sts_url = sts.endpoint.clone();
         let synced = state.clone();
-        let app = ossvend::local::oss::router(state.clone()).layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let (sts_url, state) = (sts_url.clone(), synced.clone());
-                async move {
-                    sync_sessions(&sts_url, &state).await;
-                    next.run(req).await
-                }
-            },
-        ));
+        // The sink, and the listing `ossvend local` serves (`/_local/objects`), on one port.
+        let app = ossvend::local::oss::router(state.clone())
+            .merge(ossvend::local::store::objects_router(state.clone()))
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let (sts_url, state) = (sts_url.clone(), synced.clone());
+                    async move {
+                        sync_sessions(&sts_url, &state).await;
+                        next.run(req).await
+                    }
+                },
+            ));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -740,20 +670,6 @@ pub fn log_has_field(logs: &str, key: &str, value: &str) -> bool {
 // credentials SDKs and boto3 (.venv), each run as a child process with a
 // clean environment and a bounded run time.
 // ---------------------------------------------------------------------------
-
-impl FakeOss {
-    /// Every request the fake OSS answered, in order: `method`, `path`, `query`
-    /// (parameter names), `bucket`, `key`, `status`, `verdict` ("OK" or the error
-    /// code), `auth` (the scheme) and `access_key_id`.
-    pub async fn requests(&self) -> Vec<Value> {
-        json_list(
-            &self.client,
-            format!("{}/_fake/requests", self.endpoint),
-            "requests",
-        )
-        .await
-    }
-}
 
 /// `tests/clients/`: the Node project with the pinned ali-oss, and the client scripts.
 pub fn clients_dir() -> PathBuf {
