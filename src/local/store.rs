@@ -663,7 +663,7 @@ pub fn objects_router(state: Arc<LocalState>) -> Router {
         .with_state(state)
 }
 
-/// The listing's JSON entry: the fake's `/_fake/objects` fields plus `last_modified`.
+/// The listing's JSON entry.
 #[derive(Serialize)]
 struct Listed<'a> {
     bucket: &'a str,

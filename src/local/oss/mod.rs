@@ -101,7 +101,7 @@ enum BodyData {
     Unread(Capped),
 }
 
-/// One request, parsed as the fake parses it.
+/// One request, parsed.
 struct Incoming {
     method: String,
     /// Decoded, in URL order.
@@ -351,7 +351,7 @@ fn new_request_id() -> String {
     hex::encode_upper(rand::random::<[u8; 12]>())
 }
 
-/// A header value as Python's http.server sends it (latin-1), else UTF-8; `None` if invalid.
+/// A header value as latin-1 bytes when it fits (HTTP's historical charset), else UTF-8; `None` if invalid.
 pub(super) fn latin1_header(text: &str) -> Option<HeaderValue> {
     let latin1: Option<Vec<u8>> = text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
     HeaderValue::from_bytes(&latin1.unwrap_or_else(|| text.as_bytes().to_vec())).ok()

@@ -76,8 +76,8 @@ pub struct Received<'a> {
     pub key: Option<&'a str>,
     /// Decoded query parameters in URL order (a bare `name` has value `""`).
     pub query: &'a [(String, String)],
-    /// Lower-case names, values as received (latin-1 decoded, like Python's
-    /// http.server); repeated headers joined with `,`.
+    /// Lower-case names, values as received (latin-1 decoded); repeated
+    /// headers joined with `,`.
     pub headers: &'a [(String, String)],
     pub payload: Payload<'a>,
 }
@@ -121,7 +121,7 @@ pub struct Authenticated {
 /// Finds a credential by AccessKeyId.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<Credential>;
 
-/// Authenticates a header-signed or presigned request (the fake's `Verifier.authenticate`).
+/// Authenticates a header-signed or presigned request.
 /// Errors carry the scheme tried and the AccessKeyId claimed, for the log.
 pub fn authenticate(
     req: &Received<'_>,
@@ -162,7 +162,7 @@ pub fn authenticate(
     }
 }
 
-/// The fake's `Keyring.authenticate`: known key, exactly the issued token in
+/// The credential check: known key, exactly the issued token in
 /// the scheme's place (none for a permanent key), not expired.
 fn credential_for(
     lookup: Lookup<'_>,

@@ -267,7 +267,7 @@ fn upload_of(
     }
 }
 
-/// Strict base64 (like Python's `b64decode(validate=True)`, which tolerates
+/// Strict base64 (canonical padding; tolerates
 /// non-zero trailing bits), then JSON with both members, `conditions` a list.
 fn decode_policy(policy_b64: &str) -> Result<Json, OssError> {
     const ENGINE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(

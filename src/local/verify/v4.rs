@@ -56,7 +56,7 @@ pub(super) fn parse_scope(credential: &str) -> Result<Scope, OssError> {
     })
 }
 
-/// What the fake's `Credential=([^/,\s]*)` finds in a V4 Authorization header.
+/// The AccessKeyId a V4 Authorization header claims (`Credential=<ak>/…`).
 pub(super) fn claimed_v4_header(auth: &str) -> String {
     auth.find("Credential=").map_or(String::new(), |i| {
         auth[i + "Credential=".len()..]
