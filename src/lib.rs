@@ -17,6 +17,7 @@ pub mod error;
 pub mod formats;
 pub mod grants;
 pub mod identity;
+#[cfg(feature = "local")]
 pub mod local;
 pub mod policy;
 pub mod prom;

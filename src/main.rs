@@ -33,13 +33,13 @@ enum Command {
     /// OSS are emulated in this process (development only; loopback only).
     Local {
         /// Demo page, ossvend routes, STS emulator (/_local/sts) and listing (/_local/objects).
-        #[arg(long, default_value = "127.0.0.1:8000")]
+        #[arg(long, default_value = DEFAULT_LOCAL_LISTEN)]
         listen: String,
         /// The emulated OSS endpoint (default: the port after --listen's).
         #[arg(long)]
         oss_listen: Option<String>,
         /// Where uploaded objects are stored.
-        #[arg(long, default_value = ".ossvend-local")]
+        #[arg(long, default_value = DEFAULT_LOCAL_DATA_DIR)]
         data_dir: PathBuf,
         /// A config to use instead of the built-in config/ossvend.local.toml.
         #[arg(long)]
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             data_dir,
             config,
         } => run_local(
-            ossvend::local::Options {
+            LocalArgs {
                 listen,
                 oss_listen,
                 data_dir,
@@ -111,18 +111,25 @@ fn main() -> ExitCode {
         // No config file and no cloud identity: a newcomer's first run. Local mode,
         // said loudly, instead of an error about a missing file.
         Command::Serve { config: None }
-            if !Path::new(DEFAULT_CONFIG_PATH).exists() && !ossvend::local::env_has_cloud_identity(&env) =>
+            if !Path::new(DEFAULT_CONFIG_PATH).exists() && first_run_goes_local(&env) =>
         {
             eprintln!(
                 "ossvend: no {DEFAULT_CONFIG_PATH} and no cloud identity in the environment: \
                  starting LOCAL MODE (emulated STS and OSS, development only). \
                  Use `ossvend serve --config FILE` for the real thing."
             );
-            let mut opts = ossvend::local::Options::default();
-            if let Some(listen) = env.get("OSSVEND_SERVER_LISTEN") {
-                opts.listen = listen.clone();
-            }
-            run_local(opts, &env)
+            run_local(
+                LocalArgs {
+                    listen: env
+                        .get("OSSVEND_SERVER_LISTEN")
+                        .cloned()
+                        .unwrap_or_else(|| DEFAULT_LOCAL_LISTEN.to_string()),
+                    oss_listen: None,
+                    data_dir: PathBuf::from(DEFAULT_LOCAL_DATA_DIR),
+                    config: None,
+                },
+                &env,
+            )
         }
         Command::Serve { config } => {
             let (path, cfg) = match load_checked(config.as_deref(), &env) {
@@ -166,7 +173,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_local(opts: ossvend::local::Options, env: &BTreeMap<String, String>) -> ExitCode {
+const DEFAULT_LOCAL_LISTEN: &str = "127.0.0.1:8000";
+const DEFAULT_LOCAL_DATA_DIR: &str = ".ossvend-local";
+
+/// `ossvend local`'s arguments as given (the command exists in every build).
+#[cfg_attr(not(feature = "local"), allow(dead_code))]
+struct LocalArgs {
+    listen: String,
+    oss_listen: Option<String>,
+    data_dir: PathBuf,
+    config: Option<PathBuf>,
+}
+
+#[cfg(feature = "local")]
+fn first_run_goes_local(env: &BTreeMap<String, String>) -> bool {
+    !ossvend::local::env_has_cloud_identity(env)
+}
+
+/// A server-only build never starts the emulators by itself.
+#[cfg(not(feature = "local"))]
+fn first_run_goes_local(_env: &BTreeMap<String, String>) -> bool {
+    false
+}
+
+#[cfg(feature = "local")]
+fn run_local(args: LocalArgs, env: &BTreeMap<String, String>) -> ExitCode {
+    let opts = ossvend::local::Options {
+        listen: args.listen,
+        oss_listen: args.oss_listen,
+        data_dir: args.data_dir,
+        config: args.config,
+    };
     let _log = ossvend::telemetry::init(ossvend::local::log_format(&opts, env));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -176,6 +213,15 @@ fn run_local(opts: ossvend::local::Options, env: &BTreeMap<String, String>) -> E
         Ok(()) => ExitCode::SUCCESS,
         Err(problems) => report(&problems),
     }
+}
+
+#[cfg(not(feature = "local"))]
+fn run_local(_args: LocalArgs, _env: &BTreeMap<String, String>) -> ExitCode {
+    report(&[
+        "this ossvend was built without local mode (cargo feature `local`, on by default; \
+              the container image leaves it out): build with default features to run `ossvend local`"
+            .to_string(),
+    ])
 }
 
 /// Loads, overrides from the environment and validates; every problem at once.

@@ -1,7 +1,7 @@
 //! The demo page (`static/`) in a real browser: Debian's Chromium, driven by
 //! `tests/browser/e2e.js` (playwright-core), uploads with all three methods
-//! from ossvend's origin to the fake OSS on another port (real CORS), and the
-//! fake's control API confirms the stored bytes; then the same script runs
+//! from ossvend's origin to the embedded OSS sink (run in this process) on
+//! another port (real CORS), and the sink's listing confirms the stored bytes; then the same script runs
 //! against `ossvend local` alone (embedded STS emulator and OSS sink). Needs `/usr/bin/chromium` and
 //! `tests/browser/node_modules`: `scripts/test-deps` installs both.
 
@@ -16,7 +16,7 @@ use common::*;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const GRANT: &str = "browser-upload";
 
-fn browser_config(sts: &FakeSts, oss: &FakeOss, static_dir: &Path) -> String {
+fn browser_config(sts: &FakeSts, oss: &EmbeddedOss, static_dir: &Path) -> String {
     format!(
         r#"
 [server]
@@ -163,19 +163,19 @@ fn run_e2e(ossvend: &str, oss: &str, listing: &str, artifacts: &Path, context: &
 #[test]
 fn demo_page_uploads_with_all_three_methods_in_chromium() {
     let sts = FakeSts::start();
-    let oss = FakeOss::start(&sts, &[]);
+    let oss = EmbeddedOss::start(&sts, None);
     let server = Server::start(browser_config(&sts, &oss, &repo_root().join("static")));
     let context = || {
         format!(
-            "fake OSS:\n{}\nossvend logs:\n{}",
-            oss.output.text(),
+            "OSS sink:\n{}\nossvend logs:\n{}",
+            oss.log_text(),
             server.logs.text()
         )
     };
     run_e2e(
         &server.base,
         &oss.endpoint,
-        "fake",
+        "sink",
         &target_dir().join("test-artifacts"),
         &context,
     );
@@ -205,4 +205,54 @@ fn demo_page_uploads_against_ossvend_local_alone() {
     );
     // Nothing was written outside the data dir's objects, and the accepted uploads are there.
     assert!(local.data_dir.join("objects").is_dir(), "{}", context());
+}
+
+/// Issue 15: a frontend on its own dev server (`http://localhost:<port>`, another
+/// loopback origin) `fetch`es the credentials route of `ossvend local` in
+/// Chromium. The `content-type: application/json` header makes it a preflighted
+/// request, so both the preflight and the GET must carry CORS headers.
+#[test]
+fn a_page_on_another_loopback_port_fetches_local_credentials() {
+    let browser_dir = require_browser_deps();
+    let local = LocalServer::start(None, &[]);
+    assert!(
+        local.server.logs.text().contains("any loopback origin"),
+        "local mode does not say it admits loopback origins:\n{}",
+        local.server.logs.text()
+    );
+    let run = run_client(
+        {
+            let mut cmd = Command::new("node");
+            cmd.arg(browser_dir.join("cors.js"))
+                .args(["--ossvend", &local.server.base, "--grant", GRANT]);
+            cmd
+        },
+        Duration::from_secs(120),
+    );
+    println!("{}", run.output);
+    assert!(run.succeeded(), "cors.js failed:\n{}", run.output);
+    let line = run
+        .output
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    let result: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(
+        result["origin"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("http://localhost:"),
+        "{result}"
+    );
+    assert_eq!(
+        result["status"],
+        200,
+        "the page could not read the answer: {result}\n{}",
+        local.server.logs.text()
+    );
+    assert!(
+        result["keyId"].as_str().is_some_and(|k| k.starts_with("STS.")),
+        "{result}"
+    );
 }

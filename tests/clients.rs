@@ -3,17 +3,17 @@
 //! `ossvend` on loopback and spends what it vends on a verifying peer:
 //!
 //! - ali-oss 6.23.0 (Node, `tests/clients/alioss.js`): `refreshSTSToken` fetching the
-//!   default body; V4 `put` and `multipartUpload` to the fake OSS, with a refresh in
+//!   default body; V4 `put` and `multipartUpload` to the embedded OSS sink, with a refresh in
 //!   the middle of the upload;
 //! - alibabacloud-credentials 1.0.12 (`ALIBABA_CLOUD_CREDENTIALS_URI`) feeding
-//!   alibabacloud-oss-v2 1.4.1 (V4) to the fake OSS (`tests/clients/alibaba_uri.py`);
+//!   alibabacloud-oss-v2 1.4.1 (V4) to the embedded OSS sink (`tests/clients/alibaba_uri.py`);
 //! - boto3 1.44.5 with `AWS_CONTAINER_CREDENTIALS_FULL_URI` (`format=aws`) and with
 //!   `credential_process = ossvend credential-process …`, `put_object` to the
 //!   in-process s3s peer (`tests/clients/boto3_put.py`);
 //! - refusals: a wrong API key fails each AWS path (and ossvend logs the 401), an
 //!   unknown `format` is a 400.
 //!
-//! The fake OSS checks V4 signatures, the exact issued security token and the session
+//! The embedded OSS sink checks V4 signatures, the exact issued security token and the session
 //! policy; the s3s peer checks SigV4 against the secret registered for the vended key.
 //! Missing clients fail the tests (`scripts/test-deps` installs them); nothing is skipped.
 
@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use common::s3peer::S3Peer;
 use common::*;
+use ossvend::identity::key_id_prefix;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -37,7 +38,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 /// The endpoint of a grant a test does not upload to (nothing ever connects to it).
 const UNUSED: &str = "http://127.0.0.1:9";
 
-/// Grant `web`: anonymous (loopback), uploads to the fake OSS. Grant `aws`: API key
+/// Grant `web`: anonymous (loopback), uploads to the embedded OSS sink. Grant `aws`: API key
 /// only, the bucket of the s3s peer.
 fn clients_config(sts: &FakeSts, oss_endpoint: &str, s3_endpoint: &str) -> String {
     format!(
@@ -104,7 +105,7 @@ async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
     // refresh_before (120 s), so ossvend's second answer starts a background refresh
     // and its third is a new credential (as in tests/server.rs).
     sts.script(json!([{ "expires_in": 100 }])).await;
-    let oss = FakeOss::start(&sts, &[]);
+    let oss = EmbeddedOss::start(&sts, None);
     let server = Server::start_with(
         ServerOptions::new(clients_config(&sts, &oss.endpoint, UNUSED))
             .env("OSSVEND_STS_MIN_REMAINING", "60s")
@@ -120,16 +121,16 @@ async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
     print!("{}", r.output);
     let context = || {
         format!(
-            "node alioss.js: {:?}\n{}\nfake OSS:\n{}\nossvend logs:\n{}",
+            "node alioss.js: {:?}\n{}\nOSS sink:\n{}\nossvend logs:\n{}",
             r.code,
             r.output,
-            oss.output.text(),
+            oss.log_text(),
             server.logs.text()
         )
     };
     assert!(r.succeeded(), "{}", context());
 
-    // What reached the fake OSS from the documented wrapper, in order.
+    // What reached the embedded OSS sink from the documented wrapper, in order.
     let requests: Vec<Value> = oss
         .requests()
         .await
@@ -181,7 +182,7 @@ async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
     let (first, last) = (keys[0], keys[keys.len() - 1]);
     assert_ne!(first, last, "no refresh reached the requests: {keys:?}");
     // put and initiate with the first credential; from the first part on, the new one
-    // (the fake OSS accepts a key only with exactly its own issued token).
+    // (the embedded OSS sink accepts a key only with exactly its own issued token).
     assert_eq!(&keys[..2], [first, first], "{keys:?}");
     assert!(keys[2..].iter().all(|k| *k == last), "{keys:?}");
     let issued: Vec<String> = sts
@@ -190,6 +191,7 @@ async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
         .iter()
         .filter_map(|c| c["access_key_id_issued"].as_str().map(str::to_owned))
         .collect();
+    let issued: Vec<String> = issued.iter().map(|k| key_id_prefix(k)).collect();
     assert_eq!(issued, [first, last], "one AssumeRole each, both from ossvend");
     let now: Value = http()
         .get(server.url("/v1/grants/web/credentials"))
@@ -200,7 +202,8 @@ async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
         .await
         .unwrap();
     assert_eq!(
-        now["AccessKeyId"], last,
+        key_id_prefix(now["AccessKeyId"].as_str().unwrap()),
+        last,
         "the new credential is the one ossvend serves"
     );
 
@@ -232,7 +235,7 @@ async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
     );
     println!(
         "clients: ali-oss 6.23.0 refreshSTSToken <- /v1/grants/web/credentials: V4 put + multipartUpload \
-         verified by the fake OSS, refreshed {first} -> {last} mid-upload: OK"
+         verified by the embedded OSS sink, refreshed {first} -> {last} mid-upload: OK"
     );
 }
 
@@ -242,7 +245,7 @@ async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
 async fn alibabacloud_credentials_uri_feeds_oss_v2_upload() {
     require_client_deps();
     let sts = FakeSts::start();
-    let oss = FakeOss::start(&sts, &[]);
+    let oss = EmbeddedOss::start(&sts, None);
     let server = Server::start(clients_config(&sts, &oss.endpoint, UNUSED));
     let home = tempfile::tempdir().unwrap();
     let key = "uploads/python/oss-v2.txt";
@@ -259,10 +262,10 @@ async fn alibabacloud_credentials_uri_feeds_oss_v2_upload() {
     print!("{}", r.output);
     let context = || {
         format!(
-            "alibaba_uri.py: {:?}\n{}\nfake OSS:\n{}\nossvend logs:\n{}",
+            "alibaba_uri.py: {:?}\n{}\nOSS sink:\n{}\nossvend logs:\n{}",
             r.code,
             r.output,
-            oss.output.text(),
+            oss.log_text(),
             server.logs.text()
         )
     };
@@ -291,7 +294,11 @@ async fn alibabacloud_credentials_uri_feeds_oss_v2_upload() {
         "{}",
         context()
     );
-    assert_eq!(put[0]["access_key_id"], ak, "signed with ossvend's credential");
+    assert_eq!(
+        put[0]["access_key_id"],
+        key_id_prefix(ak),
+        "signed with ossvend's credential"
+    );
     assert_eq!(
         oss.object(OSS_BUCKET, key).await.as_deref(),
         Some(&b"hello from alibabacloud-oss-v2"[..])
@@ -299,7 +306,7 @@ async fn alibabacloud_credentials_uri_feeds_oss_v2_upload() {
     assert_eq!(sts.call_count().await, 1);
     println!(
         "clients: alibabacloud-credentials 1.0.12 ALIBABA_CLOUD_CREDENTIALS_URI -> alibabacloud-oss-v2 1.4.1 \
-         V4 put_object verified by the fake OSS (signature, token, session policy): OK"
+         V4 put_object verified by the embedded OSS sink (signature, token, session policy): OK"
     );
 }
 

@@ -830,8 +830,8 @@ fn the_dockerfile_matches_the_manifests() {
         build
             .all("RUN")
             .iter()
-            .any(|r| r.contains("cargo build --release --locked")),
-        "a locked release build"
+            .any(|r| r.contains("cargo build --release --locked --no-default-features")),
+        "a locked, server-only release build (no `local` feature)"
     );
     let rt = stages.last().unwrap();
     assert!(

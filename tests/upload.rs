@@ -1,15 +1,15 @@
 //! PostObject policies and presigned PUT URLs from the running server, used for
-//! real uploads to the fake OSS (`tests/fakes/fake_oss.py`), which verifies
-//! every signature with Alibaba's own `alibabacloud-oss-v2` signer code, checks
-//! policy conditions and the session policy of the STS credential, and stores
-//! the bytes.
+//! real uploads to the embedded OSS sink of `ossvend local` (in this process,
+//! [`EmbeddedOss`]), which verifies every signature, checks policy conditions and
+//! the session policy of the STS credential, and stores the bytes. The
+//! credentials come from the fake STS, as in the other server tests.
 
 mod common;
 
 use common::*;
 use serde_json::{Value, json};
 
-fn upload_config(sts: &FakeSts, oss: &FakeOss, extra_grant: &str) -> String {
+fn upload_config(sts: &FakeSts, oss: &EmbeddedOss, extra_grant: &str) -> String {
     format!(
         r#"
 [server]
@@ -116,13 +116,13 @@ async fn presign_put(p: &Value, data: &[u8], override_ct: Option<&str>) -> (u16,
 
 struct Env {
     sts: FakeSts,
-    oss: FakeOss,
+    oss: EmbeddedOss,
     server: Server,
 }
 
 async fn start(extra_grant: &str) -> Env {
     let sts = FakeSts::start();
-    let oss = FakeOss::start(&sts, &[]);
+    let oss = EmbeddedOss::start(&sts, None);
     let server = Server::start(upload_config(&sts, &oss, extra_grant));
     Env { sts, oss, server }
 }
@@ -406,7 +406,7 @@ async fn signed_uploads_never_outlive_the_signing_credential() {
     let sts = FakeSts::start();
     // A credential with 100 s left, min_remaining 60 s: a 1 h upload window must shrink to it.
     sts.script(json!([{ "expires_in": 100 }])).await;
-    let oss = FakeOss::start(&sts, &[]);
+    let oss = EmbeddedOss::start(&sts, None);
     let server = Server::start_with(
         ServerOptions::new(upload_config(&sts, &oss, "upload_expires = \"1h\""))
             .env("OSSVEND_STS_MIN_REMAINING", "60s")
@@ -434,7 +434,7 @@ async fn signed_uploads_never_outlive_the_signing_credential() {
 #[tokio::test]
 async fn access_key_signing_uses_the_identity_without_a_token() {
     let sts = FakeSts::start();
-    let oss = FakeOss::start(&sts, &[(CALLER_AK, CALLER_SECRET)]);
+    let oss = EmbeddedOss::start(&sts, Some((CALLER_AK, CALLER_SECRET)));
     let server = Server::start(upload_config(&sts, &oss, "signing = \"access_key\""));
     let (status, p) =
         get_json(server.url("/v1/grants/v1/presign?filename=k.txt&content_type=text/plain")).await;

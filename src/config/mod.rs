@@ -168,6 +168,11 @@ pub struct CorsConfig {
     pub allow_any_origin_for_credentials: bool,
     #[serde(with = "humantime_serde::option")]
     pub max_age: Option<Duration>,
+    /// Every loopback origin (`http://localhost:*`, `http://127.0.0.1:*`,
+    /// `http://[::1]:*`), credential routes included. Not a config key: only
+    /// `ossvend local` sets it, for a frontend on its own dev server.
+    #[serde(skip)]
+    pub allow_loopback_origins: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -1,6 +1,5 @@
-//! Session-policy evaluation for the local OSS sink: the RAM policy subset the
-//! fake OSS (`tests/fakes/fake_oss.py`, `policy_allows`) understands, with the
-//! same answers.
+//! Session-policy evaluation for the local OSS sink: the subset of RAM policy
+//! the sink needs.
 //!
 //! Allow/Deny statements with `Action`/`NotAction` and `Resource`/`NotResource`
 //! (a string or a list; `*`/`?` wildcards; actions case-insensitive). A matching
@@ -12,7 +11,7 @@
 
 use serde_json::Value;
 
-use super::oss::OssError;
+use super::error::OssError;
 pub use crate::policy::wildcard_match;
 
 /// `acs:oss:<region>:<account>:<bucket>[/<key>]`; region and account are not compared.
@@ -62,7 +61,7 @@ fn statement_applies(
     action_ok && resource_ok
 }
 
-/// Python truthiness, for the `Condition` member.
+/// Whether a `Condition` member is present and non-empty.
 fn truthy(value: Option<&Value>) -> bool {
     match value {
         None | Some(Value::Null) => false,
@@ -243,7 +242,7 @@ mod tests {
         let p = json!({"Statement":[
             {"Effect":"Allow","Action":"oss:PutObject","Resource":"*","Condition":{"IpAddress":{"acs:SourceIp":"1.2.3.4"}}}]});
         assert!(!allows(&p, "oss:PutObject", "a"));
-        // An empty Condition is no condition (Python truthiness).
+        // An empty Condition is no condition.
         let p =
             json!({"Statement":[{"Effect":"Allow","Action":"oss:PutObject","Resource":"*","Condition":{}}]});
         assert!(allows(&p, "oss:PutObject", "a"));

@@ -6,8 +6,16 @@
 //! signatures with `crate::sign`, the security token, expiry and the session
 //! policy — and stores the bytes under the data directory. Both refuse to be
 //! reached from anything but loopback.
+//!
+//! Its parts: `sts` (the AssumeRole emulator) and `session` (what it minted);
+//! `oss` (the sink's HTTP side: routing and CORS in `oss/mod.rs`, bodies,
+//! PostObject forms, the operations); `verify` (authentication: `v1`, `v4`,
+//! PostObject `post`); `access` (session policies); `store` (objects on disk and
+//! the listing); `error` (OSS's error codes and XML). Behind the cargo feature
+//! `local` (on by default).
 
 pub mod access;
+pub mod error;
 pub mod oss;
 pub mod session;
 pub mod store;
@@ -226,6 +234,8 @@ pub fn local_config(
             ));
         }
     }
+    // A frontend on its own dev server (http://localhost:5173, …) calls local mode.
+    cfg.cors.allow_loopback_origins = true;
     if let Some(dir) = &cfg.server.static_dir
         && !dir.is_dir()
     {
@@ -329,6 +339,7 @@ pub async fn run(opts: Options, env: &BTreeMap<String, String>) -> Result<(), Ve
         objects = %format!("http://{main_addr}/_local/objects"),
         data_dir = %data_dir.display(),
         embedded_page,
+        cors = "any loopback origin (http://localhost:*, http://127.0.0.1:*, http://[::1]:*)",
         "ossvend local listening on http://{main_addr}/ (uploads land in {})",
         data_dir.display()
     );

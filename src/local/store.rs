@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::LocalState;
-use super::oss::OssError;
+use super::error::OssError;
 use crate::error::ApiError;
 
 /// Serialises the renames that must look atomic together (object + sidecar,
@@ -663,7 +663,7 @@ pub fn objects_router(state: Arc<LocalState>) -> Router {
         .with_state(state)
 }
 
-/// The listing's JSON entry: the fake's `/_fake/objects` fields plus `last_modified`.
+/// The listing's JSON entry.
 #[derive(Serialize)]
 struct Listed<'a> {
     bucket: &'a str,

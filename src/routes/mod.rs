@@ -102,7 +102,11 @@ fn returns_credentials(path: &str) -> bool {
 /// [`crate::config::validate::is_browser_origin`]): no `null`, `?`, `#`, `\\`, path.
 fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
     use crate::config::validate::{is_browser_origin, origin_pattern};
-    if cfg.allowed_origins.is_empty() && cfg.allowed_origin_patterns.is_empty() && !cfg.allow_any_origin {
+    if cfg.allowed_origins.is_empty()
+        && cfg.allowed_origin_patterns.is_empty()
+        && !cfg.allow_any_origin
+        && !cfg.allow_loopback_origins
+    {
         return None;
     }
     let exact: Vec<String> = cfg.allowed_origins.clone();
@@ -112,6 +116,7 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
         .filter_map(|p| origin_pattern(p))
         .collect();
     let (any, any_for_credentials) = (cfg.allow_any_origin, cfg.allow_any_origin_for_credentials);
+    let loopback = cfg.allow_loopback_origins;
     let allow = AllowOrigin::predicate(move |origin: &HeaderValue, parts: &Parts| {
         let Ok(origin) = origin.to_str() else { return false };
         if exact.iter().any(|o| o == origin) {
@@ -119,6 +124,9 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
         }
         if !is_browser_origin(origin) {
             return false;
+        }
+        if loopback && is_loopback_origin(origin) {
+            return true;
         }
         let matches_pattern = patterns.iter().any(|(scheme, suffix)| {
             origin
@@ -141,6 +149,16 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
         layer = layer.max_age(age);
     }
     Some(layer)
+}
+
+/// `http(s)://localhost|127.0.0.1|[::1][:port]`, for an already well-formed origin.
+fn is_loopback_origin(origin: &str) -> bool {
+    url::Url::parse(origin).is_ok_and(|u| match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    })
 }
 
 #[cfg(test)]
@@ -177,6 +195,37 @@ mod tests {
             .iter()
             .flat_map(|v| v.to_str().unwrap().split(','))
             .any(|v| v.trim().eq_ignore_ascii_case("origin"))
+    }
+
+    /// Issue 15: `ossvend local` admits any loopback origin, credential routes included, and nothing else.
+    #[tokio::test]
+    async fn loopback_origins_are_admitted_when_local_mode_asks() {
+        let cfg = CorsConfig {
+            allow_loopback_origins: true,
+            ..CorsConfig::default()
+        };
+        for origin in [
+            "http://localhost:5173",
+            "http://127.0.0.1:3000",
+            "http://[::1]:8080",
+            "http://localhost",
+            "https://127.0.0.1:8443",
+        ] {
+            let h = answer(&cfg, "/v1/grants/g/credentials", origin).await;
+            assert_eq!(allowed(&h), Some(origin), "{origin}");
+            assert!(varies_on_origin(&h), "{origin}");
+        }
+        for origin in [
+            "http://localhost.example.com:5173",
+            "http://127.0.0.1.nip.io",
+            "http://192.168.1.10:3000",
+            "http://localhost:5173/",
+            "null",
+        ] {
+            let h = answer(&cfg, "/v1/grants/g/credentials", origin).await;
+            assert_eq!(allowed(&h), None, "{origin}");
+        }
+        assert!(cors_layer(&CorsConfig::default()).is_none());
     }
 
     /// Issue 13 item 7b: a pattern matches only origins a browser can send.

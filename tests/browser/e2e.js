@@ -2,19 +2,20 @@
 // Real-browser end-to-end test of the demo page (static/index.html + app.js).
 //
 // Drives Debian's Chromium through playwright-core: opens the page served by
-// ossvend, uploads with each of the three methods to the fake OSS (another
-// origin, so CORS is real), then checks through the fake's control API that the
+// ossvend, uploads with each of the three methods to the OSS sink (another
+// origin, so CORS is real), then checks through the sink's listing that the
 // stored bytes are the uploaded ones, and that refused uploads show their error
 // code on the page and store nothing.
 //
 // usage: node e2e.js --ossvend URL --oss URL [--grant NAME] [--short-grant NAME]
-//                    [--listing fake|local] [--artifacts DIR]
+//                    [--listing sink|local] [--artifacts DIR]
 //   (or OSSVEND_URL, FAKE_OSS_URL, GRANT, SHORT_GRANT, LISTING, ARTIFACTS_DIR;
 //    CHROMIUM overrides /usr/bin/chromium)
 // The grant must allow image/png only and cap PostObject uploads below 8 KiB; the
 // short grant is the same with upload_expires = "1s". --listing says where stored
-// objects are read back: the fake OSS's /_fake/ control API, or `ossvend local`'s
-// /_local/objects on the ossvend origin.
+// objects are read back: /_local/objects on the OSS endpoint (the embedded sink run
+// in-process by tests/browser.rs), or `ossvend local`'s /_local/objects on the
+// ossvend origin.
 // Prints one line per case and "browser: N passed, M failed"; exits 1 on any failure.
 'use strict';
 
@@ -28,7 +29,7 @@ function args() {
     oss: process.env.FAKE_OSS_URL,
     grant: process.env.GRANT || 'browser-upload',
     'short-grant': process.env.SHORT_GRANT || 'short-lived',
-    listing: process.env.LISTING || 'fake',
+    listing: process.env.LISTING || 'sink',
     artifacts: process.env.ARTIFACTS_DIR || 'test-artifacts',
   };
   const argv = process.argv.slice(2);
@@ -83,7 +84,7 @@ async function main() {
   const opt = args();
   listing = opt.listing === 'local'
     ? { objects: `${opt.ossvend}/_local/objects?format=json`, object: `${opt.ossvend}/_local/objects` }
-    : { objects: `${opt.oss}/_fake/objects`, object: `${opt.oss}/_fake/object` };
+    : { objects: `${opt.oss}/_local/objects?format=json`, object: `${opt.oss}/_local/objects` };
   fs.mkdirSync(opt.artifacts, { recursive: true });
   const results = [];
   const record = (name, ok, detail = '') => {
@@ -135,7 +136,7 @@ async function main() {
         }
         // The object is listed by the fake, under the key the page shows, with the exact bytes.
         const obj = (await fakeObjects()).find((o) => o.key === r.key);
-        if (!obj) { record(name, false, `page shows ${r.key} but the fake OSS has no such object`); continue; }
+        if (!obj) { record(name, false, `page shows ${r.key} but the OSS sink has no such object`); continue; }
         const got = await storedBytes(obj.bucket, r.key);
         const same = got.equals(bytes);
         record(name, same, same ? `${obj.bucket}/${r.key} (${got.length} bytes, identical)` :

@@ -1,6 +1,6 @@
 // The real ali-oss (6.23.0, pinned in package-lock.json) fed by ossvend's
 // `/v1/grants/<g>/credentials` through `refreshSTSToken`, uploading with V4
-// signatures to the verifying fake OSS. Run by tests/clients.rs.
+// signatures to the verifying OSS sink (ossvend local's, in-process). Run by tests/clients.rs.
 //
 // usage: node alioss.js --creds-url URL [--interval MS]
 //
@@ -66,7 +66,7 @@ function guardedUrllib(log) {
 
 function clientOptions(first, refreshSTSToken, urls) {
   return {
-    endpoint: first.OssEndpoint, // the grant's endpoint (here the fake OSS on 127.0.0.1)
+    endpoint: first.OssEndpoint, // the grant's endpoint (here the OSS sink on 127.0.0.1)
     sldEnable: true, // an IP endpoint: path-style /<bucket>/<key> (peers.md §4)
     region: first.Region, // "oss-cn-hangzhou", the form ali-oss takes
     bucket: first.Bucket,
