@@ -1541,7 +1541,7 @@ fn cred_sts_via_credentials_sdk(run: &mut Run, v: &Value) {
                 env.insert("ALIBABA_CLOUD_SECURITY_TOKEN".into(), t.to_string());
             }
             let base_cfg = IdentityConfig {
-                source: "env".into(),
+                source: ossvend::config::IdentitySource::Env,
                 ..Default::default()
             };
             let request = AssumeRoleRequest {

@@ -52,7 +52,7 @@ impl ChainSource {
     pub fn from_config(cfg: &IdentityConfig, env: &BTreeMap<String, String>, sts: Arc<StsClient>) -> Self {
         let mut members = Vec::new();
         let plain = IdentityConfig {
-            source: "env".into(),
+            source: crate::config::IdentitySource::Env,
             ..Default::default()
         };
         members.push(match super::env::EnvSource::from_config(&plain, env) {

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::IdentityConfig;
 use crate::config::validate::{
     MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, Problems, check_external_id, check_session_name,
     is_oidc_provider_arn, is_role_arn,
 };
+use crate::config::{IdentityConfig, IdentitySource};
 
 /// Checks `[identity]` (at `identity`): what start-up would fail on, reading
 /// local files and the environment but never the network.
@@ -28,34 +28,19 @@ fn check_identity_at(
     p: &mut Problems,
 ) {
     let at = |key: &str| format!("{path}.{key}");
-    let Some(used) = IdentityConfig::keys_used_by(&id.source) else {
-        p.add(
-            at("source"),
-            format!(
-                "{:?} is not supported; supported: {}",
-                id.source,
-                crate::config::IDENTITY_SOURCES
-                    .iter()
-                    .map(|s| format!("{s:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        );
-        return;
-    };
+    let used = IdentityConfig::keys_used_by(id.source);
     for key in id.keys_set() {
         if !used.contains(&key) {
             p.add(
                 at(key),
                 format!(
                     "is not used by source = {:?} (it reads: {})",
-                    id.source,
+                    id.source.as_str(),
                     used.join(", ")
                 ),
             );
         }
     }
-    let source = id.source.as_str();
     if let Some(name) = &id.role_session_name {
         check_session_name(&at("role_session_name"), name, p);
     }
@@ -79,8 +64,8 @@ fn check_identity_at(
         p.add(at("role_name"), e);
     }
     let has = |name: &str| env.get(name).is_some_and(|v| !v.is_empty());
-    match source {
-        "env" => {
+    match id.source {
+        IdentitySource::Env => {
             if id.access_key_secret.is_some() && !id.allow_inline_secret {
                 p.add(
                     at("access_key_secret"),
@@ -96,7 +81,7 @@ fn check_identity_at(
                 p.add(path, format!("source = \"env\" but {} is not set", names.secret));
             }
         }
-        "static" => {
+        IdentitySource::Static => {
             if id.access_key_id.as_deref().is_none_or(str::is_empty) {
                 p.add(at("access_key_id"), "is required for source = \"static\"");
             }
@@ -133,12 +118,12 @@ fn check_identity_at(
                 );
             }
         }
-        "profile" => {
+        IdentitySource::Profile => {
             if let Err(e) = super::profile::resolve(id, env) {
                 p.add(at("profile"), e.message);
             }
         }
-        "oidc" => match super::oidc::OidcSettings::from_config(id, env) {
+        IdentitySource::Oidc => match super::oidc::OidcSettings::from_config(id, env) {
             Err(e) => p.add(path, format!("source = \"oidc\": {}", e.message)),
             Ok(s) => {
                 if !is_role_arn(&s.role_arn) {
@@ -162,7 +147,7 @@ fn check_identity_at(
                 check_session_name(&at("role_session_name"), &s.session_name, p);
             }
         },
-        "credentials_uri" | "chain" => {
+        IdentitySource::CredentialsUri | IdentitySource::Chain => {
             match super::uri::configured_uri(id, env) {
                 Some(uri) => {
                     if let Err(e) = super::uri::check_uri(uri) {
@@ -174,14 +159,14 @@ fn check_identity_at(
                         p.add(key, e);
                     }
                 }
-                None if source == "credentials_uri" => p.add(
+                None if id.source == IdentitySource::CredentialsUri => p.add(
                     path,
                     "source = \"credentials_uri\" but neither credentials_uri nor ALIBABA_CLOUD_CREDENTIALS_URI is set",
                 ),
                 None => {}
             }
         }
-        "ram_role_arn" => {
+        IdentitySource::RamRoleArn => {
             match &id.role_arn {
                 None => p.add(at("role_arn"), "is required for source = \"ram_role_arn\""),
                 Some(r) if !is_role_arn(r) => p.add(
@@ -202,6 +187,6 @@ fn check_identity_at(
                 Some(base) => check_identity_at(&at("base"), base, env, depth + 1, p),
             }
         }
-        _ => {}
+        IdentitySource::EcsRamRole => {}
     }
 }

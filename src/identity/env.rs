@@ -115,7 +115,7 @@ mod tests {
 
     fn cfg() -> IdentityConfig {
         IdentityConfig {
-            source: "env".into(),
+            source: crate::config::IdentitySource::Env,
             ..Default::default()
         }
     }

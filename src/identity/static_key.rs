@@ -118,7 +118,7 @@ mod tests {
 
     fn cfg() -> IdentityConfig {
         IdentityConfig {
-            source: "static".into(),
+            source: crate::config::IdentitySource::Static,
             access_key_id: Some("LTAIstatic".into()),
             ..Default::default()
         }
