@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde::Deserialize;
+
+use crate::credentials::ConfigSecret;
 
 pub use validate::{Problem, validate};
 
@@ -250,8 +251,9 @@ pub enum LogFormat {
 
 /// Where ossvend's own credentials come from (`[identity]`). Which keys a
 /// source reads is listed in [`IdentityConfig::keys_used_by`]; the rest must be
-/// left unset (check-config says so).
-#[derive(Debug, Clone, Deserialize)]
+/// left unset (check-config says so). `PartialEq` tells a reload whether the
+/// identity must be rebuilt (secrets compare in constant time, unexposed).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
     /// Which source; `chain` by default.
@@ -264,7 +266,7 @@ pub struct IdentityConfig {
     /// start-up and on every reload, trailing newline trimmed.
     pub secret_file: Option<PathBuf>,
     /// Inline secret: refused unless `allow_inline_secret`.
-    pub access_key_secret: Option<SecretString>,
+    pub access_key_secret: Option<ConfigSecret>,
     /// Opt-in for a secret written in the file; off because config files leak.
     pub allow_inline_secret: bool,
     /// `profile`: profile name (default env `ALIBABA_CLOUD_PROFILE`, else the
@@ -486,7 +488,7 @@ impl IdentityConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StsConfig {
     /// Explicit STS endpoint; wins over `region`/`vpc`. Unset: see [`StsConfig::resolve_endpoint`].
@@ -567,7 +569,7 @@ impl FromStr for CredentialFormat {
     }
 }
 
-/// The global endpoint, default of every credentials SDK (spec §1.1).
+/// The global endpoint, default of every credentials SDK (docs/signing.md §1.1).
 pub const DEFAULT_STS_ENDPOINT: &str = "https://sts.aliyuncs.com";
 
 impl StsConfig {
@@ -947,5 +949,22 @@ mod tests {
         let id: IdentityConfig = toml::from_str("").unwrap();
         assert_eq!(id.source, IdentitySource::Chain);
         assert!(toml::from_str::<IdentityConfig>("source = \"EcsRamRole\"").is_err());
+    }
+
+    #[test]
+    fn identity_tables_compare_by_value_secrets_included() {
+        let read = |t: &str| toml::from_str::<IdentityConfig>(t).unwrap();
+        let a = "source = \"env\"\naccess_key_secret = \"fakeSecretOne\"\nallow_inline_secret = true\n";
+        assert_eq!(read(a), read(a));
+        assert_ne!(read(a), read(&a.replace("fakeSecretOne", "fakeSecretTwo")));
+        assert_ne!(read(a), read(&a.replace("\"env\"", "\"static\"")));
+        let nested =
+            "source = \"ram_role_arn\"\n[base]\nsource = \"env\"\naccess_key_secret = \"fakeSecretOne\"\n";
+        assert_eq!(read(nested), read(nested));
+        assert_ne!(
+            read(nested),
+            read(&nested.replace("fakeSecretOne", "fakeSecretTwo"))
+        );
+        assert!(!format!("{:?}", read(a)).contains("fakeSecretOne"));
     }
 }
