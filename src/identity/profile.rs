@@ -1,5 +1,5 @@
 //! `source = "profile"`: the Alibaba Cloud CLI's `~/.aliyun/config.json` and the
-//! credentials SDKs' ini file (spec §5, steps 3 and 4).
+//! credentials SDKs' ini file (docs/signing.md §5, steps 3 and 4).
 //!
 //! - CLI file: `identity.cli_config_file`, else env `ALIBABA_CLOUD_CONFIG_FILE`,
 //!   else `~/.aliyun/config.json`. Profile: `identity.profile`, else env
