@@ -249,6 +249,22 @@ fn sign_error(e: SignError) -> ApiError {
     ApiError::internal(format!("signing failed: {e}"))
 }
 
+/// The policy's Content-Type condition. S3 requires a condition for every form
+/// field and has no `in`: a declared type is bound exactly. OSS takes the
+/// grant's allowlist with `in`.
+fn content_type_condition<'a>(
+    grant: &'a Grant,
+    version: PostVersion,
+    ct: Option<&'a str>,
+) -> ContentTypeCondition<'a> {
+    match (version, ct) {
+        (PostVersion::S3V4, Some(ct)) => ContentTypeCondition::Exact(ct),
+        (PostVersion::S3V4, None) => ContentTypeCondition::Any,
+        _ if grant.upload.content_types.is_empty() => ContentTypeCondition::Any,
+        _ => ContentTypeCondition::OneOf(&grant.upload.content_types),
+    }
+}
+
 pub fn post_policy(
     grant: &Grant,
     target: &Target<'_>,
@@ -286,14 +302,7 @@ pub fn post_policy(
         PostVersion::S3V4 => sign::s3::post_required_conditions(&creds, &grant.region, now),
     }
     .map_err(sign_error)?;
-    // S3 requires a condition for every form field and has no `in`: a declared
-    // type is bound exactly. OSS takes the grant's allowlist with `in`.
-    let content_type = match (version, ct) {
-        (PostVersion::S3V4, Some(ct)) => ContentTypeCondition::Exact(ct),
-        (PostVersion::S3V4, None) => ContentTypeCondition::Any,
-        _ if grant.upload.content_types.is_empty() => ContentTypeCondition::Any,
-        _ => ContentTypeCondition::OneOf(&grant.upload.content_types),
-    };
+    let content_type = content_type_condition(grant, version, ct);
     let policy_json = policy::post_policy_json(&PostPolicySpec {
         expiration: &expiration,
         bucket: &grant.bucket,
