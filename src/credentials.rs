@@ -81,6 +81,57 @@ impl fmt::Debug for Redact {
     }
 }
 
+/// A secret written in the config (`identity.access_key_secret`). Compared by
+/// value, in constant time, so a reload can tell whether it changed without
+/// turning it into a `String`; its `Debug` is [`Redact`].
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ConfigSecret(SecretString);
+
+impl ConfigSecret {
+    /// The secret for a credential built from it.
+    pub fn to_secret_string(&self) -> SecretString {
+        self.0.clone()
+    }
+}
+
+impl ExposeSecret<str> for ConfigSecret {
+    fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl PartialEq for ConfigSecret {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(
+            self.expose_secret()
+                .as_bytes()
+                .ct_eq(other.expose_secret().as_bytes()),
+        )
+    }
+}
+
+impl Eq for ConfigSecret {}
+
+impl fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Redact.fmt(f)
+    }
+}
+
+impl From<String> for ConfigSecret {
+    fn from(s: String) -> Self {
+        ConfigSecret(SecretString::from(s))
+    }
+}
+
+impl From<&str> for ConfigSecret {
+    fn from(s: &str) -> Self {
+        ConfigSecret(SecretString::from(s))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +160,15 @@ mod tests {
         assert!(text.contains("security_token: Some(<redacted>)"), "{text}");
         assert_eq!(format!("{:?}", Redact::option(&None::<String>)), "None");
         assert_eq!(format!("{:?}", Redact), "<redacted>");
+    }
+
+    #[test]
+    fn config_secrets_compare_by_value_and_never_show() {
+        let a = ConfigSecret::from("fakeConfigSecretA");
+        assert_eq!(a, ConfigSecret::from("fakeConfigSecretA".to_string()));
+        assert_ne!(a, ConfigSecret::from("fakeConfigSecretB"));
+        assert_ne!(a, ConfigSecret::from("fakeConfigSecret"));
+        assert_eq!(format!("{a:?}"), REDACTED);
+        assert_eq!(a.to_secret_string().expose_secret(), "fakeConfigSecretA");
     }
 }

@@ -1,4 +1,4 @@
-//! The credential bodies each client family reads (spec §12). One credential,
+//! The credential bodies each client family reads (docs/signing.md §12). One credential,
 //! several spellings: the superset Alibaba body (ali-oss `refreshSTSToken`, the
 //! OSS mobile SDKs' auth-server providers, the credentials-URI providers), the
 //! AWS container-credentials body, a camelCase body for browser code, and AWS

@@ -1,7 +1,8 @@
 //! ossvend: vends short-lived, least-privilege upload rights for Alibaba Cloud OSS.
 //!
-//! The design notes (`../shared/design.md` beside the repository) say how the modules fit: `config` → `identity` → `sts`
-//! (client + cache) → `policy` → `sign` → `grants` → `routes`.
+//! docs/architecture.md says how the modules fit: their layers (every `crate::` edge points
+//! down, checked by `scripts/check-layers`) and the one-way path of a request. docs/signing.md is
+//! the reference for the wire formats the signers, the STS client and the identity sources implement.
 
 // `ApiError` is large and only travels on the error path, where boxing it would
 // buy nothing measurable.

@@ -97,8 +97,7 @@ impl AppState {
     /// Whether `new` (its STS endpoint already resolved) has the same
     /// `[identity]` and `[sts]` as this state, so its identity and cache can be kept.
     pub fn issuer_unchanged(&self, new: &Config) -> bool {
-        same_identity(&self.config.identity, &new.identity)
-            && format!("{:?}", self.config.sts) == format!("{:?}", new.sts)
+        self.config.identity == new.identity && self.config.sts == new.sts
     }
 
     async fn build_issuer(config: &Config, env: &BTreeMap<String, String>) -> Result<Issuer, String> {
@@ -130,20 +129,4 @@ impl AppState {
         let cache = CredentialCache::new(sts, Arc::new(SystemClock), timings);
         Ok(Issuer { identity, cache })
     }
-}
-
-/// `[identity]` tables compared field by field, inline secrets included (their
-/// `Debug` form is redacted, so they are compared separately).
-fn same_identity(a: &crate::config::IdentityConfig, b: &crate::config::IdentityConfig) -> bool {
-    use secrecy::ExposeSecret as _;
-    let secret = |c: &crate::config::IdentityConfig| {
-        c.access_key_secret.as_ref().map(|s| s.expose_secret().to_owned())
-    };
-    format!("{a:?}") == format!("{b:?}")
-        && secret(a) == secret(b)
-        && match (&a.base, &b.base) {
-            (Some(x), Some(y)) => same_identity(x, y),
-            (None, None) => true,
-            _ => false,
-        }
 }

@@ -1,5 +1,5 @@
 //! Every client family's native credential format, proven with the REAL clients
-//! (issue 6; spec §6, §12). Each test drives a real SDK against the running
+//! (issue 6; docs/signing.md §6, §12). Each test drives a real SDK against the running
 //! `ossvend` on loopback and spends what it vends on a verifying peer:
 //!
 //! - ali-oss 6.23.0 (Node, `tests/clients/alioss.js`): `refreshSTSToken` fetching the

@@ -181,6 +181,30 @@ fn missing_identity_and_unknown_keys_are_reported() {
 }
 
 #[test]
+fn an_unknown_identity_source_is_reported_at_its_key_with_the_allowed_values() {
+    let bad = ISSUE_EXAMPLE.replace(r#"source = "env""#, r#"source = "envv""#);
+    let out = run(&bad, &["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("identity.source") && err.contains("envv"), "{err}");
+    for allowed in [
+        "env",
+        "static",
+        "profile",
+        "ecs_ram_role",
+        "oidc",
+        "credentials_uri",
+        "ram_role_arn",
+        "chain",
+    ] {
+        assert!(
+            err.contains(&format!("`{allowed}`")) || err.contains(&format!("\"{allowed}\"")),
+            "{allowed}: {err}"
+        );
+    }
+}
+
+#[test]
 fn env_overrides_apply_to_sections() {
     let out = run(
         ISSUE_EXAMPLE,

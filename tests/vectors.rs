@@ -1,5 +1,5 @@
-//! Checks our signers against every vector in `tests/vectors/*.json` (copies of
-//! `shared/spec/vectors/`, computed by running the official SDKs; spec §14) and
+//! Checks our signers against every vector in `tests/vectors/*.json` (the repository's own
+//! copy, computed by running the official SDKs; docs/signing.md §14) and
 //! compares everything a vector states that they produce.
 //! `OSSVEND_VECTORS_DIR` points the test at another directory of the same files.
 //!
@@ -240,7 +240,7 @@ impl Run {
 
 // ---------------------------------------------------------------- client response shapes
 
-/// What ali-oss's `refreshSTSToken` handling does with a returned object (spec §12):
+/// What ali-oss's `refreshSTSToken` handling does with a returned object (docs/signing.md §12):
 /// first letter of each key lower-cased, `securityToken` copied to `stsToken`,
 /// and `accessKeyId`, `accessKeySecret` and a token required.
 fn alioss_accepts(body: &Value) -> Option<Vec<(String, String)>> {
@@ -601,7 +601,7 @@ fn oss_v1_presign(run: &mut Run, v: &Value) {
 
     // Exact URL: the alibabacloud-oss-v2 form (key keeps '/', same parameter
     // order). Where that SDK signs differently (it omits x-oss-process from its
-    // sub-resources, spec §8), its URL is compared with its Signature replaced.
+    // sub-resources, docs/signing.md §8), its URL is compared with its Signature replaced.
     let mut v2_url = s(&x["alibabacloud_oss_v2_url"]).to_string();
     if x["alibabacloud_oss_v2_presign_v1_signature_agrees"] != Value::Bool(true) {
         let (_, _, q) = split_url(&v2_url);
@@ -1293,7 +1293,7 @@ fn scripted_sts(url: &str, timestamp: &str, nonce: &str) -> Arc<StsClient> {
     )
 }
 
-/// Host of the STS endpoint our config computes for `region`/`vpc` (spec §1.1).
+/// Host of the STS endpoint our config computes for `region`/`vpc` (docs/signing.md §1.1).
 fn sts_host(region: Option<&str>, vpc: bool) -> Result<String, String> {
     let mut toml_text = String::from("role_arn = \"acs:ram::1:role/r\"\n");
     if let Some(r) = region {
@@ -1361,7 +1361,7 @@ fn check_result(run: &mut Run, got: Result<Credentials, IdentityError>, want: &V
     }
 }
 
-/// Compares what we sent with one request the SDK sent (spec §4/§6 shapes):
+/// Compares what we sent with one request the SDK sent (docs/signing.md §4/§6 shapes):
 /// method, path, decoded query, every header the vector lists (and no
 /// credential header it does not list), and the body.
 fn check_request(run: &mut Run, what: &str, ours: &Wire, want: &Value) {
@@ -1512,7 +1512,7 @@ fn sts_success_body(v: &Value) -> (u16, String) {
 }
 
 /// Python credentials SDK: GET with every parameter in the query. ossvend
-/// sends POST (spec §1.3: the transport variants verify identically; §3 prefers
+/// sends POST (docs/signing.md §1.3: the transport variants verify identically; §3 prefers
 /// the token out of the URL), so the parameters are compared as one set, the
 /// host through our endpoint computation, and the signature by signing our
 /// parameters for GET, which must give the SDK's signature.
@@ -1541,7 +1541,7 @@ fn cred_sts_via_credentials_sdk(run: &mut Run, v: &Value) {
                 env.insert("ALIBABA_CLOUD_SECURITY_TOKEN".into(), t.to_string());
             }
             let base_cfg = IdentityConfig {
-                source: "env".into(),
+                source: ossvend::config::IdentitySource::Env,
                 ..Default::default()
             };
             let request = AssumeRoleRequest {
@@ -1587,7 +1587,7 @@ fn cred_sts_via_credentials_sdk(run: &mut Run, v: &Value) {
     run.eq("request count", sent.len(), 1);
     let Some(ours) = sent.first() else { return };
     run.eq(
-        "method (POST; the SDK's GET is an equivalent transport, spec §1.3)",
+        "method (POST; the SDK's GET is an equivalent transport, docs/signing.md §1.3)",
         ours.method.as_str(),
         "POST",
     );
@@ -1629,7 +1629,7 @@ fn cred_sts_via_credentials_sdk(run: &mut Run, v: &Value) {
     } else {
         same_params(run, &params, &theirs, &["SignatureNonce"]);
         run.eq(
-            "SignatureNonce sent (harmless, spec §3)",
+            "SignatureNonce sent (harmless, docs/signing.md §3)",
             params.contains_key("SignatureNonce"),
             true,
         );
@@ -1653,8 +1653,8 @@ fn cred_sts_via_credentials_sdk(run: &mut Run, v: &Value) {
 /// alibabacloud-sts20150401 sends POST with every parameter in the query;
 /// ossvend keeps Action/Format/Version/Timestamp/SignatureNonce in the query and
 /// sends the rest, the JWT included, as a form body (credentials-go's layout,
-/// spec §3). Compared: method, path, all parameters together (`Format` is
-/// case-insensitive, spec §1.2), the x-acs headers, the host through our
+/// docs/signing.md §3). Compared: method, path, all parameters together (`Format` is
+/// case-insensitive, docs/signing.md §1.2), the x-acs headers, the host through our
 /// endpoint computation, and that nothing is signed.
 fn sts_oidc_request(run: &mut Run, v: &Value) {
     let (i, e) = (&v["input"], &v["expected"]);

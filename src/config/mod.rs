@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde::Deserialize;
+
+use crate::credentials::ConfigSecret;
 
 pub use validate::{Problem, validate};
 
@@ -255,13 +256,13 @@ pub enum LogFormat {
 
 /// Where ossvend's own credentials come from (`[identity]`). Which keys a
 /// source reads is listed in [`IdentityConfig::keys_used_by`]; the rest must be
-/// left unset (check-config says so).
-#[derive(Debug, Clone, Deserialize)]
+/// left unset (check-config says so). `PartialEq` tells a reload whether the
+/// identity must be rebuilt (secrets compare in constant time, unexposed).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
-    /// `env`, `static`, `profile`, `ecs_ram_role`, `oidc`, `credentials_uri`,
-    /// `ram_role_arn` or `chain` (default).
-    pub source: String,
+    /// Which source; `chain` by default.
+    pub source: IdentitySource,
     /// `static` (and, kept from issue 2, `env`): the key id written in the file.
     pub access_key_id: Option<String>,
     /// `static`: the environment variable that holds the secret.
@@ -270,7 +271,7 @@ pub struct IdentityConfig {
     /// start-up and on every reload, trailing newline trimmed.
     pub secret_file: Option<PathBuf>,
     /// Inline secret: refused unless `allow_inline_secret`.
-    pub access_key_secret: Option<SecretString>,
+    pub access_key_secret: Option<ConfigSecret>,
     /// Opt-in for a secret written in the file; off because config files leak.
     pub allow_inline_secret: bool,
     /// `profile`: profile name (default env `ALIBABA_CLOUD_PROFILE`, else the
@@ -311,17 +312,64 @@ pub struct IdentityConfig {
     pub base: Option<Box<IdentityConfig>>,
 }
 
-/// Every identity source, in the order the docs list them.
-pub const IDENTITY_SOURCES: &[&str] = &[
-    "env",
-    "static",
-    "profile",
-    "ecs_ram_role",
-    "oidc",
-    "credentials_uri",
-    "ram_role_arn",
-    "chain",
-];
+/// `identity.source`, spelt in the TOML as `env`, `static`, `profile`,
+/// `ecs_ram_role`, `oidc`, `credentials_uri`, `ram_role_arn` or `chain`. A value
+/// outside the list is refused when the config is read, and the error names
+/// the allowed values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    Env,
+    Static,
+    Profile,
+    EcsRamRole,
+    Oidc,
+    CredentialsUri,
+    RamRoleArn,
+    #[default]
+    Chain,
+}
+
+impl IdentitySource {
+    /// Every source, in the order the docs list them.
+    pub const ALL: [IdentitySource; 8] = [
+        IdentitySource::Env,
+        IdentitySource::Static,
+        IdentitySource::Profile,
+        IdentitySource::EcsRamRole,
+        IdentitySource::Oidc,
+        IdentitySource::CredentialsUri,
+        IdentitySource::RamRoleArn,
+        IdentitySource::Chain,
+    ];
+
+    /// The spelling in the TOML (and in logs and messages).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentitySource::Env => "env",
+            IdentitySource::Static => "static",
+            IdentitySource::Profile => "profile",
+            IdentitySource::EcsRamRole => "ecs_ram_role",
+            IdentitySource::Oidc => "oidc",
+            IdentitySource::CredentialsUri => "credentials_uri",
+            IdentitySource::RamRoleArn => "ram_role_arn",
+            IdentitySource::Chain => "chain",
+        }
+    }
+}
+
+/// Compares with the TOML spelling (`source == "env"`), as tests read best.
+impl PartialEq<&str> for IdentitySource {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for IdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Default instance metadata endpoint (plain http, link-local to the instance).
 pub const DEFAULT_METADATA_ENDPOINT: &str = "http://100.100.100.200";
@@ -332,7 +380,7 @@ pub const DEFAULT_IDENTITY_DURATION_SECONDS: u32 = 3600;
 impl Default for IdentityConfig {
     fn default() -> Self {
         IdentityConfig {
-            source: "chain".into(),
+            source: IdentitySource::Chain,
             access_key_id: None,
             secret_env: None,
             secret_file: None,
@@ -367,15 +415,14 @@ impl IdentityConfig {
         self.duration_seconds.unwrap_or(DEFAULT_IDENTITY_DURATION_SECONDS)
     }
 
-    /// The keys `source` reads (besides `source` and `allow_inline_secret`), or
-    /// `None` for an unknown source.
-    pub fn keys_used_by(source: &str) -> Option<&'static [&'static str]> {
+    /// The keys `source` reads (besides `source` and `allow_inline_secret`).
+    pub fn keys_used_by(source: IdentitySource) -> &'static [&'static str] {
         const ECS: [&str; 3] = ["role_name", "metadata_endpoint", "imds_v1_fallback"];
-        Some(match source {
-            "env" => &["access_key_id", "access_key_secret"],
-            "static" => &["access_key_id", "secret_env", "secret_file", "access_key_secret"],
+        match source {
+            IdentitySource::Env => &["access_key_id", "access_key_secret"],
+            IdentitySource::Static => &["access_key_id", "secret_env", "secret_file", "access_key_secret"],
             // A profile may be in EcsRamRole, RamRoleArn or OIDC mode.
-            "profile" => &[
+            IdentitySource::Profile => &[
                 "profile",
                 "cli_config_file",
                 "credentials_file",
@@ -384,16 +431,16 @@ impl IdentityConfig {
                 "role_session_name",
                 "duration_seconds",
             ],
-            "ecs_ram_role" => &ECS,
-            "oidc" => &[
+            IdentitySource::EcsRamRole => &ECS,
+            IdentitySource::Oidc => &[
                 "role_arn",
                 "oidc_provider_arn",
                 "oidc_token_file",
                 "role_session_name",
                 "duration_seconds",
             ],
-            "credentials_uri" => &["credentials_uri"],
-            "ram_role_arn" => &[
+            IdentitySource::CredentialsUri => &["credentials_uri"],
+            IdentitySource::RamRoleArn => &[
                 "role_arn",
                 "external_id",
                 "role_session_name",
@@ -402,7 +449,7 @@ impl IdentityConfig {
             ],
             // The chain's members take their settings from the environment; these
             // keys tune them (profile files, the metadata service, OIDC session).
-            "chain" => &[
+            IdentitySource::Chain => &[
                 "profile",
                 "cli_config_file",
                 "credentials_file",
@@ -413,8 +460,7 @@ impl IdentityConfig {
                 "duration_seconds",
                 "credentials_uri",
             ],
-            _ => return None,
-        })
+        }
     }
 
     /// The keys set in this table (other than `source` and `allow_inline_secret`).
@@ -447,7 +493,7 @@ impl IdentityConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StsConfig {
     /// Explicit STS endpoint; wins over `region`/`vpc`. Unset: see [`StsConfig::resolve_endpoint`].
@@ -528,7 +574,7 @@ impl FromStr for CredentialFormat {
     }
 }
 
-/// The global endpoint, default of every credentials SDK (spec §1.1).
+/// The global endpoint, default of every credentials SDK (docs/signing.md §1.1).
 pub const DEFAULT_STS_ENDPOINT: &str = "https://sts.aliyuncs.com";
 
 impl StsConfig {
@@ -893,4 +939,37 @@ fn apply_env_overrides(doc: &mut toml::Table, env: &BTreeMap<String, String>) ->
         table.insert(key.to_string(), value);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_sources_read_as_they_are_spelt() {
+        for source in IdentitySource::ALL {
+            let id: IdentityConfig = toml::from_str(&format!("source = {:?}", source.as_str())).unwrap();
+            assert_eq!(id.source, source);
+        }
+        let id: IdentityConfig = toml::from_str("").unwrap();
+        assert_eq!(id.source, IdentitySource::Chain);
+        assert!(toml::from_str::<IdentityConfig>("source = \"EcsRamRole\"").is_err());
+    }
+
+    #[test]
+    fn identity_tables_compare_by_value_secrets_included() {
+        let read = |t: &str| toml::from_str::<IdentityConfig>(t).unwrap();
+        let a = "source = \"env\"\naccess_key_secret = \"fakeSecretOne\"\nallow_inline_secret = true\n";
+        assert_eq!(read(a), read(a));
+        assert_ne!(read(a), read(&a.replace("fakeSecretOne", "fakeSecretTwo")));
+        assert_ne!(read(a), read(&a.replace("\"env\"", "\"static\"")));
+        let nested =
+            "source = \"ram_role_arn\"\n[base]\nsource = \"env\"\naccess_key_secret = \"fakeSecretOne\"\n";
+        assert_eq!(read(nested), read(nested));
+        assert_ne!(
+            read(nested),
+            read(&nested.replace("fakeSecretOne", "fakeSecretTwo"))
+        );
+        assert!(!format!("{:?}", read(a)).contains("fakeSecretOne"));
+    }
 }

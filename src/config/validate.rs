@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use super::{Config, GrantConfig};
+use super::{Config, CorsConfig, GrantConfig, JwtConfig};
 use crate::policy;
 
 /// One thing wrong with a configuration, at a TOML key path such as `grants[0].bucket`.
@@ -277,137 +277,169 @@ fn check_grants(config: &Config, p: &mut Problems) {
     let mut seen = HashSet::new();
     for (i, g) in config.grants.iter().enumerate() {
         let at = |key: &str| format!("grants[{i}].{key}");
-        if g.name.is_empty()
-            || g.name.len() > 64
-            || !g
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            p.add(
-                at("name"),
-                format!("{:?} must be 1-64 characters of letters, digits and ._-", g.name),
-            );
-        } else if !seen.insert(g.name.as_str()) {
-            p.add(at("name"), format!("{:?} is used by another grant", g.name));
-        }
-        if let Err(why) = check_bucket(&g.bucket) {
-            p.add(at("bucket"), format!("{:?} {why}", g.bucket));
-        }
-        if let Err(why) = check_region(&g.region) {
-            p.add(at("region"), format!("{:?} {why}", g.region));
-        }
-        if let Some(ep) = &g.endpoint {
-            check_endpoint(&at("endpoint"), ep, p);
-        }
-        // Placeholders are checked here; the literal text around them like a plain prefix.
-        check_template(&at("prefix"), &g.prefix, &["subject", "date"], config, p);
-        if let Err(why) = check_prefix(&literal_text(&g.prefix)) {
-            p.add(at("prefix"), format!("{:?} {why}", g.prefix));
-        }
-        if g.actions.is_empty() {
-            p.add(
-                at("actions"),
-                "must list at least one action, e.g. [\"oss:PutObject\"]",
-            );
-        }
-        for (j, a) in g.actions.iter().enumerate() {
-            let ok = a.strip_prefix("oss:").is_some_and(|rest| {
-                !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphabetic() || c == '*')
-            });
-            if !ok {
-                p.add(
-                    format!("grants[{i}].actions[{j}]"),
-                    format!("{a:?} is not an OSS action like \"oss:PutObject\""),
-                );
-            } else if policy::wildcard_grants_object_acl(a) {
-                p.add(
-                    format!("grants[{i}].actions[{j}]"),
-                    acl_by_wildcard(&format!("{a:?}")),
-                );
-            }
-        }
-        if g.policy.is_some()
-            && let Ok(text) = render_grant_policy(g)
-            && let Some(place) = policy::object_acl_by_wildcard(&text)
-        {
-            p.add(at("policy"), acl_by_wildcard(&place));
-        }
+        check_grant_name(&at("name"), g, &mut seen, p);
+        check_grant_location(i, g, config, p);
+        check_grant_actions(i, g, p);
         if let Some(d) = g.duration_seconds {
             check_duration(&at("duration_seconds"), d, config, p);
         }
         if let Some(s) = &g.session_name {
-            check_template(&at("session_name"), s, &["subject"], config, p);
-            // A rendered name is sanitised; the literal part must already be valid.
-            let lit = literal_text(s);
-            if !lit
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".@_-".contains(c))
-                || (lit == *s && s.len() < 2)
-                || lit.len() > 64
-            {
-                p.add(
-                    at("session_name"),
-                    format!("{s:?} must be 2-64 characters of letters, digits and .@_- (plus placeholders)"),
-                );
-            }
+            check_grant_session_name(&at("session_name"), s, config, p);
         }
         if let Some(text) = &g.policy {
-            // Placeholders live inside the document's string values; a document
-            // that is not JSON is reported once, by render_grant_policy below.
-            if let Ok(doc) = policy::PolicyTemplate::parse(text) {
-                for s in doc.strings() {
-                    check_template(&at("policy"), s, &["subject", "date"], config, p);
-                }
-                for k in doc.keys_with_braces() {
-                    p.add(
-                        at("policy"),
-                        format!("placeholders are filled only in string values, not in the key {k:?}"),
-                    );
-                }
-            }
+            check_policy_placeholders(&at("policy"), text, config, p);
         }
         check_grant_auth(i, g, config, p);
-        if let Some(ep) = &g.s3_endpoint {
-            check_endpoint(&at("s3_endpoint"), ep, p);
-        }
-        if g.max_size_bytes == 0 || g.max_size_bytes > MAX_OBJECT_BYTES {
-            p.add(
-                at("max_size_bytes"),
-                format!("must be between 1 and {MAX_OBJECT_BYTES} (5 GiB, the PostObject limit)"),
-            );
-        }
-        for (j, ct) in g.content_types.iter().enumerate() {
-            if !is_media_type(ct) {
-                p.add(
-                    format!("grants[{i}].content_types[{j}]"),
-                    format!("{ct:?} is not a media type like \"image/png\""),
-                );
-            }
-        }
-        if let Err(why) = crate::policy::check_key_template(&g.key_template) {
-            p.add(at("key_template"), why);
-        }
-        check_template(
-            &at("key_template"),
-            &g.key_template,
-            &["prefix", "uuid", "date", "ext", "subject"],
-            config,
-            p,
-        );
-        let expires = g.upload_expires.as_secs();
-        if !(1..=604_800).contains(&expires) {
-            p.add(at("upload_expires"), "must be between 1 second and 7 days");
-        }
-        if ![200, 201, 204].contains(&g.success_action_status) {
-            p.add(at("success_action_status"), "must be 200, 201 or 204");
-        }
-        if let Some(url) = &g.success_action_redirect {
-            check_endpoint(&at("success_action_redirect"), url, p);
-        }
+        check_grant_upload(i, g, config, p);
         if let Err(e) = render_grant_policy(g) {
             p.add(at("policy"), e.to_string());
         }
+    }
+}
+
+/// 1-64 characters of `[A-Za-z0-9._-]`, unique among the grants.
+fn check_grant_name<'a>(path: &str, g: &'a GrantConfig, seen: &mut HashSet<&'a str>, p: &mut Problems) {
+    if g.name.is_empty()
+        || g.name.len() > 64
+        || !g
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        p.add(
+            path,
+            format!("{:?} must be 1-64 characters of letters, digits and ._-", g.name),
+        );
+    } else if !seen.insert(g.name.as_str()) {
+        p.add(path, format!("{:?} is used by another grant", g.name));
+    }
+}
+
+/// Where the grant's objects go: bucket, region, endpoint, prefix.
+fn check_grant_location(i: usize, g: &GrantConfig, config: &Config, p: &mut Problems) {
+    let at = |key: &str| format!("grants[{i}].{key}");
+    if let Err(why) = check_bucket(&g.bucket) {
+        p.add(at("bucket"), format!("{:?} {why}", g.bucket));
+    }
+    if let Err(why) = check_region(&g.region) {
+        p.add(at("region"), format!("{:?} {why}", g.region));
+    }
+    if let Some(ep) = &g.endpoint {
+        check_endpoint(&at("endpoint"), ep, p);
+    }
+    // Placeholders are checked here; the literal text around them like a plain prefix.
+    check_template(&at("prefix"), &g.prefix, &["subject", "date"], config, p);
+    if let Err(why) = check_prefix(&literal_text(&g.prefix)) {
+        p.add(at("prefix"), format!("{:?} {why}", g.prefix));
+    }
+}
+
+/// What the grant allows: OSS actions, none of which (nor the explicit policy)
+/// may grant `PutObjectAcl` by a wildcard.
+fn check_grant_actions(i: usize, g: &GrantConfig, p: &mut Problems) {
+    if g.actions.is_empty() {
+        p.add(
+            format!("grants[{i}].actions"),
+            "must list at least one action, e.g. [\"oss:PutObject\"]",
+        );
+    }
+    for (j, a) in g.actions.iter().enumerate() {
+        let ok = a.strip_prefix("oss:").is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphabetic() || c == '*')
+        });
+        if !ok {
+            p.add(
+                format!("grants[{i}].actions[{j}]"),
+                format!("{a:?} is not an OSS action like \"oss:PutObject\""),
+            );
+        } else if policy::wildcard_grants_object_acl(a) {
+            p.add(
+                format!("grants[{i}].actions[{j}]"),
+                acl_by_wildcard(&format!("{a:?}")),
+            );
+        }
+    }
+    if g.policy.is_some()
+        && let Ok(text) = render_grant_policy(g)
+        && let Some(place) = policy::object_acl_by_wildcard(&text)
+    {
+        p.add(format!("grants[{i}].policy"), acl_by_wildcard(&place));
+    }
+}
+
+fn check_grant_session_name(path: &str, s: &str, config: &Config, p: &mut Problems) {
+    check_template(path, s, &["subject"], config, p);
+    // A rendered name is sanitised; the literal part must already be valid.
+    let lit = literal_text(s);
+    if !lit
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".@_-".contains(c))
+        || (lit == *s && s.len() < 2)
+        || lit.len() > 64
+    {
+        p.add(
+            path,
+            format!("{s:?} must be 2-64 characters of letters, digits and .@_- (plus placeholders)"),
+        );
+    }
+}
+
+/// Placeholders live inside the document's string values; a document that is
+/// not JSON is reported once, by `render_grant_policy`.
+fn check_policy_placeholders(path: &str, text: &str, config: &Config, p: &mut Problems) {
+    if let Ok(doc) = policy::PolicyTemplate::parse(text) {
+        for s in doc.strings() {
+            check_template(path, s, &["subject", "date"], config, p);
+        }
+        for k in doc.keys_with_braces() {
+            p.add(
+                path,
+                format!("placeholders are filled only in string values, not in the key {k:?}"),
+            );
+        }
+    }
+}
+
+/// The direct-upload settings: S3 endpoint, size, media types, key template,
+/// validity and the PostObject success answer.
+fn check_grant_upload(i: usize, g: &GrantConfig, config: &Config, p: &mut Problems) {
+    let at = |key: &str| format!("grants[{i}].{key}");
+    if let Some(ep) = &g.s3_endpoint {
+        check_endpoint(&at("s3_endpoint"), ep, p);
+    }
+    if g.max_size_bytes == 0 || g.max_size_bytes > MAX_OBJECT_BYTES {
+        p.add(
+            at("max_size_bytes"),
+            format!("must be between 1 and {MAX_OBJECT_BYTES} (5 GiB, the PostObject limit)"),
+        );
+    }
+    for (j, ct) in g.content_types.iter().enumerate() {
+        if !is_media_type(ct) {
+            p.add(
+                format!("grants[{i}].content_types[{j}]"),
+                format!("{ct:?} is not a media type like \"image/png\""),
+            );
+        }
+    }
+    if let Err(why) = crate::policy::check_key_template(&g.key_template) {
+        p.add(at("key_template"), why);
+    }
+    check_template(
+        &at("key_template"),
+        &g.key_template,
+        &["prefix", "uuid", "date", "ext", "subject"],
+        config,
+        p,
+    );
+    let expires = g.upload_expires.as_secs();
+    if !(1..=604_800).contains(&expires) {
+        p.add(at("upload_expires"), "must be between 1 second and 7 days");
+    }
+    if ![200, 201, 204].contains(&g.success_action_status) {
+        p.add(at("success_action_status"), "must be 200, 201 or 204");
+    }
+    if let Some(url) = &g.success_action_redirect {
+        check_endpoint(&at("success_action_redirect"), url, p);
     }
 }
 
@@ -578,6 +610,28 @@ fn check_grant_auth(i: usize, g: &GrantConfig, config: &Config, p: &mut Problems
 
 fn check_auth(config: &Config, p: &mut Problems) {
     let auth = &config.auth;
+    check_api_keys(config, p);
+    if let Some(j) = &auth.jwt {
+        check_jwt(j, p);
+    }
+    if let Err(e) = crate::policy::template::Placeholders::new(&auth.placeholders) {
+        p.add("auth.placeholders", e);
+    }
+    if let Some(var) = &auth.tickets.secret_env
+        && var.is_empty()
+    {
+        p.add("auth.tickets.secret_env", "must name an environment variable");
+    }
+    if auth.tickets.ttl.is_zero() || auth.tickets.ttl.as_secs() > 3600 {
+        p.add("auth.tickets.ttl", "must be between 1 second and 1 hour");
+    }
+    check_cors(&config.cors, p);
+    check_trusted_proxies(&config.rate_limit.trusted_proxies, p);
+}
+
+/// Each key: a SHA-256 digest, a unique id usable as `{subject}`, grants that exist.
+fn check_api_keys(config: &Config, p: &mut Problems) {
+    let auth = &config.auth;
     let mut ids = HashSet::new();
     for (i, k) in auth.api_keys.iter().enumerate() {
         let ok = k.sha256.len() == 64
@@ -611,41 +665,33 @@ fn check_auth(config: &Config, p: &mut Problems) {
             }
         }
     }
-    if let Some(j) = &auth.jwt {
-        check_endpoint("auth.jwt.jwks_url", &j.jwks_url, p);
-        if j.issuer.is_empty() {
-            p.add("auth.jwt.issuer", "must not be empty");
-        }
-        if j.audience.is_empty() {
-            p.add("auth.jwt.audience", "must list at least one audience");
-        }
-        const ALLOWED: &[&str] = &[
-            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-        ];
-        for (k, a) in j.algorithms.iter().enumerate() {
-            if !ALLOWED.contains(&a.as_str()) {
-                p.add(
-                    format!("auth.jwt.algorithms[{k}]"),
-                    format!("{a:?} is not allowed; use asymmetric algorithms only: {ALLOWED:?}"),
-                );
-            }
-        }
-        if j.algorithms.is_empty() {
-            p.add("auth.jwt.algorithms", "must list at least one algorithm");
+}
+
+fn check_jwt(j: &JwtConfig, p: &mut Problems) {
+    check_endpoint("auth.jwt.jwks_url", &j.jwks_url, p);
+    if j.issuer.is_empty() {
+        p.add("auth.jwt.issuer", "must not be empty");
+    }
+    if j.audience.is_empty() {
+        p.add("auth.jwt.audience", "must list at least one audience");
+    }
+    const ALLOWED: &[&str] = &[
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ];
+    for (k, a) in j.algorithms.iter().enumerate() {
+        if !ALLOWED.contains(&a.as_str()) {
+            p.add(
+                format!("auth.jwt.algorithms[{k}]"),
+                format!("{a:?} is not allowed; use asymmetric algorithms only: {ALLOWED:?}"),
+            );
         }
     }
-    if let Err(e) = crate::policy::template::Placeholders::new(&auth.placeholders) {
-        p.add("auth.placeholders", e);
+    if j.algorithms.is_empty() {
+        p.add("auth.jwt.algorithms", "must list at least one algorithm");
     }
-    if let Some(var) = &auth.tickets.secret_env
-        && var.is_empty()
-    {
-        p.add("auth.tickets.secret_env", "must name an environment variable");
-    }
-    if auth.tickets.ttl.is_zero() || auth.tickets.ttl.as_secs() > 3600 {
-        p.add("auth.tickets.ttl", "must be between 1 second and 1 hour");
-    }
-    let cors = &config.cors;
+}
+
+fn check_cors(cors: &CorsConfig, p: &mut Problems) {
     for (i, o) in cors.allowed_origins.iter().enumerate() {
         if !is_browser_origin(o) {
             p.add(
@@ -675,7 +721,10 @@ fn check_auth(config: &Config, p: &mut Problems) {
             "only means something with cors.allow_any_origin = true",
         );
     }
-    for (i, t) in config.rate_limit.trusted_proxies.iter().enumerate() {
+}
+
+fn check_trusted_proxies(trusted: &[String], p: &mut Problems) {
+    for (i, t) in trusted.iter().enumerate() {
         if t.parse::<ipnet::IpNet>().is_err() && t.parse::<std::net::IpAddr>().is_err() {
             p.add(
                 format!("rate_limit.trusted_proxies[{i}]"),

@@ -410,13 +410,7 @@ impl Issuer {
         match grant.upload.signing {
             SigningSource::Sts => {
                 let lookup = self.credentials(resolved).await?;
-                let c = &lookup.credentials;
-                Ok(upload::SigningMaterial {
-                    access_key_id: c.access_key_id.clone(),
-                    access_key_secret: c.secret().to_owned(),
-                    security_token: Some(c.token().to_owned()),
-                    expires: Some(c.expiration),
-                })
+                Ok(upload::SigningMaterial::Sts(lookup.credentials))
             }
             SigningSource::AccessKey => {
                 let id = self
@@ -424,12 +418,7 @@ impl Issuer {
                     .credentials()
                     .await
                     .map_err(|e| ApiError::from(StsError::Identity(e.to_string())))?;
-                Ok(upload::SigningMaterial {
-                    access_key_id: id.access_key_id.clone(),
-                    access_key_secret: id.secret().to_owned(),
-                    security_token: id.token().map(str::to_owned),
-                    expires: id.expiration,
-                })
+                Ok(upload::SigningMaterial::Identity(id))
             }
         }
     }

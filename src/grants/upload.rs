@@ -2,16 +2,20 @@
 //! credential: per-upload scoping lives in the signed policy or URL, so it costs
 //! no STS call.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use super::Grant;
 use crate::auth::Principal;
 use crate::config::{PostVersion, PresignScheme};
+use crate::credentials::Credentials;
 use crate::error::ApiError;
 use crate::policy::template::{self, Placeholders};
 use crate::policy::{self, ContentTypeCondition, KeyCondition, PostPolicySpec};
 use crate::sign::oss_v4::V4Scope;
 use crate::sign::{self, AddressingStyle, Endpoint, RequestToSign, SignError, SigningCredentials};
+use crate::sts::TempCredentials;
 
 /// What the client may say about its upload. Everything else is the server's choice.
 #[derive(Debug, Default, Clone, serde::Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
@@ -27,21 +31,44 @@ pub struct UploadRequest {
     pub content_type: Option<String>,
 }
 
-/// The credential that signs, and when it stops working.
-pub struct SigningMaterial {
-    pub access_key_id: String,
-    pub access_key_secret: String,
-    pub security_token: Option<String>,
-    /// `None` for a long-term AccessKey.
-    pub expires: Option<DateTime<Utc>>,
+/// The credential that signs, and when it stops working. It holds the
+/// credential as the cache or the identity handed it over (secrets stay
+/// `SecretString`); they are exposed only as borrows for the signing call.
+pub enum SigningMaterial {
+    /// The caller's narrowed role credential, shared with the STS cache.
+    Sts(Arc<TempCredentials>),
+    /// The identity's own credential (a long-term AccessKey or its STS token).
+    Identity(Credentials),
 }
 
 impl SigningMaterial {
+    pub fn access_key_id(&self) -> &str {
+        match self {
+            SigningMaterial::Sts(c) => &c.access_key_id,
+            SigningMaterial::Identity(c) => &c.access_key_id,
+        }
+    }
+
+    /// `None` for a long-term AccessKey.
+    pub fn expires(&self) -> Option<DateTime<Utc>> {
+        match self {
+            SigningMaterial::Sts(c) => Some(c.expiration),
+            SigningMaterial::Identity(c) => c.expiration,
+        }
+    }
+
     fn creds(&self) -> SigningCredentials<'_> {
-        SigningCredentials {
-            access_key_id: &self.access_key_id,
-            access_key_secret: &self.access_key_secret,
-            security_token: self.security_token.as_deref(),
+        match self {
+            SigningMaterial::Sts(c) => SigningCredentials {
+                access_key_id: &c.access_key_id,
+                access_key_secret: c.secret(),
+                security_token: Some(c.token()),
+            },
+            SigningMaterial::Identity(c) => SigningCredentials {
+                access_key_id: &c.access_key_id,
+                access_key_secret: c.secret(),
+                security_token: c.token(),
+            },
         }
     }
 }
@@ -76,7 +103,7 @@ pub struct Presigned {
 /// Validity: the configured time, never past the signing credential, never over 7 days.
 fn validity(grant: &Grant, material: &SigningMaterial, now: DateTime<Utc>) -> Result<u64, ApiError> {
     let mut secs = grant.upload.upload_expires.as_secs().min(604_800);
-    if let Some(exp) = material.expires {
+    if let Some(exp) = material.expires() {
         let left = (exp - now).num_seconds();
         if left < 1 {
             return Err(ApiError::new(
@@ -222,6 +249,22 @@ fn sign_error(e: SignError) -> ApiError {
     ApiError::internal(format!("signing failed: {e}"))
 }
 
+/// The policy's Content-Type condition. S3 requires a condition for every form
+/// field and has no `in`: a declared type is bound exactly. OSS takes the
+/// grant's allowlist with `in`.
+fn content_type_condition<'a>(
+    grant: &'a Grant,
+    version: PostVersion,
+    ct: Option<&'a str>,
+) -> ContentTypeCondition<'a> {
+    match (version, ct) {
+        (PostVersion::S3V4, Some(ct)) => ContentTypeCondition::Exact(ct),
+        (PostVersion::S3V4, None) => ContentTypeCondition::Any,
+        _ if grant.upload.content_types.is_empty() => ContentTypeCondition::Any,
+        _ => ContentTypeCondition::OneOf(&grant.upload.content_types),
+    }
+}
+
 pub fn post_policy(
     grant: &Grant,
     target: &Target<'_>,
@@ -259,14 +302,7 @@ pub fn post_policy(
         PostVersion::S3V4 => sign::s3::post_required_conditions(&creds, &grant.region, now),
     }
     .map_err(sign_error)?;
-    // S3 requires a condition for every form field and has no `in`: a declared
-    // type is bound exactly. OSS takes the grant's allowlist with `in`.
-    let content_type = match (version, ct) {
-        (PostVersion::S3V4, Some(ct)) => ContentTypeCondition::Exact(ct),
-        (PostVersion::S3V4, None) => ContentTypeCondition::Any,
-        _ if grant.upload.content_types.is_empty() => ContentTypeCondition::Any,
-        _ => ContentTypeCondition::OneOf(&grant.upload.content_types),
-    };
+    let content_type = content_type_condition(grant, version, ct);
     let policy_json = policy::post_policy_json(&PostPolicySpec {
         expiration: &expiration,
         bucket: &grant.bucket,
@@ -376,12 +412,12 @@ mod tests {
     }
 
     fn material() -> SigningMaterial {
-        SigningMaterial {
+        SigningMaterial::Identity(Credentials {
             access_key_id: "LTAItestKeyIdNotASecret".into(),
             access_key_secret: "testSecretNotASecret".into(),
             security_token: None,
-            expires: None,
-        }
+            expiration: None,
+        })
     }
 
     fn now() -> DateTime<Utc> {

@@ -1,5 +1,5 @@
 //! `source = "chain"` (the default): the credentials SDKs' default chain
-//! (spec §5), in this order:
+//! (docs/signing.md §5), in this order:
 //!
 //! 1. `env` — when an AccessKey pair is in the environment;
 //! 2. `oidc` — only when `ALIBABA_CLOUD_ROLE_ARN`, `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`
@@ -52,7 +52,7 @@ impl ChainSource {
     pub fn from_config(cfg: &IdentityConfig, env: &BTreeMap<String, String>, sts: Arc<StsClient>) -> Self {
         let mut members = Vec::new();
         let plain = IdentityConfig {
-            source: "env".into(),
+            source: crate::config::IdentitySource::Env,
             ..Default::default()
         };
         members.push(match super::env::EnvSource::from_config(&plain, env) {

@@ -1,5 +1,5 @@
 //! `source = "ecs_ram_role"`: the RAM role attached to the ECS instance, from
-//! the instance metadata service (spec §4), as alibabacloud-credentials 1.0.12
+//! the instance metadata service (docs/signing.md §4), as alibabacloud-credentials 1.0.12
 //! fetches it (`tests/vectors/cred_ecs_metadata.json`):
 //!
 //! 1. `PUT /latest/api/token` with `X-aliyun-ecs-metadata-token-ttl-seconds: 21600`

@@ -65,7 +65,7 @@ impl EnvSource {
             .filter(|s| !s.is_empty())
             .or_else(|| env_var(env, names.id).map(str::to_string));
         let secret = match (&cfg.access_key_secret, cfg.allow_inline_secret) {
-            (Some(s), true) => Some(s.clone()),
+            (Some(s), true) => Some(s.to_secret_string()),
             _ => env_var(env, names.secret).map(|s| SecretString::from(s.to_string())),
         };
         let (access_key_id, access_key_secret) = match (id, secret) {
@@ -115,7 +115,7 @@ mod tests {
 
     fn cfg() -> IdentityConfig {
         IdentityConfig {
-            source: "env".into(),
+            source: crate::config::IdentitySource::Env,
             ..Default::default()
         }
     }

@@ -35,7 +35,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use secrecy::SecretString;
 
-use crate::config::IdentityConfig;
+use crate::config::{IdentityConfig, IdentitySource};
 use crate::sts::{Clock, StsClient, StsError, StsErrorKind};
 
 pub use refresh::{RefreshTimings, Refreshing, refresh_at};
@@ -210,23 +210,23 @@ fn build(
     deps: &Deps,
     depth: usize,
 ) -> Result<Refreshing, IdentityError> {
-    let fetch: Box<dyn Fetch> = match cfg.source.as_str() {
-        "env" => Box::new(env::EnvSource::from_config(cfg, env)?),
-        "static" => Box::new(static_key::StaticKeySource::from_config(cfg, env)?),
-        "profile" => {
+    let fetch: Box<dyn Fetch> = match cfg.source {
+        IdentitySource::Env => Box::new(env::EnvSource::from_config(cfg, env)?),
+        IdentitySource::Static => Box::new(static_key::StaticKeySource::from_config(cfg, env)?),
+        IdentitySource::Profile => {
             let source = profile::ProfileSource::new(cfg, env, deps.sts.clone())?;
             // A missing or broken profile stops start-up.
             source.resolve()?;
             Box::new(source)
         }
-        "ecs_ram_role" => Box::new(ecs::EcsSource::from_config(cfg, env)?),
-        "oidc" => {
+        IdentitySource::EcsRamRole => Box::new(ecs::EcsSource::from_config(cfg, env)?),
+        IdentitySource::Oidc => {
             let source = oidc::OidcSource::from_config(cfg, env, deps.sts.clone())?;
             source.read_token()?;
             Box::new(source)
         }
-        "credentials_uri" => Box::new(uri::UriSource::from_config(cfg, env)?),
-        "ram_role_arn" => {
+        IdentitySource::CredentialsUri => Box::new(uri::UriSource::from_config(cfg, env)?),
+        IdentitySource::RamRoleArn => {
             if depth >= MAX_BASE_DEPTH {
                 return Err(IdentityError::config(
                     "ram_role_arn",
@@ -247,16 +247,7 @@ fn build(
                 deps.sts.clone(),
             )?)
         }
-        "chain" => Box::new(chain::ChainSource::from_config(cfg, env, deps.sts.clone())),
-        other => {
-            return Err(IdentityError::config(
-                "config",
-                format!(
-                    "identity.source {other:?} is not supported; supported: {}",
-                    crate::config::IDENTITY_SOURCES.join(", ")
-                ),
-            ));
-        }
+        IdentitySource::Chain => Box::new(chain::ChainSource::from_config(cfg, env, deps.sts.clone())),
     };
     Ok(Refreshing::new(fetch, deps.clock.clone(), deps.timings))
 }

@@ -1,5 +1,5 @@
 //! `source = "oidc"` (Kubernetes RRSA): `AssumeRoleWithOIDC` with the pod's
-//! projected service-account token (spec §3). The token file is read again on
+//! projected service-account token (docs/signing.md §3). The token file is read again on
 //! every refresh (the kubelet rotates it) and never logged.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! `source = "profile"`: the Alibaba Cloud CLI's `~/.aliyun/config.json` and the
-//! credentials SDKs' ini file (spec §5, steps 3 and 4).
+//! credentials SDKs' ini file (docs/signing.md §5, steps 3 and 4).
 //!
 //! - CLI file: `identity.cli_config_file`, else env `ALIBABA_CLOUD_CONFIG_FILE`,
 //!   else `~/.aliyun/config.json`. Profile: `identity.profile`, else env
@@ -462,7 +462,7 @@ mod tests {
 
     fn cfg_with(dir: &Path) -> IdentityConfig {
         IdentityConfig {
-            source: "profile".into(),
+            source: crate::config::IdentitySource::Profile,
             cli_config_file: Some(dir.join("config.json")),
             credentials_file: Some(dir.join("credentials")),
             ..Default::default()
@@ -601,7 +601,7 @@ mod tests {
     fn default_paths_expand_home_and_try_credentials_ini() {
         let home = tempfile::tempdir().unwrap();
         let cfg = IdentityConfig {
-            source: "profile".into(),
+            source: crate::config::IdentitySource::Profile,
             ..Default::default()
         };
         let e = resolve(&cfg, &env(&[("HOME", home.path().to_str().unwrap())])).unwrap_err();

@@ -83,7 +83,7 @@ mod tests {
 
     fn base(pairs: &[(&str, &str)]) -> Result<Arc<dyn CredentialProvider>, IdentityError> {
         let cfg = IdentityConfig {
-            source: "env".into(),
+            source: crate::config::IdentitySource::Env,
             ..Default::default()
         };
         let src = crate::identity::env::EnvSource::from_config(&cfg, &env(pairs))?;
@@ -96,7 +96,7 @@ mod tests {
 
     fn cfg() -> IdentityConfig {
         IdentityConfig {
-            source: "ram_role_arn".into(),
+            source: crate::config::IdentitySource::RamRoleArn,
             role_arn: Some("acs:ram::1234567890123456:role/intermediate".into()),
             role_session_name: Some("ossvend-chain".into()),
             external_id: Some("ext-1".into()),

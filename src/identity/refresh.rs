@@ -59,7 +59,7 @@ impl Default for RefreshTimings {
 
 /// When to refresh a credential fetched at `fetched_at` that expires at
 /// `expiration`: max(15 min, 25 % of the lifetime) ahead of expiry, but never
-/// more than half the lifetime ahead (schema, issue 5; spec §5).
+/// more than half the lifetime ahead (schema, issue 5; docs/signing.md §5).
 pub fn refresh_at(fetched_at: DateTime<Utc>, expiration: DateTime<Utc>) -> DateTime<Utc> {
     let life = (expiration - fetched_at).max(TimeDelta::zero());
     let ahead = TimeDelta::minutes(15).max(life / 4).min(life / 2);

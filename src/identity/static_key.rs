@@ -12,6 +12,7 @@ use secrecy::SecretString;
 
 use super::{Credentials, FILE_RELOAD_INTERVAL, Fetch, IdentityError, env_var};
 use crate::config::IdentityConfig;
+use crate::credentials::ConfigSecret;
 
 pub const SOURCE: &str = "static";
 
@@ -71,7 +72,8 @@ impl StaticKeySource {
         } else if cfg.allow_inline_secret {
             Secret::Fixed(
                 cfg.access_key_secret
-                    .clone()
+                    .as_ref()
+                    .map(ConfigSecret::to_secret_string)
                     .unwrap_or_else(|| SecretString::from(String::new())),
             )
         } else {
@@ -118,7 +120,7 @@ mod tests {
 
     fn cfg() -> IdentityConfig {
         IdentityConfig {
-            source: "static".into(),
+            source: crate::config::IdentitySource::Static,
             access_key_id: Some("LTAIstatic".into()),
             ..Default::default()
         }

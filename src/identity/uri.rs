@@ -1,5 +1,5 @@
 //! `source = "credentials_uri"`: `GET <uri>` (query string kept, no auth
-//! header) answering the credentials-URI shape (spec §6): HTTP 200, `Code:
+//! header) answering the credentials-URI shape (docs/signing.md §6): HTTP 200, `Code:
 //! "Success"`, the four fields, `Expiration` exactly `YYYY-MM-DDThh:mm:ssZ`.
 //! Plain http only for loopback and link-local hosts.
 

@@ -9,7 +9,7 @@ pub mod template;
 use serde::Serialize;
 use serde_json::Value;
 
-/// STS refuses a `Policy` parameter longer than this (spec §1.2).
+/// STS refuses a `Policy` parameter longer than this (docs/signing.md §1.2).
 pub const MAX_POLICY_CHARS: usize = 2048;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -360,7 +360,7 @@ pub enum ContentTypeCondition<'a> {
     Exact(&'a str),
 }
 
-/// Inputs of a PostObject policy document (spec §10.1).
+/// Inputs of a PostObject policy document (docs/signing.md §10.1).
 pub struct PostPolicySpec<'a> {
     /// `YYYY-MM-DDThh:mm:ss.000Z`
     pub expiration: &'a str,

@@ -52,7 +52,7 @@ async fn make_post_policy(
         state,
         Issued {
             kind: "post-policy",
-            access_key_id: Some(&material.access_key_id),
+            access_key_id: Some(material.access_key_id()),
             expires_at: p.expires_at,
             cache: None,
             key: p.key.as_deref().unwrap_or(&p.dir),
@@ -226,7 +226,7 @@ async fn make_presigned(
         state,
         Issued {
             kind: "presign",
-            access_key_id: Some(&material.access_key_id),
+            access_key_id: Some(material.access_key_id()),
             expires_at: p.expires_at,
             cache: None,
             key: &p.key,

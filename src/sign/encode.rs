@@ -1,4 +1,4 @@
-//! The two percent-encoders every Alibaba Cloud signature is built on (spec §0).
+//! The two percent-encoders every Alibaba Cloud signature is built on (docs/signing.md §0).
 //!
 //! Generic URL encoders are *not* these: form encoders write `+` for space and
 //! `encodeURIComponent` keeps `!'()*`. A one-byte difference is a failed signature,

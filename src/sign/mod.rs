@@ -1,6 +1,6 @@
 //! Pure signing functions. Every input is explicit, including the time, so each
 //! signer can be checked byte-for-byte against the vectors in `tests/vectors/`
-//! (copies of `shared/spec/vectors/`).
+//! (the repository's copy of the SDK-made vectors; docs/signing.md §14).
 //! Nothing here reads a clock, the environment, the config or the network, and
 //! nothing panics on caller input: invalid input is a [`SignError`].
 //!
@@ -54,7 +54,7 @@ pub fn b64(data: &[u8]) -> String {
 }
 
 /// The key material a request is signed with. With STS credentials
-/// `security_token` is `Some`; each scheme places it differently (spec §13.6).
+/// `security_token` is `Some`; each scheme places it differently (docs/signing.md §13, item 6).
 #[derive(Clone, Copy)]
 pub struct SigningCredentials<'a> {
     pub access_key_id: &'a str,
@@ -461,7 +461,7 @@ impl RequestToSign<'_> {
     }
 }
 
-/// Region ids (scopes) never carry the hostname's `oss-` prefix (spec §13.8).
+/// Region ids (scopes) never carry the hostname's `oss-` prefix (docs/signing.md §13, item 8).
 pub(crate) fn check_region(region: &str) -> Result<(), SignError> {
     let ok = !region.is_empty()
         && !region.starts_with("oss-")
@@ -595,7 +595,7 @@ pub(crate) fn check_policy_has(policy_json: &str, what: &str, value: &str) -> Re
     Err(SignError::PolicyMissing(what.to_string()))
 }
 
-/// Both top-level members are required by OSS (spec §10.1).
+/// Both top-level members are required by OSS (docs/signing.md §10.1).
 pub(crate) fn check_policy_shape(policy_json: &str) -> Result<(), SignError> {
     for member in ["expiration", "conditions"] {
         if !policy_json.contains(&format!("\"{member}\"")) {

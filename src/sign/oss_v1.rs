@@ -1,5 +1,5 @@
 //! OSS signature V1 (HMAC-SHA1): the `Authorization: OSS <ak>:<sig>` header
-//! (spec §7) and the `?OSSAccessKeyId=…&Expires=…&Signature=…` URL (spec §8).
+//! (docs/signing.md §7) and the `?OSSAccessKeyId=…&Expires=…&Signature=…` URL (docs/signing.md §8).
 //!
 //! V1 signs the resource *raw* (not percent-encoded) and only the query
 //! parameters that are OSS sub-resources; V4 ([`super::oss_v4`]) signs everything.
@@ -12,7 +12,7 @@ use super::{
 };
 
 /// Query parameters that are part of the V1 `CanonicalizedResource`: oss2 2.19.1's
-/// list (spec §7 says follow it; alibabacloud-oss-v2 omits e.g. `x-oss-process`).
+/// list (docs/signing.md §7 says follow it; alibabacloud-oss-v2 omits e.g. `x-oss-process`).
 pub const SUB_RESOURCES: &[&str] = &[
     "response-content-type",
     "response-content-language",

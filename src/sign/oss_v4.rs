@@ -1,4 +1,4 @@
-//! OSS signature V4 (`OSS4-HMAC-SHA256`, spec §9): header form (§9.1) and
+//! OSS signature V4 (`OSS4-HMAC-SHA256`, docs/signing.md §9): header form (§9.1) and
 //! presigned-URL form (§9.2). Unlike V1 it signs the percent-encoded URI and
 //! every query parameter.
 
@@ -87,7 +87,7 @@ pub fn string_to_sign(iso_basic_time: &str, credential_scope: &str, canonical_re
     )
 }
 
-/// The V4 canonical request (spec §9). `query` is raw and complete (minus
+/// The V4 canonical request (docs/signing.md §9). `query` is raw and complete (minus
 /// `x-oss-signature`); `signed_headers` are (lower-case name, value) pairs and
 /// `additional_headers` the sorted lower-case list for the fifth line.
 pub fn canonical_request(

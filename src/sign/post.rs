@@ -1,4 +1,4 @@
-//! PostObject (browser form upload, spec §10): signs the exact policy JSON text
+//! PostObject (browser form upload, docs/signing.md §10): signs the exact policy JSON text
 //! it is given and returns every non-file form field to send.
 //!
 //! The signature covers the base64 of the policy bytes, so the caller must send
@@ -68,7 +68,7 @@ pub fn sign_v1(
 }
 
 /// The exact-match conditions a V4 policy must contain for credentials signing
-/// at `at` (spec §10.3), in the order ali-oss writes them. Put each in the
+/// at `at` (docs/signing.md §10.3), in the order ali-oss writes them. Put each in the
 /// policy as `{"<name>": "<value>"}`; `x-oss-date` and the credential's date come
 /// from the one timestamp, so they cannot straddle UTC midnight.
 pub fn v4_required_conditions(

@@ -1,4 +1,4 @@
-//! AWS Signature V4 for the OSS S3-compatible endpoint (spec §11): presigned
+//! AWS Signature V4 for the OSS S3-compatible endpoint (docs/signing.md §11): presigned
 //! URLs (service `s3`, `UNSIGNED-PAYLOAD`) and S3-style POST policies.
 //!
 //! The same OSS AccessKey signs; the region in the scope is the OSS region id
@@ -201,7 +201,7 @@ pub fn post_required_conditions(
 /// (checked in the text). `fields` (e.g. `key`, `Content-Type`) are sent first;
 /// then `x-amz-algorithm`, `x-amz-credential`, `x-amz-date`,
 /// `x-amz-security-token` (STS), `policy`, `x-amz-signature`. Whether OSS
-/// accepts S3-style POST is unverified (spec §11); prefer PostObject V4.
+/// accepts S3-style POST is unverified (docs/signing.md §11); prefer PostObject V4.
 pub fn sign_post_policy(
     creds: &SigningCredentials<'_>,
     region: &str,

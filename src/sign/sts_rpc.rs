@@ -1,5 +1,5 @@
 //! Alibaba Cloud RPC signature, version 1.0 (HMAC-SHA1), as used for STS
-//! `AssumeRole` (spec §1.3). The string-to-sign percent-encodes the already
+//! `AssumeRole` (docs/signing.md §1.3). The string-to-sign percent-encodes the already
 //! encoded canonical query a second time, and the key is `secret + "&"`.
 
 use super::encode::pct;

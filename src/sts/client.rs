@@ -151,7 +151,7 @@ impl StsClient {
             .await
     }
 
-    /// `AssumeRoleWithOIDC` (spec §3): anonymous, so nothing is signed. Like
+    /// `AssumeRoleWithOIDC` (docs/signing.md §3): anonymous, so nothing is signed. Like
     /// credentials-go: POST with `Action/Format/Version/Timestamp` (and a
     /// `SignatureNonce`, as tea-openapi sends) in the query and the rest, the
     /// JWT included, as a form body, so the token stays out of URLs and logs.

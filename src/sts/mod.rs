@@ -27,7 +27,7 @@ pub struct AssumeRoleRequest {
     pub external_id: Option<String>,
 }
 
-/// `AssumeRoleWithOIDC` (spec §3): an anonymous call that trades a Kubernetes
+/// `AssumeRoleWithOIDC` (docs/signing.md §3): an anonymous call that trades a Kubernetes
 /// service-account token (RRSA) for role credentials.
 #[derive(Clone)]
 pub struct OidcRequest {
@@ -197,7 +197,7 @@ impl StsError {
     }
 
     /// Only throttling and server-side failures are worth another attempt;
-    /// parameter and permission errors are permanent (spec §2).
+    /// parameter and permission errors are permanent (docs/signing.md §2).
     /// A back-off is not retried either: it says when to come back.
     pub fn retryable(&self) -> bool {
         self.is_transient() && !matches!(self, StsError::BadResponse(_) | StsError::BackingOff { .. })
