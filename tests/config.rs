@@ -383,6 +383,15 @@ fn a_grant_mixing_subject_namespaces_needs_an_explicit_choice() {
             );
         }
     }
+    // {subject} only inside an explicit policy's strings is ambiguous too (the
+    // policy is JSON, so its braces must not hide the placeholder).
+    let cfg = with_auth(
+        r#"auth = ["api_key", "jwt"]
+policy = '{"Version":"1","Statement":[{"Effect":"Allow","Action":"oss:PutObject","Resource":"acs:oss:*:*:examplebucket/u/{subject}/*"}]}'"#,
+    );
+    let out = run(&cfg, &["check-config"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("grants[0].subjects:"), "{err}");
     // Not ambiguous: one subject-bearing method (tickets carry their minter's),
     // or no {subject} in any template.
     for grant in [

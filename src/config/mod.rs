@@ -359,12 +359,6 @@ impl IdentitySource {
 }
 
 /// Compares with the TOML spelling (`source == "env"`), as tests read best.
-impl PartialEq<&str> for IdentitySource {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 impl std::fmt::Display for IdentitySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

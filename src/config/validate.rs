@@ -522,16 +522,27 @@ fn check_template(path: &str, t: &str, allowed: &[&str], config: &Config, p: &mu
     }
 }
 
+/// Every template text of a grant; an explicit policy contributes the string
+/// values of its JSON, where its placeholders stand (or its text, if it is not JSON).
+fn grant_templates(g: &GrantConfig) -> Vec<String> {
+    let mut out: Vec<String> = [Some(&g.prefix), g.session_name.as_ref(), Some(&g.key_template)]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    if let Some(text) = &g.policy {
+        match policy::PolicyTemplate::parse(text) {
+            Ok(doc) => out.extend(doc.strings().into_iter().map(str::to_owned)),
+            Err(_) => out.push(text.clone()),
+        }
+    }
+    out
+}
+
 fn uses_caller_values(g: &GrantConfig) -> bool {
-    [
-        Some(&g.prefix),
-        g.session_name.as_ref(),
-        g.policy.as_ref(),
-        Some(&g.key_template),
-    ]
-    .into_iter()
-    .flatten()
-    .any(|t| t.contains("{subject}") || t.contains("{claim."))
+    grant_templates(g)
+        .iter()
+        .any(|t| t.contains("{subject}") || t.contains("{claim."))
 }
 
 /// `x-oss-object-acl` on an upload has the effect of PutObjectACL: a grant
@@ -547,15 +558,9 @@ fn acl_by_wildcard(what: &str) -> String {
 
 /// Whether any template of the grant names `{subject}`.
 fn uses_subject(g: &GrantConfig) -> bool {
-    [
-        Some(&g.prefix),
-        g.session_name.as_ref(),
-        g.policy.as_ref(),
-        Some(&g.key_template),
-    ]
-    .into_iter()
-    .flatten()
-    .any(|t| crate::policy::template::placeholder_names(t).is_ok_and(|n| n.contains(&"subject")))
+    grant_templates(g)
+        .iter()
+        .any(|t| crate::policy::template::placeholder_names(t).is_ok_and(|n| n.contains(&"subject")))
 }
 
 /// API key ids and JWT subjects are separate id spaces: rendered into one

@@ -379,7 +379,7 @@ mod tests {
         let cfg = local_config(&Options::default(), main, oss, &env_with_root()).unwrap();
         assert_eq!(cfg.server.listen, "127.0.0.1:18000");
         assert_eq!(cfg.sts.endpoint(), "http://127.0.0.1:18000/_local/sts");
-        assert_eq!(cfg.identity.source, "env");
+        assert_eq!(cfg.identity.source, crate::config::IdentitySource::Env);
         assert!(cfg.grants.len() >= 3);
         for g in &cfg.grants {
             assert_eq!(

@@ -5,7 +5,7 @@ Stdlib only (Python 3.11+).  It verifies requests the way the real STS gateway d
 (RPC signature 1.0 / HMAC-SHA1, Timestamp window, SignatureNonce replay, AssumeRole
 parameter rules) and answers with bodies shaped like the real service, so the Rust
 client is tested against the wire format rather than against itself.  Spec:
-../shared/spec/signing.md sections 1-2.
+docs/signing.md sections 1-2.
 
 Usage
 -----

@@ -46,7 +46,7 @@ pub struct PostUpload {
     pub content_type: String,
 }
 
-/// PostObject V1/V4 (spec §10): signature, expiry, V4 date rules and required
+/// PostObject V1/V4 (docs/signing.md §10): signature, expiry, V4 date rules and required
 /// conditions, then every policy condition. The session policy is the caller's.
 pub fn verify_post(
     bucket: &str,
