@@ -127,6 +127,15 @@ pub(super) fn authorized_write(
     Ok((ok.scheme, ak))
 }
 
+/// The data dir, bucket and key of `req`, owned, for a [`blocking`] store call.
+fn owned_target(state: &LocalState, req: &Incoming) -> (std::path::PathBuf, String, String) {
+    (
+        state.data_dir.clone(),
+        req.bucket().to_string(),
+        req.key().to_string(),
+    )
+}
+
 /// Runs blocking store work off the async threads.
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, OssError> + Send + 'static,
@@ -206,11 +215,7 @@ pub(super) async fn put_object(
     let content_type = content_type_or_default(req);
     let body = take_spooled(state, req).await.map_err(tag)?;
     let md5 = hex::decode(&body.md5_hex).unwrap_or_default();
-    let (dir, bucket, key) = (
-        state.data_dir.clone(),
-        req.bucket().to_string(),
-        req.key().to_string(),
-    );
+    let (dir, bucket, key) = owned_target(state, req);
     let meta = blocking(move || {
         store::commit(
             &dir,
@@ -237,11 +242,7 @@ pub(super) async fn initiate_upload(
 ) -> Result<Reply, OssError> {
     let (scheme, ak) = authorized_write(state, req, now)?;
     let content_type = content_type_or_default(req);
-    let (dir, bucket, key) = (
-        state.data_dir.clone(),
-        req.bucket().to_string(),
-        req.key().to_string(),
-    );
+    let (dir, bucket, key) = owned_target(state, req);
     let (b, k) = (bucket.clone(), key.clone());
     let upload_id = blocking(move || store::create_upload(&dir, &b, &k, &content_type, now))
         .await
@@ -274,11 +275,7 @@ pub(super) async fn upload_part(
     check_md5(req).map_err(tag)?;
     let upload_id = req.query_value("uploadId").unwrap_or("").to_string();
     let body = take_spooled(state, req).await.map_err(tag)?;
-    let (dir, bucket, key) = (
-        state.data_dir.clone(),
-        req.bucket().to_string(),
-        req.key().to_string(),
-    );
+    let (dir, bucket, key) = owned_target(state, req);
     let etag = blocking(move || store::put_part(&dir, &upload_id, &bucket, &key, number, body))
         .await
         .map_err(tag)?;
@@ -301,11 +298,7 @@ pub(super) async fn complete_upload(
     };
     let upload_id = req.query_value("uploadId").unwrap_or("").to_string();
     let url_encoded = req.query_value("encoding-type") == Some("url");
-    let (dir, bucket, key) = (
-        state.data_dir.clone(),
-        req.bucket().to_string(),
-        req.key().to_string(),
-    );
+    let (dir, bucket, key) = owned_target(state, req);
     let (b, k) = (bucket.clone(), key.clone());
     let meta = blocking(move || store::complete(&dir, &upload_id, &b, &k, chosen, now))
         .await
@@ -335,11 +328,7 @@ pub(super) async fn abort_upload(
 ) -> Result<Reply, OssError> {
     let (scheme, ak) = authorized(state, req, now, "oss:AbortMultipartUpload")?;
     let upload_id = req.query_value("uploadId").unwrap_or("").to_string();
-    let (dir, bucket, key) = (
-        state.data_dir.clone(),
-        req.bucket().to_string(),
-        req.key().to_string(),
-    );
+    let (dir, bucket, key) = owned_target(state, req);
     blocking(move || store::abort(&dir, &upload_id, &bucket, &key))
         .await
         .map_err(|e| e.tag(Some(scheme), Some(&ak)))?;
@@ -353,11 +342,7 @@ pub(super) async fn get_object(
 ) -> Result<Reply, OssError> {
     let (scheme, ak) = authorized(state, req, now, "oss:GetObject")?;
     let tag = |e: OssError| e.tag(Some(scheme), Some(&ak));
-    let (dir, bucket, key) = (
-        state.data_dir.clone(),
-        req.bucket().to_string(),
-        req.key().to_string(),
-    );
+    let (dir, bucket, key) = owned_target(state, req);
     let found = blocking(move || store::read_object(&dir, &bucket, &key))
         .await
         .map_err(tag)?;
@@ -378,11 +363,7 @@ pub(super) async fn delete_object(
     now: DateTime<Utc>,
 ) -> Result<Reply, OssError> {
     let (scheme, ak) = authorized(state, req, now, "oss:DeleteObject")?;
-    let (dir, bucket, key) = (
-        state.data_dir.clone(),
-        req.bucket().to_string(),
-        req.key().to_string(),
-    );
+    let (dir, bucket, key) = owned_target(state, req);
     blocking(move || store::delete_object(&dir, &bucket, &key))
         .await
         .map_err(|e| e.tag(Some(scheme), Some(&ak)))?;
