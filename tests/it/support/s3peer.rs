@@ -137,11 +137,6 @@ impl S3Peer {
         self.auth.0.lock().unwrap().lookups.clone()
     }
 
-    /// The data directory (`<root>/<bucket>/<key>` are the objects).
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The stored bytes of `bucket/key`, read from the data directory.
     pub fn object(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         let path = self.root.join(bucket).join(key);

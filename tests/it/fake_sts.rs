@@ -2,10 +2,8 @@
 //! prove nothing. These requests are built by hand (signed with our signer,
 //! whose output the vectors pin), then broken one way each.
 
-mod common;
-
+use crate::support::*;
 use chrono::{SecondsFormat, TimeDelta, Utc};
-use common::*;
 use ossvend::sign::sts_rpc;
 use serde_json::Value;
 

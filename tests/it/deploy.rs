@@ -4,14 +4,12 @@
 //! compared with `kubectl kustomize` when kubectl is installed), then its container is
 //! checked and the real binary is run with its arguments, environment and config.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::Server;
+use crate::support::Server;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,7 +21,7 @@ const UNLISTED: &[&str] = &["accesskey/secret.example.yaml", "base/ossvend.toml"
 const NONROOT: u64 = 65532;
 
 fn deploy_dir() -> PathBuf {
-    common::repo_root().join("deploy/kubernetes")
+    crate::support::repo_root().join("deploy/kubernetes")
 }
 
 fn read(path: &Path) -> String {
@@ -300,7 +298,7 @@ struct Stage {
 }
 
 fn dockerfile() -> Vec<Stage> {
-    let text = read(&common::repo_root().join("Dockerfile"));
+    let text = read(&crate::support::repo_root().join("Dockerfile"));
     let mut lines = Vec::new();
     let mut cur = String::new();
     for raw in text.lines() {
@@ -756,8 +754,8 @@ async fn the_binary_serves_the_probes_with_each_manifest() {
     let sk = secret["stringData"]["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
         .as_str()
         .unwrap();
-    let sts = common::FakeSts::start_with_keys(&[(ak, sk)]);
-    let http = common::http();
+    let sts = crate::support::FakeSts::start_with_keys(&[(ak, sk)]);
+    let http = crate::support::http();
     for name in VARIANTS {
         let v = Variant::load(name);
         let cfg = parse_config(&v.config().1);
@@ -869,7 +867,7 @@ fn the_dockerfile_matches_the_manifests() {
         .iter()
         .find(|c| c.last() == Some(&image_config.as_str()))
         .expect("the image copies its config to the path CMD names");
-    let src = common::repo_root().join(copy[copy.len() - 2]);
+    let src = crate::support::repo_root().join(copy[copy.len() - 2]);
     assert!(
         !copies.iter().flatten().any(|w| w.starts_with("static")),
         "the demo page is not shipped"
@@ -899,7 +897,7 @@ fn the_dockerfile_matches_the_manifests() {
     }
 
     // The build context keeps what the build compiles in and drops the rest.
-    let ignore = read(&common::repo_root().join(".dockerignore"));
+    let ignore = read(&crate::support::repo_root().join(".dockerignore"));
     let patterns: BTreeSet<&str> = ignore
         .lines()
         .map(str::trim)
@@ -933,9 +931,9 @@ fn no_real_credential_and_the_secret_is_an_example() {
     // An AccessKey id is LTAI plus 12-30 letters and digits; none may appear anywhere.
     let key_like = regex::Regex::new(r"LTAI[0-9A-Za-z]{12,30}").unwrap();
     let mut files = vec![
-        common::repo_root().join("Dockerfile"),
-        common::repo_root().join("docs/deploying.md"),
-        common::repo_root().join("scripts/container-smoke"),
+        crate::support::repo_root().join("Dockerfile"),
+        crate::support::repo_root().join("docs/deploying.md"),
+        crate::support::repo_root().join("scripts/container-smoke"),
     ];
     let mut stack = vec![deploy_dir()];
     while let Some(dir) = stack.pop() {
@@ -948,7 +946,13 @@ fn no_real_credential_and_the_secret_is_an_example() {
         let text = read(&f);
         for m in key_like.find_iter(&text) {
             // The fake STS's documented test key, in the smoke script only.
-            assert_eq!(m.as_str(), common::CALLER_AK, "{}: {}", f.display(), m.as_str());
+            assert_eq!(
+                m.as_str(),
+                crate::support::CALLER_AK,
+                "{}: {}",
+                f.display(),
+                m.as_str()
+            );
         }
     }
 }

@@ -6,14 +6,12 @@
 //! Raw sockets, because what matters is what happens on the wire. Every wait is
 //! bounded and generous; lower bounds only check that nothing is closed early.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 /// The shared test config with `[server]` connection settings (durations as TOML strings).
 fn config_with(settings: &str) -> String {

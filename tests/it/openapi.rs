@@ -3,12 +3,10 @@
 //! an independent validator (Python `openapi-spec-validator`) accepts it, and every
 //! operation it describes is served.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::{FakeSts, Server, config, http, repo_root, venv_python};
+use crate::support::{FakeSts, Server, config, http, repo_root, venv_python};
 use serde_json::Value;
 
 const SNAPSHOT: &str = "docs/openapi.json";

@@ -2,14 +2,14 @@
 //! real uploads to the embedded OSS sink of `ossvend local` (in this process,
 //! [`EmbeddedOss`]), which verifies every signature, checks policy conditions and
 //! the session policy of the STS credential, and stores the bytes. The
-//! credentials come from the fake STS, as in the other server tests.
+//! credentials come from the in-process STS ([`StsStub`]), whose state the sink
+//! shares; the routes run in-process ([`TestApp`]).
 
-mod common;
-
-use common::*;
 use serde_json::{Value, json};
 
-fn upload_config(sts: &FakeSts, oss: &EmbeddedOss, extra_grant: &str) -> String {
+use crate::support::*;
+
+fn upload_config(sts: &StsStub, oss: &EmbeddedOss, extra_grant: &str) -> String {
     format!(
         r#"
 [server]
@@ -115,23 +115,23 @@ async fn presign_put(p: &Value, data: &[u8], override_ct: Option<&str>) -> (u16,
 }
 
 struct Env {
-    sts: FakeSts,
+    sts: StsStub,
     oss: EmbeddedOss,
-    server: Server,
+    app: TestApp,
 }
 
 async fn start(extra_grant: &str) -> Env {
-    let sts = FakeSts::start();
-    let oss = EmbeddedOss::start(&sts, None);
-    let server = Server::start(upload_config(&sts, &oss, extra_grant));
-    Env { sts, oss, server }
+    let sts = StsStub::start();
+    let oss = EmbeddedOss::for_stub(&sts);
+    let app = TestApp::new(&upload_config(&sts, &oss, extra_grant)).await;
+    Env { sts, oss, app }
 }
 
 /// The parsed body, with the raw text kept under `_raw` (for field order).
-async fn get_json(url: String) -> (u16, Value) {
-    let r = http().get(url).send().await.unwrap();
-    let status = r.status().as_u16();
-    let raw = r.text().await.unwrap();
+async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
+    let r = app.get(path).await;
+    let status = r.status;
+    let raw = r.text();
     let mut v: Value = serde_json::from_str(&raw).unwrap();
     if let Some(o) = v.as_object_mut() {
         o.insert("_raw".into(), Value::String(raw));
@@ -143,9 +143,10 @@ async fn get_json(url: String) -> (u16, Value) {
 async fn presigned_put_v4_and_v1_upload_and_are_bound_to_their_content_type() {
     let e = start("").await;
     for grant in ["web", "v1"] {
-        let (status, p) = get_json(e.server.url(&format!(
-            "/v1/grants/{grant}/presign?filename=Cat.PNG&content_type=image/png"
-        )))
+        let (status, p) = get_json(
+            &e.app,
+            &format!("/v1/grants/{grant}/presign?filename=Cat.PNG&content_type=image/png"),
+        )
         .await;
         assert_eq!(status, 200, "{p}");
         let key = p["key"].as_str().unwrap();
@@ -183,24 +184,25 @@ async fn presigned_put_v4_and_v1_upload_and_are_bound_to_their_content_type() {
 async fn presign_refuses_disallowed_or_missing_content_types_and_unknown_grants() {
     let e = start("").await;
     let (status, body) = get_json(
-        e.server
-            .url("/v1/grants/web/presign?filename=x.html&content_type=text/html"),
+        &e.app,
+        "/v1/grants/web/presign?filename=x.html&content_type=text/html",
     )
     .await;
     assert_eq!(
         (status, body["code"].as_str().unwrap()),
         (400, "content_type_not_allowed")
     );
-    let (status, body) = get_json(e.server.url("/v1/grants/web/presign?filename=x.png")).await;
+    let (status, body) = get_json(&e.app, "/v1/grants/web/presign?filename=x.png").await;
     assert_eq!(
         (status, body["code"].as_str().unwrap()),
         (400, "content_type_required")
     );
     // A server-named key's extension must fit the type it is bound to (issue 13).
     for route in ["presign", "post-policy"] {
-        let (status, body) = get_json(e.server.url(&format!(
-            "/v1/grants/web/{route}?filename=evil.html&content_type=image/png"
-        )))
+        let (status, body) = get_json(
+            &e.app,
+            &format!("/v1/grants/web/{route}?filename=evil.html&content_type=image/png"),
+        )
         .await;
         assert_eq!(
             (status, body["code"].as_str().unwrap()),
@@ -209,12 +211,12 @@ async fn presign_refuses_disallowed_or_missing_content_types_and_unknown_grants(
         );
         assert!(body["message"].as_str().unwrap().contains(".png"), "{body}");
     }
-    let (status, body) = get_json(e.server.url("/v1/grants/nope/presign")).await;
+    let (status, body) = get_json(&e.app, "/v1/grants/nope/presign").await;
     assert_eq!((status, body["code"].as_str().unwrap()), (404, "unknown_grant"));
     // The server names keys: a hostile filename contributes nothing but a clean extension.
     let (status, p) = get_json(
-        e.server
-            .url("/v1/grants/web/presign?filename=../../etc/passwd&content_type=text/plain"),
+        &e.app,
+        "/v1/grants/web/presign?filename=../../etc/passwd&content_type=text/plain",
     )
     .await;
     assert_eq!(status, 200);
@@ -224,14 +226,16 @@ async fn presign_refuses_disallowed_or_missing_content_types_and_unknown_grants(
         "{key}"
     );
     // POST with a JSON body works like GET.
-    let r = http()
-        .post(e.server.url("/v1/grants/web/presign"))
-        .json(&json!({ "filename": "a.txt", "content_type": "text/plain" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let p: Value = r.json().await.unwrap();
+    let r = e
+        .app
+        .post_json(
+            "/v1/grants/web/presign",
+            &[],
+            &json!({ "filename": "a.txt", "content_type": "text/plain" }),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let p = r.json();
     assert!(p["key"].as_str().unwrap().ends_with(".txt"));
     assert_eq!(presign_put(&p, b"hello", None).await.0, 200);
     assert_eq!(
@@ -247,8 +251,8 @@ async fn post_policy_v4_and_v1_forms_upload_and_enforce_their_conditions() {
     for grant in ["web", "v1"] {
         let ct = "text/plain";
         let (status, policy) = get_json(
-            e.server
-                .url(&format!("/v1/grants/{grant}/post-policy?content_type={ct}")),
+            &e.app,
+            &format!("/v1/grants/{grant}/post-policy?content_type={ct}"),
         )
         .await;
         assert_eq!(status, 200, "{policy}");
@@ -307,7 +311,7 @@ async fn post_policy_v4_and_v1_forms_upload_and_enforce_their_conditions() {
         }
     }
     // Over max_size_bytes (web grant: 1024).
-    let (_, policy) = get_json(e.server.url("/v1/grants/web/post-policy?content_type=text/plain")).await;
+    let (_, policy) = get_json(&e.app, "/v1/grants/web/post-policy?content_type=text/plain").await;
     let host = policy["host"].as_str().unwrap();
     let (status, body) = post_form(host, &fields_of(&policy), "big.txt", "text/plain", &[b'a'; 2000]).await;
     assert_eq!(status, 400, "{body}");
@@ -325,8 +329,8 @@ async fn post_policy_v4_and_v1_forms_upload_and_enforce_their_conditions() {
 async fn post_policy_with_a_filename_names_the_key_on_the_server() {
     let e = start("").await;
     let (status, policy) = get_json(
-        e.server
-            .url("/v1/grants/web/post-policy?filename=me.png&content_type=image/png"),
+        &e.app,
+        "/v1/grants/web/post-policy?filename=me.png&content_type=image/png",
     )
     .await;
     assert_eq!(status, 200);
@@ -354,8 +358,8 @@ async fn post_policy_with_a_filename_names_the_key_on_the_server() {
 async fn legacy_routes_keep_the_seed_shapes() {
     let e = start("").await;
     let (status, body) = get_json(
-        e.server
-            .url("/get_post_signature_for_oss_upload?content_type=text/plain"),
+        &e.app,
+        "/get_post_signature_for_oss_upload?content_type=text/plain",
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -375,22 +379,13 @@ async fn legacy_routes_keep_the_seed_shapes() {
     assert!(body["expire"].is_i64());
     assert!(body["accessid"].as_str().unwrap().starts_with("STS."));
     // The legacy presign returns the URL as plain text.
-    let r = http()
-        .get(
-            e.server
-                .url("/get_presigned_url_for_oss_upload?content_type=text/plain"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    let url = r.text().await.unwrap();
+    let r = e
+        .app
+        .get("/get_presigned_url_for_oss_upload?content_type=text/plain")
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").starts_with("text/plain"));
+    let url = r.text();
     let put = http()
         .put(&url)
         .header("content-type", "text/plain")
@@ -403,18 +398,22 @@ async fn legacy_routes_keep_the_seed_shapes() {
 
 #[tokio::test]
 async fn signed_uploads_never_outlive_the_signing_credential() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     // A credential with 100 s left, min_remaining 60 s: a 1 h upload window must shrink to it.
     sts.script(json!([{ "expires_in": 100 }])).await;
-    let oss = EmbeddedOss::start(&sts, None);
-    let server = Server::start_with(
-        ServerOptions::new(upload_config(&sts, &oss, "upload_expires = \"1h\""))
-            .env("OSSVEND_STS_MIN_REMAINING", "60s")
-            .env("OSSVEND_STS_REFRESH_BEFORE", "120s"),
-    );
+    let oss = EmbeddedOss::for_stub(&sts);
+    let app = TestApp::with_env(
+        &upload_config(&sts, &oss, "upload_expires = \"1h\""),
+        &[
+            ("OSSVEND_STS_MIN_REMAINING", "60s"),
+            ("OSSVEND_STS_REFRESH_BEFORE", "120s"),
+        ],
+    )
+    .await
+    .unwrap();
     let cred_exp = sts.calls().await;
-    let (_, p) = get_json(server.url("/v1/grants/v1/presign?filename=a.txt")).await;
-    let (_, f) = get_json(server.url("/v1/grants/v1/post-policy")).await;
+    let (_, p) = get_json(&app, "/v1/grants/v1/presign?filename=a.txt").await;
+    let (_, f) = get_json(&app, "/v1/grants/v1/post-policy").await;
     let issued = sts.calls().await;
     let exp = issued.last().or(cred_exp.last()).unwrap()["expiration_issued"]
         .as_str()
@@ -433,11 +432,15 @@ async fn signed_uploads_never_outlive_the_signing_credential() {
 
 #[tokio::test]
 async fn access_key_signing_uses_the_identity_without_a_token() {
-    let sts = FakeSts::start();
-    let oss = EmbeddedOss::start(&sts, Some((CALLER_AK, CALLER_SECRET)));
-    let server = Server::start(upload_config(&sts, &oss, "signing = \"access_key\""));
-    let (status, p) =
-        get_json(server.url("/v1/grants/v1/presign?filename=k.txt&content_type=text/plain")).await;
+    let sts = StsStub::start();
+    // The sink shares the STS's state: its root key is the caller key.
+    let oss = EmbeddedOss::for_stub(&sts);
+    let app = TestApp::new(&upload_config(&sts, &oss, "signing = \"access_key\"")).await;
+    let (status, p) = get_json(
+        &app,
+        "/v1/grants/v1/presign?filename=k.txt&content_type=text/plain",
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(
         p["url"]

@@ -14,14 +14,12 @@
 //!
 //! Missing clients fail the tests (`scripts/test-deps` installs them); nothing is skipped.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use chrono::{DateTime, Utc};
-use common::*;
 use ossvend::sign::oss_v4::V4Scope;
 use ossvend::sign::{AddressingStyle, Endpoint, RequestToSign, SigningCredentials, oss_v1, oss_v4, post};
 use serde_json::Value;

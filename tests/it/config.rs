@@ -1,10 +1,8 @@
 //! `ossvend check-config` and `ossvend serve` on good and bad configs.
 
-mod common;
-
 use std::process::{Command, Output};
 
-use common::*;
+use crate::support::*;
 
 fn run(config: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
@@ -567,7 +565,7 @@ fn explicit_policy_config(sts_endpoint: &str) -> String {
     let key = ossvend::auth::api_key::hash_key("alice-secret-key-0001");
     format!(
         "{}\n[[auth.api_keys]]\nid = \"alice\"\nsha256 = \"{key}\"\n{EXPLICIT_POLICY_GRANT}",
-        common::config(sts_endpoint)
+        crate::support::config(sts_endpoint)
     )
 }
 

@@ -2,14 +2,12 @@
 //! hot reload (SIGHUP and `POST /admin/reload`) under load, request ids and
 //! `RUST_LOG` filtering. Every test runs the real binary against the fake STS.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::{Value, json};
 
 const API_KEY: &str = "ovk_opsTestKeyDoNotUse0001";

@@ -17,14 +17,12 @@
 //! policy; the s3s peer checks SigV4 against the secret registered for the vended key.
 //! Missing clients fail the tests (`scripts/test-deps` installs them); nothing is skipped.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::s3peer::S3Peer;
-use common::*;
+use crate::support::s3peer::S3Peer;
+use crate::support::*;
 use ossvend::identity::key_id_prefix;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

@@ -1,17 +1,15 @@
 //! ossvend's `s3-v4` presigned PUT URLs and POST policies against an independent,
-//! verifying S3 implementation (s3s + s3s-fs, in-process; see `common::s3peer`).
+//! verifying S3 implementation (s3s + s3s-fs, in-process; see `support::s3peer`).
 //!
 //! The real `ossvend` binary signs with the grant's cached STS credential from the
 //! fake STS; the test reads that same credential from `/v1/grants/<g>/credentials`
 //! and registers it with the peer. Every upload the peer rejects must leave nothing stored.
 
-mod common;
-
 use std::fmt;
 use std::time::Duration;
 
-use common::s3peer::S3Peer;
-use common::*;
+use crate::support::s3peer::S3Peer;
+use crate::support::*;
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::Value;

@@ -5,13 +5,11 @@
 //! against `ossvend local` alone (embedded STS emulator and OSS sink). Needs `/usr/bin/chromium` and
 //! `tests/browser/node_modules`: `scripts/test-deps` installs both.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const GRANT: &str = "browser-upload";

@@ -5,13 +5,11 @@
 //! instance metadata, the credentials URI and AssumeRoleWithOIDC, and accepts
 //! every credential it issued as a caller key until it expires.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use base64::Engine;
-use common::*;
 use serde_json::{Value, json};
 
 const STATIC_AK: &str = "LTAIstaticTestKey0002";

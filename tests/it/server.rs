@@ -1,11 +1,14 @@
-//! The real `ossvend serve` binary against the signature-checking fake STS.
-
-mod common;
+//! The credential routes against the in-process STS (`StsStub`: the embedded STS
+//! emulator, which checks signatures, with the fake's knobs), through the real
+//! router in this process (`TestApp`); the real binary where a process matters
+//! (SIGTERM, the log output, the `credential-process` client).
 
 use std::time::Duration;
 
-use common::*;
+use axum::body::Body;
 use serde_json::{Value, json};
+
+use crate::support::*;
 
 fn is_sts_time(s: &str) -> bool {
     // YYYY-MM-DDThh:mm:ssZ, no fractional seconds (strict clients reject them).
@@ -14,19 +17,14 @@ fn is_sts_time(s: &str) -> bool {
 
 #[tokio::test]
 async fn legacy_path_returns_narrowed_credentials_and_caches_them() {
-    let sts = FakeSts::start();
-    let server = Server::start(config(&sts.endpoint));
-    let client = http();
+    let sts = StsStub::start();
+    let app = TestApp::new(&config(&sts.endpoint)).await;
 
-    let r = client
-        .get(server.url("/get_sts_token_for_oss_upload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["cache-control"], "no-store");
-    assert!(!r.headers()["x-request-id"].is_empty());
-    let body: Value = r.json().await.unwrap();
+    let r = app.get("/get_sts_token_for_oss_upload").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert!(!r.headers["x-request-id"].is_empty());
+    let body: Value = r.json();
     assert_eq!(body["StatusCode"], 200);
     assert_eq!(body["Code"], "Success");
     assert!(body["AccessKeyId"].as_str().unwrap().starts_with("STS."));
@@ -61,26 +59,12 @@ async fn legacy_path_returns_narrowed_credentials_and_caches_them() {
     assert_eq!(c["access_key_id_issued"], body["AccessKeyId"]);
 
     // The same grant again: served from cache, same credential, no new call.
-    let again: Value = client
-        .get(server.url("/v1/grants/browser-upload/credentials"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = app.get("/v1/grants/browser-upload/credentials").await.json();
     assert_eq!(again["AccessKeyId"], body["AccessKeyId"]);
     assert_eq!(sts.call_count().await, 1);
 
     // Another grant: its own policy, duration and session name, its own credential.
-    let other: Value = client
-        .get(server.url("/v1/grants/avatars/credentials"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other = app.get("/v1/grants/avatars/credentials").await.json();
     assert_ne!(other["AccessKeyId"], body["AccessKeyId"]);
     assert_eq!(other["Prefix"], "avatars/");
     let calls = sts.calls().await;
@@ -94,33 +78,25 @@ async fn legacy_path_returns_narrowed_credentials_and_caches_them() {
             .contains("examplebucket/avatars/*")
     );
     assert!(
-        server
-            .logs
-            .wait_for("cache=\"miss\"", Duration::from_secs(5))
-            .await,
+        app.logs.wait_for("cache=\"miss\"", Duration::from_secs(5)).await,
         "{}",
-        server.logs.text()
+        app.logs.text()
     );
 }
 
 #[tokio::test]
 async fn five_hundred_concurrent_cold_requests_cost_one_sts_call() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     // Slow STS so that all requests really arrive while the first call is in flight.
     sts.mode(json!({ "delay_ms": 300 })).await;
-    let server = Server::start(config(&sts.endpoint));
-    let client = http();
-    let url = server.url("/v1/grants/browser-upload/credentials");
+    let app = TestApp::new(&config(&sts.endpoint)).await;
     let tasks: Vec<_> = (0..500)
         .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
+            let client = app.client();
             tokio::spawn(async move {
-                let r = client.get(url).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                r.json::<Value>().await.unwrap()["AccessKeyId"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
+                let r = client.get("/v1/grants/browser-upload/credentials").await;
+                assert_eq!(r.status, 200);
+                r.json()["AccessKeyId"].as_str().unwrap().to_string()
             })
         })
         .collect();
@@ -136,27 +112,20 @@ async fn five_hundred_concurrent_cold_requests_cost_one_sts_call() {
 
 #[tokio::test]
 async fn refreshes_ahead_of_expiry_in_the_background() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     // The first credential lives 100 s: above min_remaining (60 s) but already
     // inside refresh_before (120 s), so the next request triggers a refresh.
     sts.script(json!([{ "expires_in": 100 }])).await;
-    let server = Server::start_with(
-        ServerOptions::new(config(&sts.endpoint))
-            .env("OSSVEND_STS_MIN_REMAINING", "60s")
-            .env("OSSVEND_STS_REFRESH_BEFORE", "120s"),
-    );
-    let client = http();
-    let url = server.url("/v1/grants/browser-upload/credentials");
-    let get = || async {
-        client
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
+    let app = TestApp::with_env(
+        &config(&sts.endpoint),
+        &[
+            ("OSSVEND_STS_MIN_REMAINING", "60s"),
+            ("OSSVEND_STS_REFRESH_BEFORE", "120s"),
+        ],
+    )
+    .await
+    .unwrap();
+    let get = || async { app.get("/v1/grants/browser-upload/credentials").await.json() };
 
     let first = get().await;
     let second = get().await; // served the still-valid one, refresh started
@@ -179,50 +148,49 @@ async fn refreshes_ahead_of_expiry_in_the_background() {
 
 #[tokio::test]
 async fn stale_if_error_then_503_when_nothing_valid_is_left() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     // 63 s of life with min_remaining 60 s: valid for ~3 s, inside the refresh window.
     sts.script(json!([{ "expires_in": 63 }])).await;
-    let server = Server::start_with(
-        ServerOptions::new(config(&sts.endpoint))
-            .env("OSSVEND_STS_MIN_REMAINING", "60s")
-            .env("OSSVEND_STS_REFRESH_BEFORE", "120s")
-            .env("OSSVEND_STS_MAX_RETRIES", "0"),
-    );
-    let client = http();
-    let url = server.url("/v1/grants/browser-upload/credentials");
+    let app = TestApp::with_env(
+        &config(&sts.endpoint),
+        &[
+            ("OSSVEND_STS_MIN_REMAINING", "60s"),
+            ("OSSVEND_STS_REFRESH_BEFORE", "120s"),
+            ("OSSVEND_STS_MAX_RETRIES", "0"),
+        ],
+    )
+    .await
+    .unwrap();
+    let url = "/v1/grants/browser-upload/credentials";
 
-    let first: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    let first = app.get(url).await.json();
     sts.mode(json!({ "error": "ServiceUnavailable" })).await;
     // STS is down; the cached credential is still valid, so it keeps being served.
-    let r = client.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    let r = app.get(url).await;
+    assert_eq!(r.status, 200);
     assert!(
-        server
-            .logs
+        app.logs
             .wait_for("background refresh failed", Duration::from_secs(10))
             .await,
         "{}",
-        server.logs.text()
+        app.logs.text()
     );
-    let stale: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    let stale = app.get(url).await.json();
     assert_eq!(stale["AccessKeyId"], first["AccessKeyId"]);
-    // The audit line is written as the response goes out; stderr is read by another thread.
+    // The audit line is written as the response goes out.
     assert!(
-        server
-            .logs
-            .wait_for("cache=\"stale\"", Duration::from_secs(5))
-            .await,
+        app.logs.wait_for("cache=\"stale\"", Duration::from_secs(5)).await,
         "{}",
-        server.logs.text()
+        app.logs.text()
     );
 
     // Once less than min_remaining is left, nothing valid remains: 503.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let r = client.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 503);
-    let header_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-    let body: Value = r.json().await.unwrap();
+    let r = app.get(url).await;
+    assert_eq!(r.status, 503);
+    let header_id = r.header("x-request-id").to_string();
+    let retry_after: u64 = r.header("retry-after").parse().unwrap();
+    let body = r.json();
     assert_eq!(body["code"], "sts_unavailable");
     assert_eq!(body["sts_code"], "ServiceUnavailable");
     assert_eq!(body["request_id"], header_id.as_str());
@@ -232,24 +200,18 @@ async fn stale_if_error_then_503_when_nothing_valid_is_left() {
     // STS back: served again without a restart, once the announced back-off is over.
     sts.mode(json!({})).await;
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
-    let r = client.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(app.get(url).await.status, 200);
 }
 
 #[tokio::test]
 async fn throttling_is_retried_then_surfaced() {
-    let sts = FakeSts::start();
-    let server = Server::start(config(&sts.endpoint));
-    let client = http();
+    let sts = StsStub::start();
+    let app = TestApp::new(&config(&sts.endpoint)).await;
 
     // Throttled once, then fine: the caller never notices.
     sts.script(json!([{ "error": "Throttling.User" }])).await;
-    let r = client
-        .get(server.url("/v1/grants/browser-upload/credentials"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = app.get("/v1/grants/browser-upload/credentials").await;
+    assert_eq!(r.status, 200);
     let calls = sts.calls().await;
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0]["outcome"], "Throttling.User");
@@ -261,22 +223,17 @@ async fn throttling_is_retried_then_surfaced() {
 
     // Throttled on every attempt: 1 + max_retries (2) calls, then 503 sts_throttled.
     sts.mode(json!({ "error": "Throttling.User" })).await;
-    let r = client
-        .get(server.url("/v1/grants/avatars/credentials"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let body: Value = r.json().await.unwrap();
+    let r = app.get("/v1/grants/avatars/credentials").await;
+    assert_eq!(r.status, 503);
+    let body = r.json();
     assert_eq!(body["code"], "sts_throttled");
     assert_eq!(sts.call_count().await, 2 + 3);
 }
 
 #[tokio::test]
 async fn sts_errors_map_to_stable_codes_and_permanent_ones_are_not_retried() {
-    let sts = FakeSts::start();
-    let server = Server::start(config(&sts.endpoint));
-    let client = http();
+    let sts = StsStub::start();
+    let app = TestApp::new(&config(&sts.endpoint)).await;
     let cases = [
         (
             json!({ "error": "NoPermission" }),
@@ -311,19 +268,15 @@ async fn sts_errors_map_to_stable_codes_and_permanent_ones_are_not_retried() {
     for (behaviour, status, code, sts_code, calls) in cases {
         let before = sts.call_count().await;
         sts.mode(behaviour.clone()).await;
-        let r = client
-            .get(server.url("/get_sts_token_for_oss_upload"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), status, "{behaviour}");
+        let r = app.get("/get_sts_token_for_oss_upload").await;
+        assert_eq!(r.status, status, "{behaviour}");
         // Only STS trouble (503) says when to come back.
         retry_after = r
-            .headers()
+            .headers
             .get("retry-after")
             .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
         assert_eq!(retry_after.is_some(), status == 503, "{behaviour}");
-        let body: Value = r.json().await.unwrap();
+        let body = r.json();
         assert_eq!(body["code"], code, "{behaviour}");
         assert_eq!(body["sts_code"], sts_code, "{behaviour}");
         assert!(body["sts_request_id"].is_string());
@@ -333,132 +286,104 @@ async fn sts_errors_map_to_stable_codes_and_permanent_ones_are_not_retried() {
     // After STS trouble, the grant backs off for the announced time, then asks again.
     sts.mode(json!({})).await;
     tokio::time::sleep(Duration::from_secs(retry_after.unwrap())).await;
-    let r = client
-        .get(server.url("/get_sts_token_for_oss_upload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(app.get("/get_sts_token_for_oss_upload").await.status, 200);
 }
 
 #[tokio::test]
 async fn malformed_sts_response_is_503_not_a_panic() {
-    let sts = FakeSts::start();
-    let server =
-        Server::start_with(ServerOptions::new(config(&sts.endpoint)).env("OSSVEND_STS_MAX_RETRIES", "0"));
-    sts.script(json!([{ "raw": "<html>not json</html>" }])).await;
-    let r = http()
-        .get(server.url("/get_sts_token_for_oss_upload"))
-        .send()
+    let sts = StsStub::start();
+    let app = TestApp::with_env(&config(&sts.endpoint), &[("OSSVEND_STS_MAX_RETRIES", "0")])
         .await
         .unwrap();
-    assert_eq!(r.status(), 503);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "sts_unavailable");
+    sts.script(json!([{ "raw": "<html>not json</html>" }])).await;
+    let r = app.get("/get_sts_token_for_oss_upload").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["code"], "sts_unavailable");
 }
 
 #[tokio::test]
 async fn unknown_grant_routes_and_methods_get_json_errors() {
-    let sts = FakeSts::start();
-    let server = Server::start(config(&sts.endpoint));
-    let client = http();
+    let sts = StsStub::start();
+    let app = TestApp::new(&config(&sts.endpoint)).await;
 
-    let r = client
-        .get(server.url("/v1/grants/nope/credentials"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    let body: Value = r.json().await.unwrap();
+    let r = app.get("/v1/grants/nope/credentials").await;
+    assert_eq!(r.status, 404);
+    let id = r.header("x-request-id").to_string();
+    let body = r.json();
     assert_eq!(body["code"], "unknown_grant");
     assert_eq!(body["request_id"], id.as_str());
     assert_eq!(body["ErrorCode"], "unknown_grant");
 
-    let r = client.get(server.url("/no/such/path")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+    let r = app.get("/no/such/path").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "not_found");
 
-    let r = client
-        .post(server.url("/get_sts_token_for_oss_upload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 405);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "method_not_allowed");
+    let r = app
+        .request("POST", "/get_sts_token_for_oss_upload", &[], Body::empty())
+        .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.json()["code"], "method_not_allowed");
 
-    let r = client
-        .post(server.url("/get_sts_token_for_oss_upload"))
-        .body(vec![b'x'; 200_000])
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status() == 413 || r.status() == 405, "{}", r.status());
+    let big = Body::from(vec![b'x'; 200_000]);
+    let r = app
+        .request(
+            "POST",
+            "/get_sts_token_for_oss_upload",
+            &[("content-length", "200000")],
+            big,
+        )
+        .await;
+    assert!(r.status == 413 || r.status == 405, "{}", r.status);
 
     // A caller's request id is kept when it is a safe token, replaced otherwise.
-    let r = client
-        .get(server.url("/healthz"))
-        .header("x-request-id", "trace-abc.123")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["x-request-id"], "trace-abc.123");
-    let r = client
-        .get(server.url("/healthz"))
-        .header("x-request-id", "bad id\twith spaces")
-        .send()
-        .await
-        .unwrap();
-    assert_ne!(r.headers()["x-request-id"], "bad id\twith spaces");
+    let r = app
+        .get_with("/healthz", &[("x-request-id", "trace-abc.123")])
+        .await;
+    assert_eq!(r.headers["x-request-id"], "trace-abc.123");
+    // Not a valid header value for the builder: sent as raw bytes.
+    let mut req = axum::http::Request::get("/healthz").body(Body::empty()).unwrap();
+    req.headers_mut().insert(
+        "x-request-id",
+        axum::http::HeaderValue::from_bytes(b"bad id\twith spaces").unwrap(),
+    );
+    let r = app.send(req).await;
+    assert_ne!(r.headers["x-request-id"], "bad id\twith spaces");
     assert_eq!(sts.call_count().await, 0);
 }
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let mut sts = FakeSts::start();
-    let server = Server::start(config(&sts.endpoint));
-    let client = http();
-    let r = client.get(server.url("/healthz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let r = client.get(server.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let mut sts = StsStub::start();
+    let app = TestApp::new(&config(&sts.endpoint)).await;
+    assert_eq!(app.get("/healthz").await.status, 200);
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status, 200);
+    let body = r.json();
     assert_eq!(body["sts"], "reachable");
     assert_eq!(body["identity"]["source"], "env");
 
     // STS gone and nothing cached: not ready (but still alive).
     sts.kill();
-    let r = client.get(server.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 503);
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "unready");
-    assert_eq!(
-        client.get(server.url("/healthz")).send().await.unwrap().status(),
-        200
-    );
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["status"], "unready");
+    assert_eq!(app.get("/healthz").await.status, 200);
 }
 
 #[tokio::test]
 async fn ready_with_a_cached_credential_while_sts_is_down() {
-    let mut sts = FakeSts::start();
-    let server = Server::start(config(&sts.endpoint));
-    let client = http();
-    assert_eq!(
-        client
-            .get(server.url("/get_sts_token_for_oss_upload"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let mut sts = StsStub::start();
+    let app = TestApp::new(&config(&sts.endpoint)).await;
+    assert_eq!(app.get("/get_sts_token_for_oss_upload").await.status, 200);
     sts.kill();
-    let r = client.get(server.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["sts"], "cached credential valid");
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["sts"], "cached credential valid");
 }
 
 #[tokio::test]
 async fn sigterm_shuts_down_gracefully() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let mut server = Server::start(config(&sts.endpoint));
     assert_eq!(
         http().get(server.url("/healthz")).send().await.unwrap().status(),
@@ -475,7 +400,7 @@ async fn sigterm_shuts_down_gracefully() {
 #[tokio::test]
 async fn no_secret_ever_appears_in_the_logs() {
     for format in ["json", "text"] {
-        let sts = FakeSts::start();
+        let sts = StsStub::start();
         let server = Server::start_with(
             ServerOptions::new(config(&sts.endpoint))
                 .env("OSSVEND_SERVER_LOG_FORMAT", format)
@@ -550,20 +475,22 @@ async fn no_secret_ever_appears_in_the_logs() {
 /// cache hit issued during that wait is answered before the second STS call.
 #[tokio::test]
 async fn sts_budget_spaces_calls_and_never_delays_hits() {
-    let sts = FakeSts::start();
-    let server = Server::start_with(
-        ServerOptions::new(config(&sts.endpoint)).env("OSSVEND_STS_MAX_CALLS_PER_SECOND", "1"),
-    );
-    let client = http();
-    let warm = server.url("/v1/grants/browser-upload/credentials");
-    assert_eq!(client.get(&warm).send().await.unwrap().status(), 200);
+    let sts = StsStub::start();
+    let app = TestApp::with_env(
+        &config(&sts.endpoint),
+        &[("OSSVEND_STS_MAX_CALLS_PER_SECOND", "1")],
+    )
+    .await
+    .unwrap();
+    let warm = "/v1/grants/browser-upload/credentials";
+    assert_eq!(app.get(warm).await.status, 200);
 
     let cold = {
-        let (client, url) = (client.clone(), server.url("/v1/grants/avatars/credentials"));
-        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        let client = app.client();
+        tokio::spawn(async move { client.get("/v1/grants/avatars/credentials").await.status })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(client.get(&warm).send().await.unwrap().status(), 200);
+    assert_eq!(app.get(warm).await.status, 200);
     let hit_done = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -587,15 +514,14 @@ async fn sts_budget_spaces_calls_and_never_delays_hits() {
 /// One credential, each client family's spelling; an unknown format is a 400.
 #[tokio::test]
 async fn credential_formats() {
-    let sts = FakeSts::start();
-    let server = Server::start(config(&sts.endpoint));
-    let client = http();
+    let sts = StsStub::start();
+    let app = TestApp::new(&config(&sts.endpoint)).await;
+    let app = &app;
     let get = |f: &str| {
-        client
-            .get(server.url(&format!("/v1/grants/browser-upload/credentials?format={f}")))
-            .send()
+        let path = format!("/v1/grants/browser-upload/credentials?format={f}");
+        async move { app.get(&path).await }
     };
-    let default: Value = get("default").await.unwrap().json().await.unwrap();
+    let default = get("default").await.json();
     let (ak, secret, token, exp) = (
         &default["AccessKeyId"],
         &default["AccessKeySecret"],
@@ -603,26 +529,26 @@ async fn credential_formats() {
         &default["Expiration"],
     );
 
-    let aws: Value = get("aws").await.unwrap().json().await.unwrap();
+    let aws = get("aws").await.json();
     assert_eq!(
         aws,
         json!({ "AccessKeyId": ak, "SecretAccessKey": secret, "Token": token, "Expiration": exp })
     );
-    let camel: Value = get("camel").await.unwrap().json().await.unwrap();
+    let camel = get("camel").await.json();
     assert_eq!(
         camel,
         json!({ "accessKeyId": ak, "secretAccessKey": secret, "securityToken": token, "expiration": exp })
     );
-    let r = get("credential-process").await.unwrap();
-    assert_eq!(r.headers()["cache-control"], "no-store");
-    let process: Value = r.json().await.unwrap();
+    let r = get("credential-process").await;
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let process = r.json();
     assert_eq!(
         process,
         json!({ "Version": 1, "AccessKeyId": ak, "SecretAccessKey": secret, "SessionToken": token, "Expiration": exp })
     );
-    let r = get("bogus").await.unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
+    let r = get("bogus").await;
+    assert_eq!(r.status, 400);
+    let body = r.json();
     assert_eq!(body["code"], "unknown_format");
     assert!(body["message"].as_str().unwrap().contains("credential-process"));
     assert_eq!(sts.call_count().await, 1, "one credential behind every format");
@@ -632,7 +558,7 @@ async fn credential_formats() {
 /// fails with one line on stderr when ossvend refuses.
 #[tokio::test]
 async fn credential_process_client_mode() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let server = Server::start(config(&sts.endpoint));
     // A `format` already in the URL is replaced, not appended after (the server takes the first).
     let url = server.url("/v1/grants/browser-upload/credentials?format=aws&x=1");

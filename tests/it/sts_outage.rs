@@ -3,11 +3,9 @@
 //! errors say when to come back, recovery costs one call, and `/readyz` tells
 //! the outage without draining the fleet.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::{Value, json};
 
 const MAX_RETRIES: usize = 2;
