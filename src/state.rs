@@ -34,7 +34,18 @@ impl AppState {
     /// remotely (metadata service or STS down) does not: the server starts
     /// unready and keeps retrying in the background.
     pub async fn build(config: Config, env: &BTreeMap<String, String>) -> Result<Arc<Self>, String> {
-        Self::build_reusing(config, env, None).await
+        Self::build_inner(config, env, None, RefreshTimings::default()).await
+    }
+
+    /// Like [`AppState::build`], with other timings of the identity's refresh
+    /// loop: in-process tests shorten the expiry margin so that an identity's
+    /// refresh, outage and recovery take seconds, not minutes.
+    pub async fn build_with_timings(
+        config: Config,
+        env: &BTreeMap<String, String>,
+        timings: RefreshTimings,
+    ) -> Result<Arc<Self>, String> {
+        Self::build_inner(config, env, None, timings).await
     }
 
     /// Like [`AppState::build`], for a reload: when `[identity]` and `[sts]`
@@ -43,9 +54,18 @@ impl AppState {
     /// an STS call), and so are its rate-limit counters for grants whose limits
     /// did not change and its per-process ticket key.
     pub async fn build_reusing(
+        config: Config,
+        env: &BTreeMap<String, String>,
+        previous: Option<&AppState>,
+    ) -> Result<Arc<Self>, String> {
+        Self::build_inner(config, env, previous, RefreshTimings::default()).await
+    }
+
+    async fn build_inner(
         mut config: Config,
         env: &BTreeMap<String, String>,
         previous: Option<&AppState>,
+        timings: RefreshTimings,
     ) -> Result<Arc<Self>, String> {
         crate::prom::install();
         // Region/VPC defaults from the environment are resolved once, here.
@@ -60,7 +80,7 @@ impl AppState {
                 identity: p.issuer.identity.clone(),
                 cache: p.issuer.cache.clone(),
             },
-            None => Self::build_issuer(&config, env).await?,
+            None => Self::build_issuer(&config, env, timings).await?,
         };
         let grants = Grants::from_config(&config)?;
         let mut auth = Authenticator::from_config(&config, env)?;
@@ -100,12 +120,16 @@ impl AppState {
         self.config.identity == new.identity && self.config.sts == new.sts
     }
 
-    async fn build_issuer(config: &Config, env: &BTreeMap<String, String>) -> Result<Issuer, String> {
+    async fn build_issuer(
+        config: &Config,
+        env: &BTreeMap<String, String>,
+        timings: RefreshTimings,
+    ) -> Result<Issuer, String> {
         let sts = Arc::new(StsClient::new(&config.sts)?);
         let deps = identity::Deps {
             sts: sts.clone(),
             clock: Arc::new(SystemClock),
-            timings: RefreshTimings::default(),
+            timings,
         };
         let identity = identity::from_config(&config.identity, env, &deps).map_err(|e| e.to_string())?;
         // Success is logged by the provider ("server identity loaded", with the source).

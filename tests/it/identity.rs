@@ -1,5 +1,6 @@
-//! The server's own identity (issue 5), each source tested through the running
-//! `ossvend serve`: a grant's credentials are requested and the fake STS must
+//! The server's own identity (issue 5), each source tested through the real
+//! application in this process (`TestApp`, built as `ossvend serve` builds it, with
+//! only the environment the test gives it): a grant's credentials are requested and the fake STS must
 //! show that the grant's AssumeRole was signed by that identity's key (and, for
 //! temporary identities, carried its SecurityToken). The fake STS also plays
 //! instance metadata, the credentials URI and AssumeRoleWithOIDC, and accepts
@@ -92,14 +93,14 @@ actions = ["oss:PutObject", "oss:GetObject"]
     )
 }
 
-async fn get(server: &Server, path: &str) -> (u16, Value) {
-    let r = http().get(server.url(path)).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+async fn get(server: &TestApp, path: &str) -> (u16, Value) {
+    let r = server.get(path).await;
+    let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    (r.status, body)
 }
 
 /// A grant's credentials; must succeed.
-async fn creds(server: &Server, grant: &str) -> Value {
+async fn creds(server: &TestApp, grant: &str) -> Value {
     let (status, body) = get(server, &format!("/v1/grants/{grant}/credentials")).await;
     assert_eq!(
         status,
@@ -111,7 +112,7 @@ async fn creds(server: &Server, grant: &str) -> Value {
     body
 }
 
-async fn readyz(server: &Server) -> (u16, Value) {
+async fn readyz(server: &TestApp) -> (u16, Value) {
     get(server, "/readyz").await
 }
 
@@ -177,7 +178,7 @@ fn issued_aks(calls: &[Value]) -> Vec<String> {
 /// No long-term secret, no secret or token the fake issued, no `extra` value
 /// (OIDC tokens...) appears in the server's logs; the fake's stdout has no
 /// OIDC token either.
-async fn assert_no_secrets(sts: &FakeSts, server: &Server, extra: &[&str]) {
+async fn assert_no_secrets(sts: &FakeSts, server: &TestApp, extra: &[&str]) {
     let logs = server.logs.text();
     let mut secrets: Vec<String> = LONG_TERM_SECRETS.iter().map(|s| s.to_string()).collect();
     secrets.extend(sts.issued_secrets().await);
@@ -195,7 +196,7 @@ async fn assert_no_secrets(sts: &FakeSts, server: &Server, extra: &[&str]) {
 }
 
 /// The log line `server identity loaded source="<source>"` is there.
-async fn assert_identity_logged(server: &Server, source: &str) {
+async fn assert_identity_logged(server: &TestApp, source: &str) {
     // Logs are written by a background thread: the line may trail the request.
     server
         .logs
@@ -275,11 +276,12 @@ where
 async fn env_identity_signs_the_grants_assume_role() {
     let sts = fake_sts();
     // ALIBABA_CLOUD_* (the harness sets them to CALLER_AK) win over OSS_*.
-    let server = Server::start_with(
+    let server = TestApp::start_with(
         ServerOptions::new(cfg(&sts.endpoint, "[identity]\nsource = \"env\""))
             .env("OSS_ACCESS_KEY_ID", OSS_AK)
             .env("OSS_ACCESS_KEY_SECRET", OSS_SECRET),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     let calls = grant_calls(&sts).await;
     assert_eq!(calls.len(), 1, "{calls:?}");
@@ -294,11 +296,12 @@ async fn env_identity_reads_the_oss_names_and_session_tokens() {
     let id = "[identity]\nsource = \"env\"";
 
     // OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET alone.
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         ServerOptions::new(cfg(&sts.endpoint, id))
             .env("OSS_ACCESS_KEY_ID", OSS_AK)
             .env("OSS_ACCESS_KEY_SECRET", OSS_SECRET),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     assert_signed_by(&grant_calls(&sts).await[0], OSS_AK, None);
     assert_no_secrets(&sts, &server, &[]).await;
@@ -318,12 +321,13 @@ async fn env_identity_reads_the_oss_names_and_session_tokens() {
         temp["AccessKeySecret"].as_str().unwrap(),
         temp["SecurityToken"].as_str().unwrap(),
     );
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         ServerOptions::new(cfg(&sts.endpoint, id))
             .env("OSS_ACCESS_KEY_ID", tak)
             .env("OSS_ACCESS_KEY_SECRET", tsk)
             .env("OSS_SESSION_TOKEN", ttok),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     let calls = grant_calls(&sts).await;
     assert_signed_by(calls.last().unwrap(), tak, Some(ttok));
@@ -331,12 +335,13 @@ async fn env_identity_reads_the_oss_names_and_session_tokens() {
     drop(server);
 
     // The same with the ALIBABA_CLOUD_* names (ALIBABA_CLOUD_SECURITY_TOKEN).
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         ServerOptions::new(cfg(&sts.endpoint, id))
             .env("ALIBABA_CLOUD_ACCESS_KEY_ID", tak)
             .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", tsk)
             .env("ALIBABA_CLOUD_SECURITY_TOKEN", ttok),
-    );
+    )
+    .await;
     creds(&server, "avatars").await;
     let calls = grant_calls(&sts).await;
     assert_eq!(calls.len(), 3);
@@ -351,15 +356,13 @@ async fn env_identity_reads_the_oss_names_and_session_tokens() {
 #[tokio::test]
 async fn static_identity_takes_its_secret_from_an_env_var_or_a_file() {
     let sts = fake_sts();
-    let server = Server::start_bare(
-        ServerOptions::new(cfg(
+    let server = TestApp::start_bare(ServerOptions::new(cfg(
             &sts.endpoint,
             &format!(
                 "[identity]\nsource = \"static\"\naccess_key_id = \"{STATIC_AK}\"\nsecret_env = \"MY_SECRET_VAR\""
             ),
         ))
-        .env("MY_SECRET_VAR", STATIC_SECRET),
-    );
+        .env("MY_SECRET_VAR", STATIC_SECRET)).await;
     creds(&server, "browser-upload").await;
     assert_signed_by(&grant_calls(&sts).await[0], STATIC_AK, None);
     assert_identity_logged(&server, "static").await;
@@ -370,13 +373,14 @@ async fn static_identity_takes_its_secret_from_an_env_var_or_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("access-key-secret");
     std::fs::write(&file, format!("{STATIC_SECRET}\n")).unwrap();
-    let server = Server::start_bare(ServerOptions::new(cfg(
+    let server = TestApp::start_bare(ServerOptions::new(cfg(
         &sts.endpoint,
         &format!(
             "[identity]\nsource = \"static\"\naccess_key_id = \"{STATIC_AK}\"\nsecret_file = \"{}\"",
             path_str(&file)
         ),
-    )));
+    )))
+    .await;
     creds(&server, "avatars").await;
     let calls = grant_calls(&sts).await;
     assert_eq!(calls.len(), 2);
@@ -414,9 +418,10 @@ async fn profile_identity_reads_the_cli_config_json() {
     let h = path_str(home.path());
 
     // No `profile`: the file's "current".
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         ServerOptions::new(cfg(&sts.endpoint, "[identity]\nsource = \"profile\"")).env("HOME", h),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     assert_signed_by(&grant_calls(&sts).await[0], PROFILE_AK, None);
     assert_identity_logged(&server, "profile").await;
@@ -424,13 +429,14 @@ async fn profile_identity_reads_the_cli_config_json() {
     drop(server);
 
     // An explicit profile.
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         ServerOptions::new(cfg(
             &sts.endpoint,
             "[identity]\nsource = \"profile\"\nprofile = \"other\"",
         ))
         .env("HOME", h),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     assert_signed_by(grant_calls(&sts).await.last().unwrap(), OTHER_PROFILE_AK, None);
     drop(server);
@@ -438,11 +444,12 @@ async fn profile_identity_reads_the_cli_config_json() {
     // ALIBABA_CLOUD_PROFILE picks a RamRoleArn profile: AssumeRole into the
     // intermediate role with the profile's key, then the grant with that credential.
     let before = sts.call_count().await;
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         ServerOptions::new(cfg(&sts.endpoint, "[identity]\nsource = \"profile\""))
             .env("HOME", h)
             .env("ALIBABA_CLOUD_PROFILE", "chained"),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     let calls: Vec<Value> = sts.calls().await.into_iter().skip(before).collect();
     assert_eq!(calls.len(), 2, "{calls:?}");
@@ -466,7 +473,7 @@ async fn profile_identity_reads_the_credentials_sdk_ini_file() {
     let h = path_str(home.path());
     let id = "[identity]\nsource = \"profile\"";
 
-    let server = Server::start_bare(ServerOptions::new(cfg(&sts.endpoint, id)).env("HOME", h));
+    let server = TestApp::start_bare(ServerOptions::new(cfg(&sts.endpoint, id)).env("HOME", h)).await;
     creds(&server, "browser-upload").await;
     assert_signed_by(&grant_calls(&sts).await[0], INI_AK, None);
     assert_no_secrets(&sts, &server, &[]).await;
@@ -474,11 +481,12 @@ async fn profile_identity_reads_the_credentials_sdk_ini_file() {
 
     // A ram_role_arn section.
     let before = sts.call_count().await;
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         ServerOptions::new(cfg(&sts.endpoint, id))
             .env("HOME", h)
             .env("ALIBABA_CLOUD_PROFILE", "roled"),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     let calls: Vec<Value> = sts.calls().await.into_iter().skip(before).collect();
     assert_eq!(calls.len(), 2, "{calls:?}");
@@ -492,7 +500,8 @@ async fn profile_identity_reads_the_credentials_sdk_ini_file() {
     // The Python SDK's name for the same file: credentials.ini.
     let home = home_with(&[(".alibabacloud/credentials.ini", &ini)]);
     let server =
-        Server::start_bare(ServerOptions::new(cfg(&sts.endpoint, id)).env("HOME", path_str(home.path())));
+        TestApp::start_bare(ServerOptions::new(cfg(&sts.endpoint, id)).env("HOME", path_str(home.path())))
+            .await;
     creds(&server, "avatars").await;
     assert_signed_by(grant_calls(&sts).await.last().unwrap(), INI_AK, None);
 }
@@ -515,7 +524,7 @@ async fn imds_issued(sts: &FakeSts) -> Vec<String> {
 #[tokio::test]
 async fn ecs_ram_role_identity_discovers_the_role_in_hardened_mode() {
     let sts = fake_sts();
-    let server = Server::start_bare(ServerOptions::new(cfg(&sts.endpoint, &ecs_identity(&sts, ""))));
+    let server = TestApp::start_bare(ServerOptions::new(cfg(&sts.endpoint, &ecs_identity(&sts, "")))).await;
     creds(&server, "browser-upload").await;
 
     let imds = sts.imds_calls().await;
@@ -560,10 +569,11 @@ async fn ecs_ram_role_identity_discovers_the_role_in_hardened_mode() {
     // A configured role name: no discovery.
     sts.imds(json!({ "role_name": "MyEcsRole" })).await;
     let seen = sts.imds_calls().await.len();
-    let server = Server::start_bare(ServerOptions::new(cfg(
+    let server = TestApp::start_bare(ServerOptions::new(cfg(
         &sts.endpoint,
         &ecs_identity(&sts, "role_name = \"MyEcsRole\""),
-    )));
+    )))
+    .await;
     creds(&server, "avatars").await;
     let imds: Vec<Value> = sts.imds_calls().await.into_iter().skip(seen).collect();
     assert!(imds.iter().all(|c| c["kind"] != "role"), "{imds:?}");
@@ -587,10 +597,11 @@ async fn ecs_ram_role_falls_back_to_v1_only_when_allowed() {
     sts.imds(json!({ "token_fail": "404", "require_token": false }))
         .await;
 
-    let server = Server::start_bare(ServerOptions::new(cfg(
+    let server = TestApp::start_bare(ServerOptions::new(cfg(
         &sts.endpoint,
         &ecs_identity(&sts, "imds_v1_fallback = true"),
-    )));
+    )))
+    .await;
     creds(&server, "browser-upload").await;
     let imds = sts.imds_calls().await;
     assert!(
@@ -604,10 +615,12 @@ async fn ecs_ram_role_falls_back_to_v1_only_when_allowed() {
     // Hardened only (the default): the failed token PUT is fatal, no token-less read.
     let seen = sts.imds_calls().await.len();
     let before = grant_calls(&sts).await.len();
-    match Server::try_start_opts(
+    match TestApp::try_start_opts(
         ServerOptions::new(cfg(&sts.endpoint, &ecs_identity(&sts, ""))),
         false,
-    ) {
+    )
+    .await
+    {
         Err(logs) => println!("ossvend refused to start without an identity:\n{logs}"),
         Ok(server) => {
             let (status, body) = readyz(&server).await;
@@ -629,7 +642,7 @@ async fn ecs_ram_role_falls_back_to_v1_only_when_allowed() {
 /// A fake records a fetch when it answers; the server installs the new
 /// identity a moment later, then logs it. Until then a request is (rightly)
 /// still served with the previous identity, so tests wait for the log line.
-async fn wait_installed(server: &Server) {
+async fn wait_installed(server: &TestApp) {
     let installed = server
         .logs
         .wait_for("server identity refreshed", Duration::from_secs(5))
@@ -641,9 +654,20 @@ async fn wait_installed(server: &Server) {
     );
 }
 
-/// ossvend treats an identity within this many seconds of its Expiration as
-/// expired (`identity::RefreshTimings::expiry_margin`): not handed out, not ready.
-const EXPIRY_MARGIN: f64 = 30.0;
+/// The refresh tests' identity refresh loop: an identity within `expiry_margin`
+/// (EXPIRY_MARGIN s) of its Expiration is treated as expired (not handed out, not
+/// ready). The server's default margin is 30 s; 5 s lets a refresh, an outage and a
+/// recovery happen within seconds, with the same slack around each step.
+const EXPIRY_MARGIN: f64 = 5.0;
+
+fn refresh_timings() -> ossvend::identity::RefreshTimings {
+    ossvend::identity::RefreshTimings {
+        expiry_margin: Duration::from_secs(EXPIRY_MARGIN as u64),
+        backoff_base: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(2),
+        max_sleep: Duration::from_secs(1),
+    }
+}
 
 /// An ECS identity is refreshed in the background at half its life, before it
 /// expires, with no failed request; while IMDS is down the last good identity
@@ -651,14 +675,15 @@ const EXPIRY_MARGIN: f64 = 30.0;
 /// server recovers.
 #[tokio::test]
 async fn ecs_identity_refreshes_survives_an_outage_and_recovers() {
-    // The first identity lives 66 s: refreshed when 33 s are left, before the
-    // 30 s margin. The refreshed one lives 37 s, i.e. it is valid for only ~7 s,
-    // so the outage phase is short (the whole test takes about 45 s).
-    const LIFE_1: i64 = 66;
-    const LIFE_2: i64 = 37;
+    // The first identity lives 16 s: refreshed at half its life, when 8 s are
+    // left, before the 5 s margin. The refreshed one lives 12 s, i.e. it is valid
+    // for only ~7 s, so the outage phase is short (the whole test takes ~20 s).
+    const LIFE_1: i64 = 16;
+    const LIFE_2: i64 = 12;
     let sts = fake_sts();
     sts.imds(json!({ "expires_in": LIFE_1 })).await;
-    let server = Server::start_bare(ServerOptions::new(cfg(&sts.endpoint, &ecs_identity(&sts, ""))));
+    let opts = ServerOptions::new(cfg(&sts.endpoint, &ecs_identity(&sts, "")));
+    let server = TestApp::build(opts, false, refresh_timings()).await.unwrap();
     creds(&server, "browser-upload").await;
     sts.imds(json!({ "expires_in": LIFE_2 })).await; // for the refresh
     let fetches = || async {
@@ -782,14 +807,14 @@ async fn ecs_identity_refreshes_survives_an_outage_and_recovers() {
 async fn oidc_identity_rereads_the_token_file_on_every_refresh() {
     let sts = fake_sts();
     let (token_a, token_b) = (jwt("a"), jwt("b"));
-    // A 64 s identity: refreshed in the background when 32 s are left (just
-    // before the 30 s margin), i.e. after about 32 s.
-    sts.oidc(json!({ "valid_tokens": [token_a], "mode": { "expires_in": 64 } }))
+    // A 14 s identity: refreshed in the background when 7 s are left (just
+    // before the 5 s margin), i.e. after about 7 s.
+    sts.oidc(json!({ "valid_tokens": [token_a], "mode": { "expires_in": 14 } }))
         .await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &token_a).unwrap(); // as the kubelet writes it: no newline
-    let server = Server::start_bare(ServerOptions::new(cfg(
+    let opts = ServerOptions::new(cfg(
         &sts.endpoint,
         &format!(
             "[identity]\nsource = \"oidc\"\nrole_arn = \"{OIDC_ROLE_ARN}\"\n\
@@ -797,7 +822,8 @@ async fn oidc_identity_rereads_the_token_file_on_every_refresh() {
              role_session_name = \"ossvend-oidc\"\nduration_seconds = 3600",
             path_str(&token_file)
         ),
-    )));
+    ));
+    let server = TestApp::build(opts, false, refresh_timings()).await.unwrap();
     creds(&server, "browser-upload").await;
 
     let oidc = calls_of(&sts, "AssumeRoleWithOIDC").await;
@@ -869,13 +895,14 @@ async fn oidc_identity_rereads_the_token_file_on_every_refresh() {
 #[tokio::test]
 async fn credentials_uri_identity_keeps_the_query_and_signs_with_the_result() {
     let sts = fake_sts();
-    let server = Server::start_bare(ServerOptions::new(cfg(
+    let server = TestApp::start_bare(ServerOptions::new(cfg(
         &sts.endpoint,
         &format!(
             "[identity]\nsource = \"credentials_uri\"\ncredentials_uri = \"{}/creds?role=uploader\"",
             sts.endpoint
         ),
-    )));
+    )))
+    .await;
     creds(&server, "browser-upload").await;
     let uri = sts.uri_calls().await;
     assert!(!uri.is_empty());
@@ -900,7 +927,7 @@ async fn credentials_uri_answers_without_code_success_are_refused() {
     let uri = format!("{}/creds", sts.endpoint);
     let opts = ServerOptions::new(cfg(&sts.endpoint, "[identity]\nsource = \"credentials_uri\""))
         .env("ALIBABA_CLOUD_CREDENTIALS_URI", &uri);
-    match Server::try_start_opts(opts, false) {
+    match TestApp::try_start_opts(opts, false).await {
         Err(logs) => {
             println!("ossvend refused to start without an identity:\n{logs}");
             assert_eq!(grant_calls(&sts).await.len(), 0);
@@ -941,14 +968,15 @@ async fn credentials_uri_answers_without_code_success_are_refused() {
 #[tokio::test]
 async fn ram_role_arn_identity_chains_on_the_env_key() {
     let sts = fake_sts();
-    let server = Server::start_with(ServerOptions::new(cfg(
+    let server = TestApp::start_with(ServerOptions::new(cfg(
         &sts.endpoint,
         &format!(
             "[identity]\nsource = \"ram_role_arn\"\nrole_arn = \"{INTERMEDIATE_ARN}\"\n\
              external_id = \"ext-1\"\nrole_session_name = \"ossvend-chain\"\nduration_seconds = 3600\n\n\
              [identity.base]\nsource = \"env\""
         ),
-    )));
+    )))
+    .await;
     creds(&server, "browser-upload").await;
     let calls = sts.calls().await;
     assert_eq!(calls.len(), 2, "{calls:?}");
@@ -978,7 +1006,7 @@ fn chain_env<'a>(opts: ServerOptions<'a>, home: &'a str) -> ServerOptions<'a> {
         .env("HOME", home)
 }
 
-async fn assert_chain_winner(server: &Server, source: &str) {
+async fn assert_chain_winner(server: &TestApp, source: &str) {
     server
         .logs
         .wait_for("server identity loaded", Duration::from_secs(5))
@@ -998,13 +1026,14 @@ async fn chain_prefers_env_keys_over_a_credentials_uri() {
     let home = tempfile::tempdir().unwrap();
     let uri = format!("{}/creds", sts.endpoint);
     // The harness's env key (ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET) plus a URI.
-    let server = Server::start_with(
+    let server = TestApp::start_with(
         chain_env(
             ServerOptions::new(cfg(&sts.endpoint, "[identity]\nsource = \"chain\"")),
             path_str(home.path()),
         )
         .env("ALIBABA_CLOUD_CREDENTIALS_URI", &uri),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     assert_chain_winner(&server, "env").await;
     assert_signed_by(&grant_calls(&sts).await[0], CALLER_AK, None);
@@ -1023,10 +1052,11 @@ async fn chain_without_env_keys_falls_through_to_the_credentials_uri() {
     let home = tempfile::tempdir().unwrap(); // no profile files
     let uri = format!("{}/creds?from=chain", sts.endpoint);
     // No [identity] section at all: the default is the chain.
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         chain_env(ServerOptions::new(cfg(&sts.endpoint, "")), path_str(home.path()))
             .env("ALIBABA_CLOUD_CREDENTIALS_URI", &uri),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     assert_chain_winner(&server, "credentials_uri").await;
     let uri_calls = sts.uri_calls().await;
@@ -1051,7 +1081,7 @@ async fn chain_tries_oidc_env_then_profile_files_before_the_uri() {
     std::fs::write(&token_file, &token).unwrap();
 
     // The three OIDC variables: OIDC wins over the profile file and the URI.
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         chain_env(
             ServerOptions::new(cfg(&sts.endpoint, "[identity]\nsource = \"chain\"")),
             h,
@@ -1061,7 +1091,8 @@ async fn chain_tries_oidc_env_then_profile_files_before_the_uri() {
         .env("ALIBABA_CLOUD_OIDC_PROVIDER_ARN", OIDC_PROVIDER_ARN)
         .env("ALIBABA_CLOUD_OIDC_TOKEN_FILE", path_str(&token_file))
         .env("ALIBABA_CLOUD_ROLE_SESSION_NAME", "chain-oidc"),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     assert_chain_winner(&server, "oidc").await;
     let oidc = calls_of(&sts, "AssumeRoleWithOIDC").await;
@@ -1072,7 +1103,7 @@ async fn chain_tries_oidc_env_then_profile_files_before_the_uri() {
     drop(server);
 
     // Only two of the three OIDC variables: not OIDC; the profile file wins.
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         chain_env(
             ServerOptions::new(cfg(&sts.endpoint, "[identity]\nsource = \"chain\"")),
             h,
@@ -1080,7 +1111,8 @@ async fn chain_tries_oidc_env_then_profile_files_before_the_uri() {
         .env("ALIBABA_CLOUD_CREDENTIALS_URI", &uri)
         .env("ALIBABA_CLOUD_ROLE_ARN", OIDC_ROLE_ARN)
         .env("ALIBABA_CLOUD_OIDC_TOKEN_FILE", path_str(&token_file)),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     assert_chain_winner(&server, "profile").await;
     assert_signed_by(grant_calls(&sts).await.last().unwrap(), PROFILE_AK, None);
@@ -1088,14 +1120,15 @@ async fn chain_tries_oidc_env_then_profile_files_before_the_uri() {
     drop(server);
 
     // Profiles disabled: the URI.
-    let server = Server::start_bare(
+    let server = TestApp::start_bare(
         chain_env(
             ServerOptions::new(cfg(&sts.endpoint, "[identity]\nsource = \"chain\"")),
             h,
         )
         .env("ALIBABA_CLOUD_CREDENTIALS_URI", &uri)
         .env("ALIBABA_CLOUD_CLI_PROFILE_DISABLED", "true"),
-    );
+    )
+    .await;
     creds(&server, "browser-upload").await;
     assert_chain_winner(&server, "credentials_uri").await;
     assert_signed_by_issued(

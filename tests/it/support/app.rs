@@ -12,7 +12,10 @@ use axum::http::{HeaderMap, Method, Request};
 use serde_json::Value;
 use tower::ServiceExt as _;
 
-use super::{CALLER_AK, CALLER_SECRET, Captured};
+use ossvend::identity::RefreshTimings;
+use ossvend::state::AppState;
+
+use super::{CALLER_AK, CALLER_SECRET, Captured, ServerOptions};
 
 /// See the module documentation.
 pub struct TestApp {
@@ -57,16 +60,52 @@ impl TestApp {
     /// The app with the caller key and `env` (which may override it) as its
     /// environment; `Err` with every problem when the config is refused.
     pub async fn with_env(config: &str, env: &[(&str, &str)]) -> Result<TestApp, String> {
-        let mut all = BTreeMap::from([
-            ("ALIBABA_CLOUD_ACCESS_KEY_ID".to_string(), CALLER_AK.to_string()),
-            (
+        let opts = ServerOptions {
+            config: config.to_string(),
+            env: env.to_vec(),
+        };
+        Self::try_start_opts(opts, true).await
+    }
+
+    /// What [`Server::start_with`] runs, in this process.
+    pub async fn start_with(opts: ServerOptions<'_>) -> TestApp {
+        Self::try_start_opts(opts, true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// What [`Server::start_bare`] runs (no caller key in the environment), in this process.
+    pub async fn start_bare(opts: ServerOptions<'_>) -> TestApp {
+        Self::try_start_opts(opts, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The environment is `opts.env`, after the default caller key when `caller_key`;
+    /// `Err` with every problem when the config is refused or the state cannot be built.
+    pub async fn try_start_opts(opts: ServerOptions<'_>, caller_key: bool) -> Result<TestApp, String> {
+        Self::build(opts, caller_key, RefreshTimings::default()).await
+    }
+
+    /// Like [`TestApp::try_start_opts`], with the identity refresh loop's `timings`
+    /// (a short expiry margin makes a refresh happen within seconds).
+    pub async fn build(
+        opts: ServerOptions<'_>,
+        caller_key: bool,
+        timings: RefreshTimings,
+    ) -> Result<TestApp, String> {
+        let mut env = BTreeMap::new();
+        if caller_key {
+            env.insert("ALIBABA_CLOUD_ACCESS_KEY_ID".to_string(), CALLER_AK.to_string());
+            env.insert(
                 "ALIBABA_CLOUD_ACCESS_KEY_SECRET".to_string(),
                 CALLER_SECRET.to_string(),
-            ),
-        ]);
-        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            );
+        }
+        env.extend(opts.env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let logs = Captured::default();
         let writer = logs.clone();
+        // The app's log lines (and its background tasks', on this thread's runtime).
         let guard = tracing::subscriber::set_default(
             tracing_subscriber::fmt()
                 .with_max_level(tracing::Level::INFO)
@@ -74,13 +113,13 @@ impl TestApp {
                 .with_writer(move || writer.clone())
                 .finish(),
         );
-        let cfg = ossvend::config::parse(config, &all)?;
-        let problems = ossvend::check::config(&cfg, &all);
+        let cfg = ossvend::config::parse(&opts.config, &env)?;
+        let problems = ossvend::check::config(&cfg, &env);
         if !problems.is_empty() {
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return Err(text.join("\n"));
         }
-        let state = ossvend::state::AppState::build(cfg, &all).await?;
+        let state = AppState::build_with_timings(cfg, &env, timings).await?;
         Ok(TestApp {
             client: AppClient {
                 router: ossvend::routes::app(state),
