@@ -1,4 +1,5 @@
-//! Who is asking, against the running server: API keys, JWTs verified against a
+//! Who is asking, through the real router in this process (`TestApp`, with the
+//! in-process STS): API keys, JWTs verified against a
 //! JWKS server run by the test (keys made here), tickets, per-user templates and
 //! the injection table, CORS, rate limits and the audit trail.
 
@@ -6,11 +7,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::*;
+use axum::body::Body;
+use axum::http::HeaderMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+
+use crate::support::*;
 
 const ISSUER: &str = "https://issuer.test/";
 const BACKEND_KEY: &str = "ovk_test-backend-key-not-a-secret";
@@ -101,7 +105,7 @@ async fn start_jwks(keys: Vec<Value>) -> Jwks {
     Jwks { url, keys, hits }
 }
 
-fn auth_config(sts: &FakeSts, jwks: &Jwks, audit_file: &std::path::Path) -> String {
+fn auth_config(sts: &StsStub, jwks: &Jwks, audit_file: &std::path::Path) -> String {
     use ossvend::auth::api_key::hash_key;
     format!(
         r#"
@@ -216,8 +220,8 @@ per_subject_per_minute = 120
 }
 
 struct Env {
-    sts: FakeSts,
-    server: Server,
+    sts: StsStub,
+    app: TestApp,
     jwks: Jwks,
     key: TestKey,
     audit: tempfile::NamedTempFile,
@@ -226,54 +230,50 @@ struct Env {
 async fn start() -> Env {
     let key = es256("k1");
     let jwks = start_jwks(vec![key.jwk.clone()]).await;
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let audit = tempfile::NamedTempFile::new().unwrap();
-    let server = Server::start(auth_config(&sts, &jwks, audit.path()));
+    let app = TestApp::new(&auth_config(&sts, &jwks, audit.path())).await;
     Env {
         sts,
-        server,
+        app,
         jwks,
         key,
         audit,
     }
 }
 
-async fn get(url: String, auth: Option<(&str, &str)>) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = http().get(url);
-    if let Some((k, v)) = auth {
-        req = req.header(k, v);
-    }
-    let r = req.send().await.unwrap();
-    let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    let text = r.text().await.unwrap();
-    (
-        status,
-        headers,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+async fn get(app: &TestApp, path: impl AsRef<str>, auth: Option<(&str, &str)>) -> (u16, HeaderMap, Value) {
+    let headers: Vec<(&str, &str)> = auth.into_iter().collect();
+    let r = app.get_with(path.as_ref(), &headers).await;
+    let body = r.json();
+    (r.status, r.headers, body)
 }
 
 fn bearer(token: &str) -> Option<(&'static str, String)> {
     Some(("authorization", format!("Bearer {token}")))
 }
 
-async fn get_as(url: String, auth: Option<(&str, String)>) -> (u16, reqwest::header::HeaderMap, Value) {
-    get(url, auth.as_ref().map(|(k, v)| (*k, v.as_str()))).await
+async fn get_as(
+    app: &TestApp,
+    path: impl AsRef<str>,
+    auth: Option<(&str, String)>,
+) -> (u16, HeaderMap, Value) {
+    get(app, path, auth.as_ref().map(|(k, v)| (*k, v.as_str()))).await
 }
 
 #[tokio::test]
 async fn each_user_gets_only_their_own_prefix_and_credential() {
     let e = start().await;
-    let url = e.server.url("/v1/grants/users/credentials");
-    let (s, _, alice) = get_as(url.clone(), bearer(&e.key.sign(&claims("alice")))).await;
+    let url = String::from("/v1/grants/users/credentials");
+    let (s, _, alice) = get_as(&e.app, url.clone(), bearer(&e.key.sign(&claims("alice")))).await;
     assert_eq!(s, 200, "{alice}");
-    let (s, _, bob) = get_as(url.clone(), bearer(&e.key.sign(&claims("bob")))).await;
+    let (s, _, bob) = get_as(&e.app, url.clone(), bearer(&e.key.sign(&claims("bob")))).await;
     assert_eq!(s, 200, "{bob}");
     assert_eq!(alice["Prefix"], "users/alice/");
     assert_eq!(bob["Prefix"], "users/bob/");
     assert_ne!(alice["AccessKeyId"], bob["AccessKeyId"]);
     // Alice again: her own cached credential, never Bob's.
-    let (_, _, again) = get_as(url, bearer(&e.key.sign(&claims("alice")))).await;
+    let (_, _, again) = get_as(&e.app, url, bearer(&e.key.sign(&claims("alice")))).await;
     assert_eq!(again["AccessKeyId"], alice["AccessKeyId"]);
 
     let calls = e.sts.calls().await;
@@ -312,7 +312,7 @@ async fn each_user_gets_only_their_own_prefix_and_credential() {
         &bob["AccessKeySecret"],
     ] {
         assert!(!audit.contains(secret.as_str().unwrap()));
-        assert!(!e.server.logs.text().contains(secret.as_str().unwrap()));
+        assert!(!e.app.logs.text().contains(secret.as_str().unwrap()));
     }
     assert!(
         !audit.contains(alice["AccessKeyId"].as_str().unwrap()),
@@ -323,7 +323,7 @@ async fn each_user_gets_only_their_own_prefix_and_credential() {
 #[tokio::test]
 async fn bad_tokens_are_401_with_a_challenge_and_cost_no_sts_call() {
     let e = start().await;
-    let url = e.server.url("/v1/grants/users/credentials");
+    let url = String::from("/v1/grants/users/credentials");
     let other = es256("k1"); // same kid, different key: a forged signature
     let mut wrong_aud = claims("alice");
     wrong_aud["aud"] = json!("someone-else");
@@ -348,7 +348,7 @@ async fn bad_tokens_are_401_with_a_challenge_and_cost_no_sts_call() {
         ("garbage", "not.a.jwt".into()),
     ];
     for (name, token) in cases {
-        let (s, h, body) = get_as(url.clone(), bearer(&token)).await;
+        let (s, h, body) = get_as(&e.app, url.clone(), bearer(&token)).await;
         assert_eq!(s, 401, "{name}: {body}");
         assert_eq!(body["code"], "invalid_credentials", "{name}");
         let challenge = h["www-authenticate"].to_str().unwrap();
@@ -358,7 +358,7 @@ async fn bad_tokens_are_401_with_a_challenge_and_cost_no_sts_call() {
         );
     }
     // No credentials at all on a grant that needs them.
-    let (s, h, body) = get(url, None).await;
+    let (s, h, body) = get(&e.app, url, None).await;
     assert_eq!((s, body["code"].as_str().unwrap()), (401, "unauthenticated"));
     let challenge = h["www-authenticate"].to_str().unwrap();
     assert!(
@@ -367,19 +367,19 @@ async fn bad_tokens_are_401_with_a_challenge_and_cost_no_sts_call() {
     );
     assert_eq!(e.sts.call_count().await, 0);
     // A bad token is an error even where anonymous callers are welcome.
-    let (s, _, _) = get_as(e.server.url("/v1/grants/public/credentials"), bearer("not.a.jwt")).await;
+    let (s, _, _) = get_as(&e.app, "/v1/grants/public/credentials", bearer("not.a.jwt")).await;
     assert_eq!(
         s, 403,
         "a bearer token on a grant that does not accept jwt is refused, not ignored"
     );
     // Logs are written by a background thread: wait for the line.
     assert!(
-        e.server
+        e.app
             .logs
             .wait_for("authentication failed", Duration::from_secs(5))
             .await
     );
-    let logs = e.server.logs.text();
+    let logs = e.app.logs.text();
     assert!(
         !logs.contains(&e.key.sign(&claims("alice"))[..40]),
         "a token reached the logs"
@@ -389,9 +389,11 @@ async fn bad_tokens_are_401_with_a_challenge_and_cost_no_sts_call() {
 #[tokio::test]
 async fn unknown_kid_refetches_once_then_key_rotation_is_picked_up() {
     let e = start().await;
-    let url = e.server.url("/v1/grants/users/credentials");
+    let url = String::from("/v1/grants/users/credentials");
     assert_eq!(
-        get_as(url.clone(), bearer(&e.key.sign(&claims("alice")))).await.0,
+        get_as(&e.app, url.clone(), bearer(&e.key.sign(&claims("alice"))))
+            .await
+            .0,
         200
     );
     let fetches = e.jwks.hits.load(Ordering::SeqCst);
@@ -401,13 +403,13 @@ async fn unknown_kid_refetches_once_then_key_rotation_is_picked_up() {
     // cooldown since the last fetch has passed), then 401.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let new_key = ed25519("k2");
-    let (s, _, body) = get_as(url.clone(), bearer(&new_key.sign(&claims("alice")))).await;
+    let (s, _, body) = get_as(&e.app, url.clone(), bearer(&new_key.sign(&claims("alice")))).await;
     assert_eq!(s, 401, "{body}");
     assert_eq!(e.jwks.hits.load(Ordering::SeqCst), 2);
     // Within the cooldown, more unknown kids do not hammer the issuer.
     for _ in 0..5 {
         assert_eq!(
-            get_as(url.clone(), bearer(&new_key.sign(&claims("alice"))))
+            get_as(&e.app, url.clone(), bearer(&new_key.sign(&claims("alice"))))
                 .await
                 .0,
             401
@@ -418,7 +420,7 @@ async fn unknown_kid_refetches_once_then_key_rotation_is_picked_up() {
     // The issuer rotates: k2 published, k1 retired. After the cooldown k2 works.
     *e.jwks.keys.lock().unwrap() = vec![new_key.jwk.clone()];
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (s, _, body) = get_as(url.clone(), bearer(&new_key.sign(&claims("alice")))).await;
+    let (s, _, body) = get_as(&e.app, url.clone(), bearer(&new_key.sign(&claims("alice")))).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["Prefix"], "users/alice/");
 }
@@ -427,34 +429,36 @@ async fn unknown_kid_refetches_once_then_key_rotation_is_picked_up() {
 async fn api_keys_are_checked_and_bound_to_their_grants() {
     let e = start().await;
     let key = |k: &'static str| Some(("x-api-key", k));
-    let (s, _, body) = get(e.server.url("/v1/grants/users/credentials"), key(BACKEND_KEY)).await;
+    let (s, _, body) = get(&e.app, "/v1/grants/users/credentials", key(BACKEND_KEY)).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["Prefix"], "users/backend/");
     let (s, _, body) = get(
-        e.server.url("/v1/grants/users/credentials"),
+        &e.app,
+        "/v1/grants/users/credentials",
         Some(("authorization", "ApiKey ovk_wrong")),
     )
     .await;
     assert_eq!((s, body["code"].as_str().unwrap()), (401, "invalid_credentials"));
     // AWS SDKs send AWS_CONTAINER_AUTHORIZATION_TOKEN verbatim: a bare key works too.
     let (s, _, body) = get(
-        e.server.url("/v1/grants/users/credentials?format=aws"),
+        &e.app,
+        "/v1/grants/users/credentials?format=aws",
         Some(("authorization", BACKEND_KEY)),
     )
     .await;
     assert_eq!(s, 200, "{body}");
     assert!(body["SecretAccessKey"].is_string());
     // A valid key outside its allowed grants.
-    let (s, _, body) = get(e.server.url("/v1/grants/users/credentials"), key(LIMITED_KEY)).await;
+    let (s, _, body) = get(&e.app, "/v1/grants/users/credentials", key(LIMITED_KEY)).await;
     assert_eq!((s, body["code"].as_str().unwrap()), (403, "grant_not_allowed"));
     assert_eq!(
-        get(e.server.url("/v1/grants/public/credentials"), key(LIMITED_KEY))
+        get(&e.app, "/v1/grants/public/credentials", key(LIMITED_KEY))
             .await
             .0,
         200
     );
     // A valid key on a grant that does not accept API keys.
-    let (s, _, body) = get(e.server.url("/v1/grants/tenants/credentials"), key(BACKEND_KEY)).await;
+    let (s, _, body) = get(&e.app, "/v1/grants/tenants/credentials", key(BACKEND_KEY)).await;
     assert_eq!(
         (s, body["code"].as_str().unwrap()),
         (403, "auth_method_not_allowed")
@@ -462,14 +466,12 @@ async fn api_keys_are_checked_and_bound_to_their_grants() {
 }
 
 async fn mint(e: &Env, grant: &str, auth: Option<(&str, &str)>) -> (u16, Value) {
-    let mut req = http()
-        .post(e.server.url("/v1/tickets"))
-        .json(&json!({ "grant": grant }));
-    if let Some((k, v)) = auth {
-        req = req.header(k, v);
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    let headers: Vec<(&str, &str)> = auth.into_iter().collect();
+    let r = e
+        .app
+        .post_json("/v1/tickets", &headers, &json!({ "grant": grant }))
+        .await;
+    (r.status, serde_json::from_slice(&r.body).unwrap())
 }
 
 #[tokio::test]
@@ -486,14 +488,14 @@ async fn tickets_are_bound_to_subject_grant_and_expiry() {
     );
 
     // What a mobile SDK does: a plain GET of the URL, no headers.
-    let (s, _, body) = get(e.server.url(t["credentials_url"].as_str().unwrap()), None).await;
+    let (s, _, body) = get(&e.app, t["credentials_url"].as_str().unwrap(), None).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["Prefix"], "users/backend/");
     assert_eq!(body["StatusCode"], 200);
     // Another grant that accepts tickets: this one was not issued for it.
     let (s, _, body) = get(
-        e.server
-            .url(&format!("/v1/grants/users2/credentials?ticket={ticket}")),
+        &e.app,
+        format!("/v1/grants/users2/credentials?ticket={ticket}"),
         None,
     )
     .await;
@@ -502,8 +504,8 @@ async fn tickets_are_bound_to_subject_grant_and_expiry() {
     let mut tampered = ticket.clone();
     tampered.insert(3, if tampered.as_bytes()[3] == b'A' { 'B' } else { 'A' });
     let (s, _, _) = get(
-        e.server
-            .url(&format!("/v1/grants/users/credentials?ticket={tampered}")),
+        &e.app,
+        format!("/v1/grants/users/credentials?ticket={tampered}"),
         None,
     )
     .await;
@@ -514,31 +516,29 @@ async fn tickets_are_bound_to_subject_grant_and_expiry() {
     // Replay after expiry (ttl 2 s).
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let (s, _, body) = get(
-        e.server
-            .url(&format!("/v1/grants/users/credentials?ticket={ticket}")),
+        &e.app,
+        format!("/v1/grants/users/credentials?ticket={ticket}"),
         None,
     )
     .await;
     assert_eq!((s, body["code"].as_str().unwrap()), (401, "invalid_credentials"));
-    assert!(
-        !e.server.logs.text().contains(&ticket),
-        "a ticket reached the logs"
-    );
+    assert!(!e.app.logs.text().contains(&ticket), "a ticket reached the logs");
     // A body that is JSON but lacks the fields, or is not JSON: one answer, 400 bad_request (was 422 for `{}`).
     for (body, content_type) in [
         ("{}", "application/json"),
         ("grant=users", "application/x-www-form-urlencoded"),
     ] {
-        let r = http()
-            .post(e.server.url("/v1/tickets"))
-            .header("x-api-key", BACKEND_KEY)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{body}");
-        assert_eq!(r.json::<Value>().await.unwrap()["code"], "bad_request", "{body}");
+        let headers = [("x-api-key", BACKEND_KEY), ("content-type", content_type)];
+        let r = e
+            .app
+            .request("POST", "/v1/tickets", &headers, Body::from(body))
+            .await;
+        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&r.body).unwrap()["code"],
+            "bad_request",
+            "{body}"
+        );
     }
 }
 
@@ -550,12 +550,12 @@ async fn tickets_are_bound_to_subject_grant_and_expiry() {
 #[tokio::test]
 async fn api_key_and_jwt_subjects_with_the_same_name_never_share_a_prefix_or_credential() {
     let e = start().await;
-    let url = e.server.url("/v1/grants/mixed/credentials");
-    let (s, _, by_key) = get(url.clone(), Some(("x-api-key", ALICE_KEY))).await;
+    let url = String::from("/v1/grants/mixed/credentials");
+    let (s, _, by_key) = get(&e.app, url.clone(), Some(("x-api-key", ALICE_KEY))).await;
     assert_eq!(s, 200, "{by_key}");
-    let (s, _, by_jwt) = get_as(url.clone(), bearer(&e.key.sign(&claims("alice")))).await;
+    let (s, _, by_jwt) = get_as(&e.app, url.clone(), bearer(&e.key.sign(&claims("alice")))).await;
     assert_eq!(s, 200, "{by_jwt}");
-    let (s, _, by_dotted_key) = get(url.clone(), Some(("x-api-key", JWT_ALICE_KEY))).await;
+    let (s, _, by_dotted_key) = get(&e.app, url.clone(), Some(("x-api-key", JWT_ALICE_KEY))).await;
     assert_eq!(s, 200, "{by_dotted_key}");
     let prefixes = [&by_key["Prefix"], &by_jwt["Prefix"], &by_dotted_key["Prefix"]];
     let key_ids = [
@@ -601,14 +601,14 @@ async fn api_key_and_jwt_subjects_with_the_same_name_never_share_a_prefix_or_cre
     // ticket gets the API key's cached credential, never the JWT user's.
     let (s, t) = mint(&e, "mixed", Some(("x-api-key", ALICE_KEY))).await;
     assert_eq!(s, 201, "{t}");
-    let (s, _, by_ticket) = get(e.server.url(t["credentials_url"].as_str().unwrap()), None).await;
+    let (s, _, by_ticket) = get(&e.app, t["credentials_url"].as_str().unwrap(), None).await;
     assert_eq!(s, 200, "{by_ticket}");
     assert_eq!(by_ticket["Prefix"], "m/api_key.alice/");
     assert_eq!(by_ticket["AccessKeyId"], by_key["AccessKeyId"]);
     let token = e.key.sign(&claims("alice"));
     let (s, t) = mint(&e, "mixed", Some(("authorization", &format!("Bearer {token}")))).await;
     assert_eq!(s, 201, "{t}");
-    let (s, _, by_ticket) = get(e.server.url(t["credentials_url"].as_str().unwrap()), None).await;
+    let (s, _, by_ticket) = get(&e.app, t["credentials_url"].as_str().unwrap(), None).await;
     assert_eq!(s, 200, "{by_ticket}");
     assert_eq!(by_ticket["Prefix"], "m/jwt.alice/");
     assert_eq!(by_ticket["AccessKeyId"], by_jwt["AccessKeyId"]);
@@ -633,8 +633,8 @@ async fn injection_table() {
     println!("| subject | credentials | explain |");
     for sub in refused {
         let token = e.key.sign(&claims(sub));
-        let (s1, _, b1) = get_as(e.server.url("/v1/grants/users/credentials"), bearer(&token)).await;
-        let (s2, _, b2) = get_as(e.server.url("/v1/grants/users/explain"), bearer(&token)).await;
+        let (s1, _, b1) = get_as(&e.app, "/v1/grants/users/credentials", bearer(&token)).await;
+        let (s2, _, b2) = get_as(&e.app, "/v1/grants/users/explain", bearer(&token)).await;
         println!("| {sub:?} | {s1} {} | {s2} {} |", b1["code"], b2["code"]);
         // An empty subject is no subject at all (401); every other value is 403.
         let expected = if sub.is_empty() { 401 } else { 403 };
@@ -648,11 +648,7 @@ async fn injection_table() {
     for tenant in ["*", "a/b", "../t"] {
         let mut c = claims("alice");
         c["tenant"] = json!(tenant);
-        let (s, _, b) = get_as(
-            e.server.url("/v1/grants/tenants/credentials"),
-            bearer(&e.key.sign(&c)),
-        )
-        .await;
+        let (s, _, b) = get_as(&e.app, "/v1/grants/tenants/credentials", bearer(&e.key.sign(&c))).await;
         println!("| tenant {tenant:?} | {s} {} | |", b["code"]);
         assert_eq!(
             (s, b["code"].as_str().unwrap()),
@@ -668,7 +664,8 @@ async fn injection_table() {
 
     for sub in ["alice", "a.b-c_d@e.f", long64.as_str()] {
         let (s, _, b) = get_as(
-            e.server.url("/v1/grants/users/explain"),
+            &e.app,
+            "/v1/grants/users/explain",
             bearer(&e.key.sign(&claims(sub))),
         )
         .await;
@@ -686,11 +683,7 @@ async fn injection_table() {
     }
     let mut c = claims("alice");
     c["tenant"] = json!("acme");
-    let (s, _, b) = get_as(
-        e.server.url("/v1/grants/tenants/explain"),
-        bearer(&e.key.sign(&c)),
-    )
-    .await;
+    let (s, _, b) = get_as(&e.app, "/v1/grants/tenants/explain", bearer(&e.key.sign(&c))).await;
     assert_eq!(s, 200);
     assert_eq!(
         b["policy"]["Statement"][0]["Resource"],
@@ -703,37 +696,33 @@ async fn injection_table() {
 async fn cors_preflight_allows_only_configured_origins() {
     let e = start().await;
     let preflight = |origin: &'static str| {
-        http()
-            .request(
-                reqwest::Method::OPTIONS,
-                e.server.url("/v1/grants/users/credentials"),
-            )
-            .header("origin", origin)
-            .header("access-control-request-method", "GET")
-            .header("access-control-request-headers", "authorization")
-            .send()
+        let headers = [
+            ("origin", origin),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "authorization"),
+        ];
+        let app = &e.app;
+        async move {
+            app.request("OPTIONS", "/v1/grants/users/credentials", &headers, Body::empty())
+                .await
+        }
     };
     for origin in ["http://app.test", "https://shop.example.com"] {
-        let r = preflight(origin).await.unwrap();
-        assert!(r.status().is_success(), "{origin}: {}", r.status());
-        assert_eq!(r.headers()["access-control-allow-origin"], origin);
-        assert!(
-            r.headers()["access-control-allow-headers"]
-                .to_str()
-                .unwrap()
-                .contains("authorization")
-        );
-        assert_eq!(r.headers()["access-control-max-age"], "60");
-        assert!(r.headers().get("access-control-allow-credentials").is_none());
+        let r = preflight(origin).await;
+        assert!((200..300).contains(&r.status), "{origin}: {}", r.status);
+        assert_eq!(r.headers["access-control-allow-origin"], origin);
+        assert!(r.header("access-control-allow-headers").contains("authorization"));
+        assert_eq!(r.headers["access-control-max-age"], "60");
+        assert!(r.headers.get("access-control-allow-credentials").is_none());
     }
     for origin in [
         "http://evil.test",
         "https://example.com.evil.test",
         "https://example.com",
     ] {
-        let r = preflight(origin).await.unwrap();
+        let r = preflight(origin).await;
         assert!(
-            r.headers().get("access-control-allow-origin").is_none(),
+            r.headers.get("access-control-allow-origin").is_none(),
             "{origin} was allowed"
         );
     }
@@ -745,10 +734,10 @@ async fn rate_limits_answer_429_with_retry_after_then_recover() {
     // 120 per minute: a burst of 120, then one more every half second. The loop
     // bound is generous so a slow machine (refills while it loops) still gets there.
     for (grant, auth) in [("limited", Some(("x-api-key", BACKEND_KEY))), ("public", None)] {
-        let url = e.server.url(&format!("/v1/grants/{grant}/explain"));
+        let url = format!("/v1/grants/{grant}/explain");
         let mut limited = None;
         for i in 0..2000 {
-            let (s, h, body) = get(url.clone(), auth).await;
+            let (s, h, body) = get(&e.app, url.clone(), auth).await;
             if s == 429 {
                 assert_eq!(body["code"], "rate_limited");
                 limited = Some((i, h["retry-after"].to_str().unwrap().parse::<u64>().unwrap()));
@@ -760,7 +749,7 @@ async fn rate_limits_answer_429_with_retry_after_then_recover() {
         assert!(at >= 100, "{grant}: limited after only {at} requests");
         assert!(retry_after >= 1);
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(get(url, auth).await.0, 200, "{grant}: did not recover");
+        assert_eq!(get(&e.app, url, auth).await.0, 200, "{grant}: did not recover");
     }
 }
 
@@ -775,16 +764,16 @@ async fn ambiguous_credentials_are_refused_and_schemes_are_parsed() {
     let mut c = claims("alice");
     c["tenant"] = json!("acme");
     let jwt = e.key.sign(&c);
-    let explain = |grant: &str, query: &str| e.server.url(&format!("/v1/grants/{grant}/explain{query}"));
+    let explain = |grant: &str, query: &str| format!("/v1/grants/{grant}/explain{query}");
+    let app = &e.app;
     let send = |url: String, headers: Vec<(&'static str, String)>| async move {
-        let mut map = reqwest::header::HeaderMap::new();
+        let mut req = axum::http::Request::get(url);
         for (k, v) in headers {
-            map.append(k, v.parse().unwrap());
+            req = req.header(k, v);
         }
-        let r = http().get(url).headers(map).send().await.unwrap();
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap();
-        (status, body)
+        let r = app.send(req.body(Body::empty()).unwrap()).await;
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        (r.status, body)
     };
 
     // A tab (or several spaces) after the scheme: still Bearer, on a JWT-only grant.
@@ -897,20 +886,22 @@ async fn what_is_refused_first_is_unchanged_by_the_extractor() {
         ("/v1/grants/nope/explain", (404, "unknown_grant")),
         ("/v1/grants/users/explain", (401, "unauthenticated")),
     ] {
-        let (s, _, body) = get(e.server.url(path), None).await;
+        let (s, _, body) = get(&e.app, path, None).await;
         assert_eq!((s, code(&body).as_str()), want, "{path}: {body}");
     }
     // A presign body that is not JSON is refused before the grant and the caller.
     for grant in ["nope", "users"] {
-        let r = http()
-            .post(e.server.url(&format!("/v1/grants/{grant}/presign")))
-            .header("content-type", "application/json")
-            .body("{")
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        let body: Value = r.json().await.unwrap();
+        let r = e
+            .app
+            .request(
+                "POST",
+                &format!("/v1/grants/{grant}/presign"),
+                &[("content-type", "application/json")],
+                Body::from("{"),
+            )
+            .await;
+        let s = r.status;
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!((s, code(&body).as_str()), (400, "bad_request"), "{grant}: {body}");
     }
     assert_eq!(e.sts.call_count().await, 0);
