@@ -14,7 +14,7 @@ use crate::support::*;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const GRANT: &str = "browser-upload";
 
-fn browser_config(sts: &FakeSts, oss: &EmbeddedOss, static_dir: &Path) -> String {
+fn browser_config(sts: &StsStub, oss: &EmbeddedOss, static_dir: &Path) -> String {
     format!(
         r#"
 [server]
@@ -160,8 +160,8 @@ fn run_e2e(ossvend: &str, oss: &str, listing: &str, artifacts: &Path, context: &
 
 #[test]
 fn demo_page_uploads_with_all_three_methods_in_chromium() {
-    let sts = FakeSts::start();
-    let oss = EmbeddedOss::start(&sts, None);
+    let sts = StsStub::start();
+    let oss = EmbeddedOss::for_stub(&sts);
     let server = Server::start(browser_config(&sts, &oss, &repo_root().join("static")));
     let context = || {
         format!(

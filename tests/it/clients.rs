@@ -38,7 +38,7 @@ const UNUSED: &str = "http://127.0.0.1:9";
 
 /// Grant `web`: anonymous (loopback), uploads to the embedded OSS sink. Grant `aws`: API key
 /// only, the bucket of the s3s peer.
-fn clients_config(sts: &FakeSts, oss_endpoint: &str, s3_endpoint: &str) -> String {
+fn clients_config(sts: &StsStub, oss_endpoint: &str, s3_endpoint: &str) -> String {
     format!(
         r#"
 [server]
@@ -98,12 +98,12 @@ async fn run(cmd: Command) -> ClientRun {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
     require_client_deps();
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     // The first credential lives 100 s: above min_remaining (60 s) but inside
     // refresh_before (120 s), so ossvend's second answer starts a background refresh
     // and its third is a new credential (as in tests/server.rs).
     sts.script(json!([{ "expires_in": 100 }])).await;
-    let oss = EmbeddedOss::start(&sts, None);
+    let oss = EmbeddedOss::for_stub(&sts);
     let server = Server::start_with(
         ServerOptions::new(clients_config(&sts, &oss.endpoint, UNUSED))
             .env("OSSVEND_STS_MIN_REMAINING", "60s")
@@ -242,8 +242,8 @@ async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alibabacloud_credentials_uri_feeds_oss_v2_upload() {
     require_client_deps();
-    let sts = FakeSts::start();
-    let oss = EmbeddedOss::start(&sts, None);
+    let sts = StsStub::start();
+    let oss = EmbeddedOss::for_stub(&sts);
     let server = Server::start(clients_config(&sts, &oss.endpoint, UNUSED));
     let home = tempfile::tempdir().unwrap();
     let key = "uploads/python/oss-v2.txt";
@@ -312,7 +312,7 @@ async fn alibabacloud_credentials_uri_feeds_oss_v2_upload() {
 
 struct Aws {
     peer: S3Peer,
-    _sts: FakeSts,
+    _sts: StsStub,
     server: Server,
     /// Holds each run's HOME (removed on drop).
     dir: tempfile::TempDir,
@@ -323,7 +323,7 @@ impl Aws {
     /// cache entry the clients will get) is registered with the peer.
     async fn start() -> (Aws, Value) {
         let peer = S3Peer::start(&[S3_BUCKET]);
-        let sts = FakeSts::start();
+        let sts = StsStub::start();
         let server = Server::start(clients_config(&sts, UNUSED, &peer.endpoint));
         let r = http()
             .get(server.url("/v1/grants/aws/credentials?format=aws"))
@@ -523,7 +523,7 @@ fn count_401(logs: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_format_is_a_400() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let server = Server::start(clients_config(&sts, UNUSED, UNUSED));
     for path in [
         "/v1/grants/web/credentials?format=bogus",

@@ -591,7 +591,7 @@ fn an_explicit_multi_statement_policy_with_placeholders_is_valid() {
 
 #[tokio::test]
 async fn an_explicit_policy_is_rendered_per_caller_inside_its_strings() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let server = Server::start(explicit_policy_config(&sts.endpoint));
     let r = http()
         .get(server.url("/v1/grants/explicit/explain"))

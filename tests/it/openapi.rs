@@ -6,15 +6,15 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use crate::support::{FakeSts, Server, config, http, repo_root, venv_python};
+use crate::support::{Server, StsStub, config, http, repo_root, venv_python};
 use serde_json::Value;
 
 const SNAPSHOT: &str = "docs/openapi.json";
 const METHODS: [&str; 7] = ["get", "post", "put", "delete", "patch", "head", "options"];
 
 /// The document as served, by a server with the harness's usual config.
-async fn served() -> (FakeSts, Server, String) {
-    let sts = FakeSts::start();
+async fn served() -> (StsStub, Server, String) {
+    let sts = StsStub::start();
     let server = Server::start(config(&sts.endpoint));
     let resp = http().get(server.url("/openapi.json")).send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -222,7 +222,7 @@ fn grant(name: &str) -> String {
 
 #[tokio::test]
 async fn metrics_count_a_scripted_sequence_exactly() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     // The first credential lives 63 s: servable (min_remaining 60 s) but already
     // inside refresh_before (120 s), so the next lookup refreshes it in the background.
     sts.script(json!([{ "expires_in": 63 }])).await;
@@ -470,7 +470,7 @@ async fn metrics_count_a_scripted_sequence_exactly() {
 
 #[tokio::test]
 async fn the_admin_listener_serves_metrics_and_reload_and_the_main_one_does_not() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let server = Server::start(ops_config(&sts.endpoint, true, ""));
     let admin = server.admin_base();
     let client = http();
@@ -565,7 +565,7 @@ fn invalid_config(sts_endpoint: &str) -> String {
 
 #[tokio::test]
 async fn reloads_under_load_lose_no_request_and_keep_the_cache() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let server = Server::start(ops_config(&sts.endpoint, true, ""));
     let admin = server.admin_base();
     let client = http();
@@ -783,7 +783,7 @@ async fn reloads_under_load_lose_no_request_and_keep_the_cache() {
 
 #[tokio::test]
 async fn request_ids_reach_the_logs_and_rust_log_filters_them() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     // Only warnings, plus the start-up line the harness waits for.
     let server = Server::start_with(
         ServerOptions::new(ops_config(&sts.endpoint, false, "")).env("RUST_LOG", "warn,ossvend::server=info"),
@@ -901,7 +901,7 @@ fn admin_settings_are_validated() {
 
 #[tokio::test]
 async fn without_an_admin_token_reloading_over_http_is_refused() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let config = ops_config(&sts.endpoint, false, "")
         .replace("[server]", "[admin]\nlisten = \"127.0.0.1:0\"\n[server]");
     let server = Server::start(config);
@@ -937,7 +937,7 @@ async fn without_an_admin_token_reloading_over_http_is_refused() {
 #[tokio::test]
 async fn a_broken_secret_line_is_never_echoed() {
     const SECRET: &str = "NotARealSecretButSecretAnyway42";
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let good = ops_config(&sts.endpoint, true, "");
     let server = Server::start(good.clone());
     let client = http();
@@ -986,7 +986,7 @@ async fn a_broken_secret_line_is_never_echoed() {
 /// refused (400 `ambiguous_credentials`), and `Bearer<TAB>token` is a bearer token.
 #[tokio::test]
 async fn admin_reload_parses_the_scheme_and_refuses_two_tokens() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let server = Server::start(ops_config(&sts.endpoint, true, ""));
     let reload = format!("{}/admin/reload", server.admin_base());
     let client = http();

@@ -69,7 +69,7 @@ role_arn = "{ROLE_ARN}"
 /// The peer, the fake STS and ossvend, with each grant's signing credential registered.
 struct Setup {
     peer: S3Peer,
-    _sts: FakeSts,
+    _sts: StsStub,
     server: Server,
     client: reqwest::Client,
     /// AccessKeyId of grant `s3`'s cached STS credential.
@@ -78,7 +78,7 @@ struct Setup {
 
 async fn setup() -> Setup {
     let peer = S3Peer::start(&[BUCKET]);
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let server = Server::start(s3_config(&sts.endpoint, &peer.endpoint));
     let client = http();
     let mut access_key_id = String::new();

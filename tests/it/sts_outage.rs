@@ -13,7 +13,7 @@ const MAX_RETRIES: usize = 2;
 /// Small deadlines with the proportions of the figures (`sts.timeout`
 /// 10 s, `server.request_timeout` 15 s): a request gives up during the call's
 /// second attempt.
-fn hanging_options(sts: &FakeSts) -> ServerOptions<'static> {
+fn hanging_options(sts: &StsStub) -> ServerOptions<'static> {
     ServerOptions::new(config(&sts.endpoint))
         .env("OSSVEND_STS_TIMEOUT", "1s")
         .env("OSSVEND_SERVER_REQUEST_TIMEOUT", "1500ms")
@@ -46,7 +46,7 @@ fn retry_after(r: &reqwest::Response) -> u64 {
 #[tokio::test]
 async fn hanging_sts_costs_one_call_chain_for_100_and_200_concurrent_cold_requests() {
     for n in [100, 200] {
-        let sts = FakeSts::start();
+        let sts = StsStub::start();
         sts.mode(json!({ "delay_ms": 20_000 })).await; // far beyond sts.timeout
         let server = Server::start_with(hanging_options(&sts));
         let client = http();
@@ -77,7 +77,7 @@ async fn hanging_sts_costs_one_call_chain_for_100_and_200_concurrent_cold_reques
 
 #[tokio::test]
 async fn an_sts_outage_costs_a_handful_of_calls_and_recovery_one() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     sts.mode(json!({ "status": 500 })).await;
     let server = Server::start(config(&sts.endpoint));
     let client = http();
@@ -110,7 +110,7 @@ async fn an_sts_outage_costs_a_handful_of_calls_and_recovery_one() {
 
 #[tokio::test]
 async fn throttling_backs_the_whole_client_off() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     sts.mode(json!({ "error": "Throttling.User" })).await;
     let server = Server::start(config(&sts.endpoint));
     let client = http();
@@ -132,7 +132,7 @@ async fn throttling_backs_the_whole_client_off() {
 
 #[tokio::test]
 async fn readyz_stays_ready_but_tells_a_failing_sts_while_cached_credentials_are_served() {
-    let sts = FakeSts::start();
+    let sts = StsStub::start();
     let server = Server::start(config(&sts.endpoint));
     let client = http();
     let cached = server.url("/v1/grants/browser-upload/credentials");

@@ -53,17 +53,20 @@ impl FakeSts {
         self.calls().await.len()
     }
 
+    #[allow(dead_code)] // the in-process StsStub plays these knobs now; kept for tests folded in later
     /// Queues behaviours for the next verified calls (see the fake's docstring).
     pub async fn script(&self, responses: Value) {
         self.post("/_fake/script", json!({ "responses": responses }))
             .await;
     }
 
+    #[allow(dead_code)] // the in-process StsStub plays these knobs now; kept for tests folded in later
     /// Sets the behaviour used when the script is empty (`{}` = normal).
     pub async fn mode(&self, behaviour: Value) {
         self.post("/_fake/mode", behaviour).await;
     }
 
+    #[allow(dead_code)] // the in-process StsStub plays these knobs now; kept for tests folded in later
     /// Waits until at least `n` calls were recorded.
     pub async fn wait_calls(&self, n: usize, timeout: Duration) -> usize {
         let start = Instant::now();

@@ -88,6 +88,21 @@ impl StsStub {
         self.knobs.lock().unwrap().mode = behaviour;
     }
 
+    /// The secret and the security token of every credential this STS issued.
+    pub async fn issued_secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for call in self.calls().await {
+            if let Some(s) = call["access_key_id_issued"]
+                .as_str()
+                .and_then(|ak| self.local.sessions.get(ak))
+            {
+                out.push(s.access_key_secret.clone());
+                out.push(s.security_token.clone());
+            }
+        }
+        out
+    }
+
     /// Stops answering: the port is closed when this returns (STS unreachable).
     pub fn kill(&mut self) {
         if let Some(stop) = self.shutdown.take() {
