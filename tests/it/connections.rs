@@ -88,6 +88,7 @@ fn get(addr: SocketAddr, path: &str) -> (String, String) {
 
 #[test]
 fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    let _turn = serial_blocking();
     let server = Server::start(config_with(
         "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"",
     ));
@@ -101,6 +102,7 @@ fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
 
 #[test]
 fn a_header_sent_a_byte_at_a_time_is_cut_off() {
+    let _turn = serial_blocking();
     let server = Server::start(config_with(
         "header_read_timeout = \"2s\"\nidle_timeout = \"30s\"",
     ));
@@ -131,6 +133,7 @@ fn a_header_sent_a_byte_at_a_time_is_cut_off() {
 
 #[test]
 fn a_keep_alive_connection_is_kept_between_requests_then_closed_after_the_idle_timeout() {
+    let _turn = serial_blocking();
     let server = Server::start(config_with("header_read_timeout = \"1s\"\nidle_timeout = \"4s\""));
     let mut s = connect(addr_of(&server.base));
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
@@ -181,6 +184,7 @@ fn idle_sockets(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 
 #[test]
 fn three_hundred_idle_sockets_under_ulimit_256_do_not_starve_healthz_or_the_admin_listener() {
+    let _turn = serial_blocking();
     // Long timeouts: only the connection cap can save /healthz here.
     let cfg = config_with("header_read_timeout = \"60s\"\nidle_timeout = \"60s\"")
         + "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
@@ -224,6 +228,7 @@ fn three_hundred_idle_sockets_under_ulimit_256_do_not_starve_healthz_or_the_admi
 
 #[test]
 fn local_mode_closes_silent_connections_on_both_listeners() {
+    let _turn = serial_blocking();
     let text = std::fs::read_to_string(repo_root().join("config/ossvend.local.toml"))
         .unwrap()
         .replace(
@@ -245,6 +250,7 @@ fn local_mode_closes_silent_connections_on_both_listeners() {
 
 #[tokio::test]
 async fn a_reload_that_changes_connection_settings_asks_for_a_restart() {
+    let _turn = serial().await;
     let settings = "header_read_timeout = \"10s\"\nidle_timeout = \"75s\"";
     let server = Server::start(config_with(settings));
     server.rewrite_config(&config_with(&settings.replace("75s", "30s")));

@@ -45,6 +45,7 @@ fn retry_after(r: &reqwest::Response) -> u64 {
 
 #[tokio::test]
 async fn hanging_sts_costs_one_call_chain_for_100_and_200_concurrent_cold_requests() {
+    let _turn = serial().await;
     for n in [100, 200] {
         let sts = StsStub::start();
         sts.mode(json!({ "delay_ms": 20_000 })).await; // far beyond sts.timeout
@@ -77,6 +78,7 @@ async fn hanging_sts_costs_one_call_chain_for_100_and_200_concurrent_cold_reques
 
 #[tokio::test]
 async fn an_sts_outage_costs_a_handful_of_calls_and_recovery_one() {
+    let _turn = serial().await;
     let sts = StsStub::start();
     sts.mode(json!({ "status": 500 })).await;
     let server = Server::start(config(&sts.endpoint));
@@ -110,6 +112,7 @@ async fn an_sts_outage_costs_a_handful_of_calls_and_recovery_one() {
 
 #[tokio::test]
 async fn throttling_backs_the_whole_client_off() {
+    let _turn = serial().await;
     let sts = StsStub::start();
     sts.mode(json!({ "error": "Throttling.User" })).await;
     let server = Server::start(config(&sts.endpoint));
@@ -132,6 +135,7 @@ async fn throttling_backs_the_whole_client_off() {
 
 #[tokio::test]
 async fn readyz_stays_ready_but_tells_a_failing_sts_while_cached_credentials_are_served() {
+    let _turn = serial().await;
     let sts = StsStub::start();
     let server = Server::start(config(&sts.endpoint));
     let client = http();

@@ -76,6 +76,21 @@ session_name = "avatars-session"
     )
 }
 
+/// One at a time: the tests that check timeouts on the wire (connections,
+/// sts_outage). In one test binary they would otherwise run side by side, each
+/// one's hundreds of sockets or requests delaying the other's clock checks.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds the timing tests' turn (see [`SERIAL`]) in an async test.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// Holds the timing tests' turn in a plain `#[test]` (not inside a runtime).
+pub fn serial_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.blocking_lock()
+}
+
 /// The Python interpreter of the test venv (made by `scripts/test-deps`).
 pub fn venv_python() -> PathBuf {
     let p = repo_root().join(".venv/bin/python");
