@@ -1,4 +1,4 @@
-//! `GET /openapi.json`: the document the real binary serves is the committed
+//! `GET /openapi.json`: the document the real router serves (in this process) is the committed
 //! snapshot `docs/openapi.json` (byte for byte; `UPDATE_SNAPSHOTS=1` rewrites it),
 //! an independent validator (Python `openapi-spec-validator`) accepts it, and every
 //! operation it describes is served.
@@ -6,24 +6,26 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use crate::support::{Server, StsStub, config, http, repo_root, venv_python};
+use axum::body::Body;
 use serde_json::Value;
+
+use crate::support::{StsStub, TestApp, config, repo_root, venv_python};
 
 const SNAPSHOT: &str = "docs/openapi.json";
 const METHODS: [&str; 7] = ["get", "post", "put", "delete", "patch", "head", "options"];
 
 /// The document as served, by a server with the harness's usual config.
-async fn served() -> (StsStub, Server, String) {
+async fn served() -> (StsStub, TestApp, String) {
     let sts = StsStub::start();
-    let server = Server::start(config(&sts.endpoint));
-    let resp = http().get(server.url("/openapi.json")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    let app = TestApp::new(&config(&sts.endpoint)).await;
+    let resp = app.get("/openapi.json").await;
+    assert_eq!(resp.status, 200);
     assert_eq!(
-        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        resp.headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("application/json")
     );
-    let body = resp.text().await.unwrap();
-    (sts, server, body)
+    let body = resp.text();
+    (sts, app, body)
 }
 
 /// The document pretty-printed as committed: the server serves it pretty-printed
@@ -140,17 +142,15 @@ async fn every_documented_operation_is_served() {
     assert!(documented.len() >= 13, "{documented:?}");
 
     // Every documented operation is answered by a route, not the fallbacks.
-    let client = http();
     for (method, path) in &documented {
-        let url = server.url(&path.replace("{grant}", "browser-upload"));
-        let req = match method.as_str() {
-            "get" => client.get(&url),
-            "post" => client.post(&url).json(&serde_json::json!({})),
+        let url = path.replace("{grant}", "browser-upload");
+        let resp = match method.as_str() {
+            "get" => server.get(&url).await,
+            "post" => server.post_json(&url, &[], &serde_json::json!({})).await,
             other => panic!("unexpected method {other} for {path}"),
         };
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
+        let status = resp.status;
+        let text = resp.text();
         let code = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v["code"].as_str().map(str::to_owned));
@@ -160,11 +160,14 @@ async fn every_documented_operation_is_served() {
         );
     }
     // ...and the check can tell: an unknown path and a wrong method are refused.
-    let r = client.get(server.url("/v1/nothing-here")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
-    let r = client.delete(server.url("/healthz")).send().await.unwrap();
-    assert_eq!(r.status(), 405);
+    let r = server.get("/v1/nothing-here").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap()["code"],
+        "not_found"
+    );
+    let r = server.request("DELETE", "/healthz", &[], Body::empty()).await;
+    assert_eq!(r.status, 405);
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! ossvend's `s3-v4` presigned PUT URLs and POST policies against an independent,
 //! verifying S3 implementation (s3s + s3s-fs, in-process; see `support::s3peer`).
 //!
-//! The real `ossvend` binary signs with the grant's cached STS credential from the
-//! fake STS; the test reads that same credential from `/v1/grants/<g>/credentials`
+//! ossvend's router (in this process) signs with the grant's cached STS credential from the
+//! in-process STS; the test reads that same credential from `/v1/grants/<g>/credentials`
 //! and registers it with the peer. Every upload the peer rejects must leave nothing stored.
 
 use std::fmt;
@@ -66,11 +66,12 @@ role_arn = "{ROLE_ARN}"
     )
 }
 
-/// The peer, the fake STS and ossvend, with each grant's signing credential registered.
+/// The peer, the in-process STS and ossvend's router (in this process), with each
+/// grant's signing credential registered.
 struct Setup {
     peer: S3Peer,
     _sts: StsStub,
-    server: Server,
+    app: TestApp,
     client: reqwest::Client,
     /// AccessKeyId of grant `s3`'s cached STS credential.
     access_key_id: String,
@@ -79,17 +80,13 @@ struct Setup {
 async fn setup() -> Setup {
     let peer = S3Peer::start(&[BUCKET]);
     let sts = StsStub::start();
-    let server = Server::start(s3_config(&sts.endpoint, &peer.endpoint));
+    let app = TestApp::new(&s3_config(&sts.endpoint, &peer.endpoint)).await;
     let client = http();
     let mut access_key_id = String::new();
     for grant in ["s3", "s3-short", "s3-open"] {
-        let r = client
-            .get(server.url(&format!("/v1/grants/{grant}/credentials")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let c: Value = r.json().await.unwrap();
+        let r = app.get(&format!("/v1/grants/{grant}/credentials")).await;
+        assert_eq!(r.status, 200);
+        let c: Value = serde_json::from_slice(&r.body).unwrap();
         let ak = c["AccessKeyId"].as_str().unwrap();
         peer.register(ak, c["AccessKeySecret"].as_str().unwrap());
         if grant == "s3" {
@@ -99,7 +96,7 @@ async fn setup() -> Setup {
     Setup {
         peer,
         _sts: sts,
-        server,
+        app,
         client,
         access_key_id,
     }
@@ -107,8 +104,8 @@ async fn setup() -> Setup {
 
 impl Setup {
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.client.get(self.server.url(path)).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
+        let r = self.app.get(path).await;
+        (r.status, serde_json::from_slice(&r.body).unwrap())
     }
 
     async fn presign(&self, grant: &str, query: &str) -> Presign {
@@ -119,17 +116,12 @@ impl Setup {
 
     async fn post_policy(&self, grant: &str, query: &str) -> PostPolicy {
         let r = self
-            .client
-            .get(
-                self.server
-                    .url(&format!("/v1/grants/{grant}/post-policy?{query}")),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+            .app
+            .get(&format!("/v1/grants/{grant}/post-policy?{query}"))
+            .await;
+        assert_eq!(r.status, 200);
         // Parsed from the text: `fields` is an ordered object.
-        serde_json::from_str(&r.text().await.unwrap()).unwrap()
+        serde_json::from_str(&r.text()).unwrap()
     }
 
     /// PUTs `body` to `url` with exactly `headers`.
