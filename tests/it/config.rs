@@ -592,15 +592,11 @@ fn an_explicit_multi_statement_policy_with_placeholders_is_valid() {
 #[tokio::test]
 async fn an_explicit_policy_is_rendered_per_caller_inside_its_strings() {
     let sts = StsStub::start();
-    let server = Server::start(explicit_policy_config(&sts.endpoint));
-    let r = http()
-        .get(server.url("/v1/grants/explicit/explain"))
-        .header("x-api-key", "alice-secret-key-0001")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let app = TestApp::new(&explicit_policy_config(&sts.endpoint)).await;
+    let key = [("x-api-key", "alice-secret-key-0001")];
+    let r = app.get_with("/v1/grants/explicit/explain", &key).await;
+    assert_eq!(r.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let policy = &body["policy"];
     assert_eq!(policy["Statement"].as_array().unwrap().len(), 3, "{body}");
     assert_eq!(
@@ -618,13 +614,8 @@ async fn an_explicit_policy_is_rendered_per_caller_inside_its_strings() {
     );
 
     // The credentials route sends exactly that document to STS.
-    let r = http()
-        .get(server.url("/v1/grants/explicit/credentials"))
-        .header("x-api-key", "alice-secret-key-0001")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = app.get_with("/v1/grants/explicit/credentials", &key).await;
+    assert_eq!(r.status, 200);
     let calls = sts.calls().await;
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["params"]["Policy"], body["policy_text"]);
