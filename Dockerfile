@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # ossvend container image: docker build -t ossvend .
 # See docs/deploying.md. scripts/container-smoke reproduces the runtime stage on the host
-# (it reads this file), and tests/deploy.rs checks it against deploy/kubernetes/.
+# (it reads this file), and tests/it/deploy.rs checks it against deploy/kubernetes/.
 
 # ---- build: the official Rust image, the locked dependency set ----------------------
 FROM rust:1.95-bookworm AS build

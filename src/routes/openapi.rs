@@ -1,7 +1,7 @@
 //! `GET /openapi.json`: the OpenAPI 3 document of the HTTP API, derived from the
 //! routes `routes::api` declares (their `#[utoipa::path]` annotations and the
 //! response types' `ToSchema` derives), built once and cached. `docs/openapi.json` is its
-//! committed snapshot (kept honest by `tests/openapi.rs`).
+//! committed snapshot (kept honest by `tests/it/openapi.rs`).
 
 use std::borrow::Cow;
 use std::sync::LazyLock;

@@ -33,7 +33,7 @@ Test-only control API (JSON):
                         -> {"AccessKeySecret", "SecurityToken", "Expiration", "Policy"} for
                         credentials this fake issued, by any source below (Policy: the AssumeRole ``Policy``
                         parameter as sent, a JSON string, or null), else 404.  Test-only:
-                        lets the OSS sink of the tests (tests/common EmbeddedOss) verify uploads signed with
+                        lets the OSS sink of the tests (tests/it/support EmbeddedOss) verify uploads signed with
                         vended credentials and enforce their session policy.  Issued
                         credentials survive /_fake/reset, as real ones outlive a test.
 A behaviour is an object with optional keys ``error`` (STS error Code), ``status``

@@ -101,7 +101,7 @@ async fn ali_oss_refresh_sts_token_uploads_v4_and_refreshes_mid_upload() {
     let sts = StsStub::start();
     // The first credential lives 100 s: above min_remaining (60 s) but inside
     // refresh_before (120 s), so ossvend's second answer starts a background refresh
-    // and its third is a new credential (as in tests/server.rs).
+    // and its third is a new credential (as in tests/it/server.rs).
     sts.script(json!([{ "expires_in": 100 }])).await;
     let oss = EmbeddedOss::for_stub(&sts);
     let server = Server::start_with(

@@ -114,7 +114,7 @@ fn render(dir: &Path, files: &mut BTreeSet<PathBuf>) -> Vec<Value> {
     for key in k.as_object().unwrap().keys() {
         assert!(
             ["apiVersion", "kind", "resources", "patches"].contains(&key.as_str()),
-            "{}: {key} is not rendered by tests/deploy.rs; teach it first",
+            "{}: {key} is not rendered by tests/it/deploy.rs; teach it first",
             kpath.display()
         );
     }
@@ -503,7 +503,7 @@ fn rendering_matches_kubectl_kustomize_when_installed() {
         assert_eq!(
             by_id(render(&dir, &mut BTreeSet::new())),
             by_id(theirs),
-            "{v}: tests/deploy.rs renders differently from kubectl kustomize"
+            "{v}: tests/it/deploy.rs renders differently from kubectl kustomize"
         );
     }
 }

@@ -66,7 +66,7 @@ async fn served_document_matches_the_committed_snapshot() {
     panic!(
         "/openapi.json differs from {SNAPSHOT} (served {} lines, snapshot {} lines), first at line {}\n\
          --- served:\n{}\n--- {SNAPSHOT}:\n{}\n\
-         If the API change is intended, rewrite the snapshot: UPDATE_SNAPSHOTS=1 cargo test --test openapi",
+         If the API change is intended, rewrite the snapshot: UPDATE_SNAPSHOTS=1 cargo test --test it openapi::",
         g.len(),
         w.len(),
         first + 1,

@@ -3,7 +3,7 @@
 //! path prefix), path-style at the root.
 //!
 //! The operations, checks and error codes follow OSS's documentation; the
-//! official SDKs prove them (tests/local.rs). Authentication is [`super::verify`], session policies
+//! official SDKs prove them (tests/it/local.rs). Authentication is [`super::verify`], session policies
 //! [`super::access`], storage [`super::store`]; this file is the HTTP side:
 //! routing, bodies, forms, XML and replies.
 //!

@@ -3,7 +3,7 @@
 //! security token and the credential's expiry.
 //!
 //! The checks and error codes follow OSS's documentation (docs/signing.md has
-//! the wire formats); the official SDKs (tests/local.rs) and the signing
+//! the wire formats); the official SDKs (tests/it/local.rs) and the signing
 //! vectors prove them. The expected signature is computed with [`crate::sign`] from what arrived and
 //! compared in constant time. Everything here is a pure function of the received
 //! request parts, a credential lookup and `now`.
