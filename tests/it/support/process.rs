@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{CALLER_AK, CALLER_SECRET};
 
-/// Lines a child process writes, collected by a background thread.
+/// Lines a child process writes (collected by a background thread), or an in-process `TestApp` logs.
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<String>>);
 
