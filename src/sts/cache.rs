@@ -39,6 +39,9 @@ use super::backoff::Backoff;
 use super::client::AssumeRole;
 use super::{AssumeRoleRequest, StsError, TempCredentials};
 use crate::credentials::{Credentials, key_id_prefix};
+use crate::shared::Fleet;
+
+mod fleet;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -197,10 +200,23 @@ struct Inner {
     clock: Arc<dyn Clock>,
     timings: CacheTimings,
     health: RwLock<StsHealth>,
+    /// Fleet mode: the second level and the fleet-wide single flight.
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl CredentialCache {
     pub fn new(sts: Arc<dyn AssumeRole>, clock: Arc<dyn Clock>, timings: CacheTimings) -> Self {
+        Self::with_fleet(sts, clock, timings, None)
+    }
+
+    /// With `fleet`, a miss looks in Redis before calling STS and only one
+    /// replica of the fleet calls STS for a key (see `cache/fleet.rs`).
+    pub fn with_fleet(
+        sts: Arc<dyn AssumeRole>,
+        clock: Arc<dyn Clock>,
+        timings: CacheTimings,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Self {
         let slots = moka::future::Cache::builder()
             .max_capacity(timings.capacity)
             // Nothing outlives the longest STS session (12 h), so idle slots go.
@@ -213,6 +229,7 @@ impl CredentialCache {
                 clock,
                 timings,
                 health: RwLock::new(StsHealth::default()),
+                fleet,
             }),
         }
     }
@@ -286,7 +303,7 @@ impl CredentialCache {
             None => {
                 self.inner
                     .slots
-                    .get_with(key, async { Arc::new(Slot::default()) })
+                    .get_with(key.clone(), async { Arc::new(Slot::default()) })
                     .await
             }
         };
@@ -297,7 +314,7 @@ impl CredentialCache {
             && inner.servable(&entry, now)
         {
             if now >= entry.refresh_at {
-                self.refresh_in_background(&slot, identity, req, now);
+                self.refresh_in_background(&slot, &key, identity, req, now);
             }
             let outcome = if slot.refresh_failed.load(Ordering::Acquire) {
                 Outcome::Stale
@@ -309,7 +326,7 @@ impl CredentialCache {
 
         // Miss: join the call in flight, or start one. Dropping this future
         // (the request's deadline) only stops the waiting, never the call.
-        let mut flight = match self.join(&slot, identity, req, false) {
+        let mut flight = match self.join(&slot, &key, identity, req, false) {
             Join::Wait(flight) => flight,
             Join::Answered(result) => return result.map(|e| inner.lookup(e, Outcome::Hit)),
         };
@@ -330,7 +347,14 @@ impl CredentialCache {
     /// that a call ending meanwhile is seen: it stores its result before it
     /// clears the flight. A miss gets a still-valid credential instead of a new
     /// call; no call starts while the key backs off after a failure.
-    fn join(&self, slot: &Arc<Slot>, identity: &Credentials, req: &AssumeRoleRequest, refresh: bool) -> Join {
+    fn join(
+        &self,
+        slot: &Arc<Slot>,
+        key: &CacheKey,
+        identity: &Credentials,
+        req: &AssumeRoleRequest,
+        refresh: bool,
+    ) -> Join {
         let inner = &self.inner;
         let mut flight = slot.flight.lock().unwrap_or_else(|e| e.into_inner());
         // A closed channel is a task that died without answering: start anew.
@@ -356,13 +380,14 @@ impl CredentialCache {
         let (tx, rx) = watch::channel(None);
         *flight = Some(rx.clone());
         slot.in_flight.store(true, Ordering::Release);
-        let (this, slot, identity, req) = (self.clone(), slot.clone(), identity.clone(), req.clone());
+        let (this, slot, key) = (self.clone(), slot.clone(), key.clone());
+        let (identity, req) = (identity.clone(), req.clone());
         tokio::spawn(async move {
             let result = {
                 // Cleared before the answer goes out (callers arriving later find
                 // the stored result), and even if the call panics.
                 let _landed = Landed(&slot);
-                this.fly(&slot, &identity, &req, refresh).await
+                this.fly(&slot, &key, &identity, &req, refresh).await
             };
             let _ = tx.send(Some(result));
         });
@@ -372,6 +397,7 @@ impl CredentialCache {
     fn refresh_in_background(
         &self,
         slot: &Arc<Slot>,
+        key: &CacheKey,
         identity: &Credentials,
         req: &AssumeRoleRequest,
         now: DateTime<Utc>,
@@ -385,7 +411,7 @@ impl CredentialCache {
             return; // one call per key at a time
         }
         // Nobody waits for it; the stored result serves the next lookups.
-        let _ = self.join(slot, identity, req, true);
+        let _ = self.join(slot, key, identity, req, true);
     }
 
     /// One call to STS for `slot` (run by the cache's own task) and its
@@ -393,12 +419,23 @@ impl CredentialCache {
     async fn fly(
         &self,
         slot: &Slot,
+        key: &CacheKey,
         identity: &Credentials,
         req: &AssumeRoleRequest,
         refresh: bool,
     ) -> FlightResult {
         let inner = &self.inner;
-        match inner.fetch(identity, req).await {
+        let fetched = match &inner.fleet {
+            // A refresh wants a credential newer than the one held.
+            Some(fleet) => {
+                let older = refresh
+                    .then(|| slot.current().map(|c| c.creds.expiration))
+                    .flatten();
+                inner.fetch_shared(fleet, key, identity, req, older).await
+            }
+            None => inner.fetch(identity, req).await,
+        };
+        match fetched {
             Ok(creds) => {
                 let entry = Arc::new(Entry {
                     refresh_at: inner.refresh_at(&creds),
