@@ -29,6 +29,13 @@ pub struct AppState {
     pub fleet: Option<Arc<Fleet>>,
 }
 
+/// The `[identity]` section's fingerprint (its secrets show redacted): what
+/// stands for the identity in the fleet's shared cache keys.
+fn identity_tag(config: &Config) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(format!("{:?}", config.identity)))
+}
+
 impl AppState {
     /// `env` is the process environment (identity variables are read from it).
     ///
@@ -68,7 +75,7 @@ impl AppState {
             ),
             None => {
                 let fleet = match &config.shared {
-                    Some(s) => Some(Fleet::connect(s, config.sts.timeout, env).await?),
+                    Some(s) => Some(Fleet::connect(s, config.sts.timeout, identity_tag(&config), env).await?),
                     None => None,
                 };
                 (Self::build_issuer(&config, env, fleet.clone()).await?, fleet)

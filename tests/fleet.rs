@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
+/// The tests that load the machine (three replicas, hundreds of requests) or
+/// read timings from the fake STS run one at a time.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Obviously fake keys (raw values, 32+ bytes).
 const SHARED_KEY: &str = "fleet-test-encryption-key-not-secret-0001";
 const WRONG_KEY: &str = "fleet-test-encryption-key-WRONG-not-secret";
@@ -245,6 +249,7 @@ async fn shared_status(server: &Server) -> String {
 /// Test 1: 300 concurrent cold requests for one grant across 3 replicas → one AssumeRole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cold_storm_across_three_replicas_costs_one_call() {
+    let _heavy = HEAVY.lock().await;
     let f = Fleet::start(1, "");
     for r in &f.replicas {
         assert_eq!(shared_status(r).await, "connected");
@@ -264,6 +269,7 @@ async fn cold_storm_across_three_replicas_costs_one_call() {
 /// Test 2: 300 users on a per-user grant, each user's requests on all 3 replicas → 300 calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn per_user_grant_costs_one_call_per_user_fleet_wide() {
+    let _heavy = HEAVY.lock().await;
     let f = Fleet::start(300, "max_calls_per_second = 100");
     let reqs = (0..300)
         .flat_map(|u| (0..3).map(move |r| (u, r)))
@@ -287,6 +293,7 @@ async fn per_user_grant_costs_one_call_per_user_fleet_wide() {
 /// documented burst) calls in any one-second window, drained in about 20 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fleet_budget_holds_across_replicas() {
+    let _heavy = HEAVY.lock().await;
     let f = Fleet::start(200, "max_calls_per_second = 10");
     let started = Instant::now();
     let reqs = (0..200)
@@ -376,6 +383,7 @@ async fn ticket_minted_on_one_replica_works_on_the_others() {
 /// subject in plain text; an entry that does not open is never served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_holds_nothing_readable_and_nothing_undecryptable_is_served() {
+    let _heavy = HEAVY.lock().await;
     let mut f = Fleet::start(20, "");
     let reqs = (0..60)
         .map(|i| (f.url(i, "/v1/grants/users/credentials"), Some(user_key(i % 20))))
@@ -410,6 +418,20 @@ async fn redis_holds_nothing_readable_and_nothing_undecryptable_is_served() {
     }
     let calls = f.sts.call_count().await;
     assert_eq!(calls, 40 + 1, "20 users x 2 grants + browser-upload");
+    // For docs/deploying.md's sizing: what one cached credential costs Redis.
+    let (cred, value) = dump
+        .iter()
+        .find(|(k, _)| k.starts_with(b"ossvend:cred:"))
+        .unwrap();
+    let usage: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(cred)
+        .query(&mut f.redis.conn())
+        .unwrap();
+    eprintln!(
+        "one cached credential: value {} bytes, MEMORY USAGE {usage} bytes",
+        value.len()
+    );
 
     // A replica with another key finds nothing it can use: it calls STS.
     let wrong = replica(&f.config, WRONG_KEY);
@@ -459,6 +481,7 @@ async fn redis_holds_nothing_readable_and_nothing_undecryptable_is_served() {
 /// replica serves the new one before the old reaches min_remaining; 2 calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refresh_ahead_is_done_once_for_the_fleet() {
+    let _heavy = HEAVY.lock().await;
     let f = Fleet::start(1, "min_remaining = \"5s\"\nrefresh_before = \"25s\"");
     f.sts.mode(json!({ "expires_in": 40 })).await;
     let client = http();
@@ -501,6 +524,7 @@ async fn refresh_ahead_is_done_once_for_the_fleet() {
 /// replicas share again without a restart (a new cold key costs one call).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_under_load_falls_back_and_recovers() {
+    let _heavy = HEAVY.lock().await;
     let mut f = Fleet::start(301, "max_calls_per_second = 30");
     let client = http();
     let load = {

@@ -44,6 +44,8 @@ pub struct Fleet {
     pub replicas: u32,
     /// How long a flight's lock lives without its holder renewing it.
     pub flight_ttl: Duration,
+    /// Stands for the identity in shared cache keys (see [`Fleet::connect`]).
+    pub identity_tag: String,
     up: AtomicBool,
     bad_keys: Mutex<HashSet<String>>,
 }
@@ -105,9 +107,14 @@ impl Quota {
 impl Fleet {
     /// Connects lazily (the server starts even when Redis is down, on its
     /// fallback) and starts the probe. `flight_ttl`: the STS timeout.
+    /// `identity_tag` replaces the AccessKey id of the moment in shared cache
+    /// keys: a fingerprint of the `[identity]` section, the same on every
+    /// replica, where the AccessKey id of a temporary identity (RRSA, ECS
+    /// role) differs per pod and per hour and would share nothing.
     pub async fn connect(
         cfg: &SharedConfig,
         flight_ttl: Duration,
+        identity_tag: String,
         env: &BTreeMap<String, String>,
     ) -> Result<Arc<Fleet>, String> {
         let key = env
@@ -147,6 +154,7 @@ impl Fleet {
             on_unavailable: cfg.on_unavailable,
             replicas: cfg.replicas.max(1),
             flight_ttl: flight_ttl.max(Duration::from_secs(1)),
+            identity_tag,
             // Closed until the first PING answers.
             up: AtomicBool::new(false),
             bad_keys: Mutex::new(HashSet::new()),

@@ -989,4 +989,57 @@ mod tests {
         let l = cache.get(&identity(), &request("p")).await.unwrap();
         assert_eq!(l.credentials.expiration - l.refresh_after, TimeDelta::minutes(15));
     }
+
+    /// Fleet mode while Redis does not answer (here: nothing listens): `local`
+    /// serves through this process's own single flight, `refuse` calls nothing.
+    #[tokio::test]
+    async fn fleet_fallback_is_local_single_flight_or_refusal() {
+        use crate::config::{OnUnavailable, SharedConfig};
+        for (mode, serves) in [(OnUnavailable::Local, true), (OnUnavailable::Refuse, false)] {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let cfg = SharedConfig {
+                url: format!("redis://127.0.0.1:{port}"),
+                username_env: None,
+                password_env: None,
+                key_prefix: "t:".into(),
+                encryption_key_env: "K".into(),
+                on_unavailable: mode,
+                replicas: 3,
+                command_timeout: Duration::from_millis(100),
+                connect_timeout: Duration::from_millis(100),
+            };
+            let env = std::collections::BTreeMap::from([("K".to_string(), "k".repeat(32))]);
+            let fleet = Fleet::connect(&cfg, Duration::from_secs(1), "id".into(), &env)
+                .await
+                .unwrap();
+            assert!(!fleet.available());
+            let (plain, sts, clock) = setup(50);
+            let cache = CredentialCache::with_fleet(sts.clone(), clock, plain.inner.timings, Some(fleet));
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..20 {
+                let cache = cache.clone();
+                set.spawn(async move { cache.get(&identity(), &request("{}")).await });
+            }
+            let results = set.join_all().await;
+            if serves {
+                assert!(results.iter().all(|r| r.is_ok()), "{mode:?}");
+                assert_eq!(
+                    sts.calls.load(Ordering::SeqCst),
+                    1,
+                    "one call per key per replica"
+                );
+            } else {
+                assert!(
+                    results
+                        .iter()
+                        .all(|r| matches!(r, Err(StsError::Transport(m)) if m.contains("refuse")))
+                );
+                assert_eq!(sts.calls.load(Ordering::SeqCst), 0);
+            }
+        }
+    }
 }

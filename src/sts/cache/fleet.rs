@@ -41,12 +41,13 @@ struct Stored {
 }
 
 impl CacheKey {
-    /// Today's cache key as text: the associated data of the sealed value and
-    /// what the Redis key name is an HMAC of.
-    pub fn fleet_text(&self) -> String {
+    /// Today's cache key as text, the identity given as `identity_tag` (see
+    /// `Fleet::connect`): the associated data of the sealed value and what the
+    /// Redis key name is an HMAC of.
+    pub fn fleet_text(&self, identity_tag: &str) -> String {
         format!(
-            "{}\n{}\n{}\n{}\n{}",
-            self.identity, self.role_arn, self.policy_sha256, self.duration_seconds, self.session_name
+            "{identity_tag}\n{}\n{}\n{}\n{}",
+            self.role_arn, self.policy_sha256, self.duration_seconds, self.session_name
         )
     }
 }
@@ -70,7 +71,7 @@ impl Inner {
         req: &AssumeRoleRequest,
         older: Option<DateTime<Utc>>,
     ) -> Result<TempCredentials, StsError> {
-        let plain = key.fleet_text();
+        let plain = key.fleet_text(&fleet.identity_tag);
         match self.l2_get(fleet, &plain, older).await {
             Ok(Some(c)) => return Ok(c),
             Ok(None) => {}
