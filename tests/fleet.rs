@@ -604,3 +604,50 @@ async fn redis_killed_under_load_falls_back_and_recovers() {
         "a new cold key after recovery"
     );
 }
+
+/// Issue 16 §2: a replica that holds the fleet's call and dies blocks the
+/// others at most the STS timeout (the lock's life), then one of them calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_flight_holder_blocks_the_others_at_most_the_sts_timeout() {
+    let _heavy = HEAVY.lock().await;
+    let mut f = Fleet::start(1, "timeout = \"3s\"");
+    // The first call hangs far past the STS timeout; the holder dies meanwhile.
+    f.sts.script(json!([{ "delay_ms": 60000 }])).await;
+    let url = |i| f.url(i, "/v1/grants/browser-upload/credentials");
+    let first = url(0);
+    // Its connection is cut by the kill: no answer expected.
+    let holder = tokio::spawn(async move { http().get(first).send().await.ok() });
+    let mut c = f.redis.conn();
+    let start = Instant::now();
+    loop {
+        let locks: Vec<String> = redis::cmd("KEYS").arg("ossvend:flight:*").query(&mut c).unwrap();
+        if !locks.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "replica 0 never took the flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiters = tokio::spawn(all_at_once(
+        (1..3).flat_map(|i| [(url(i), None), (url(i), None)]).collect(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(f.replicas.remove(0)); // SIGKILL
+    let killed = Instant::now();
+    holder.abort();
+    for (s, body) in waiters.await.unwrap() {
+        assert_eq!(s, 200, "{body}");
+    }
+    let waited = killed.elapsed();
+    eprintln!("dead holder: the others answered {waited:?} after the kill (sts.timeout 3 s)");
+    // Liveness bound only (the lock lives 3 s; the machine is loaded).
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    let calls = f.sts.calls().await;
+    assert_eq!(
+        calls.len(),
+        2,
+        "the hung call and one call after the holder died: {calls:?}"
+    );
+}
