@@ -74,6 +74,8 @@ impl AppState {
                 p.fleet.clone(),
             ),
             None => {
+                // rediss:// builds its TLS client config with the process's provider (ring).
+                crate::sts::client::install_crypto_provider();
                 let fleet = match &config.shared {
                     Some(s) => Some(Fleet::connect(s, config.sts.timeout, identity_tag(&config), env).await?),
                     None => None,

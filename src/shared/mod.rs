@@ -390,3 +390,62 @@ fn spawn_probe(fleet: Weak<Fleet>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: String) -> SharedConfig {
+        SharedConfig {
+            url,
+            username_env: Some("U".into()),
+            password_env: Some("P".into()),
+            key_prefix: "t:".into(),
+            encryption_key_env: "K".into(),
+            on_unavailable: OnUnavailable::Local,
+            replicas: 2,
+            command_timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(100),
+        }
+    }
+
+    /// `rediss://` builds its rustls client (ring), and a Redis that is not
+    /// there leaves the replica on its fallback, not failing to start.
+    #[tokio::test]
+    async fn tls_urls_build_and_an_absent_redis_is_the_fallback() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let env = BTreeMap::from([
+            ("K".to_string(), "k".repeat(32)),
+            ("U".to_string(), "ossvend".to_string()),
+            ("P".to_string(), "fake-password".to_string()),
+        ]);
+        for scheme in ["redis", "rediss"] {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let fleet = Fleet::connect(
+                &config(format!("{scheme}://127.0.0.1:{port}")),
+                Duration::from_secs(1),
+                "id".into(),
+                &env,
+            )
+            .await
+            .unwrap();
+            assert!(!fleet.available(), "{scheme}");
+            assert_eq!(fleet.get_sealed("cred", "k").await, Err(Unavailable));
+            assert!(!format!("{fleet:?}").contains("fake-password"));
+        }
+        // A short key is refused (the config check says so first).
+        let short = BTreeMap::from([("K".to_string(), "short".to_string())]);
+        let e = Fleet::connect(
+            &config("redis://127.0.0.1:1".into()),
+            Duration::from_secs(1),
+            "id".into(),
+            &short,
+        )
+        .await;
+        assert!(e.unwrap_err().contains("too short"));
+    }
+}
