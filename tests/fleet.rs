@@ -308,11 +308,21 @@ async fn fleet_budget_holds_across_replicas() {
     assert_eq!(calls.len(), 200);
     let peak = max_per_second(&calls);
     eprintln!("fleet budget 10/s: 200 calls, peak {peak} in one second, drained in {drain:?}");
-    // Scheduled 100 ms apart on the Redis clock (burst 1): at most 11 in a second;
-    // one more is allowed for delivery jitter on a loaded machine.
+    // Scheduled 100 ms apart on the Redis clock (burst 1): at most 11 in a second as
+    // sent; on a loaded 2-core machine a late call can land next to an on-time one,
+    // so the arrivals the fake sees get 2 more. Over the whole drain: the budget.
     assert!(
-        peak <= 12,
-        "{peak} calls in one second; budget 10 + burst 1 (+1 jitter)"
+        peak <= 13,
+        "{peak} calls in one second; budget 10 + burst 1 (+2 delivery jitter)"
+    );
+    let times: Vec<f64> = calls.iter().map(|c| c["time"].as_f64().unwrap()).collect();
+    let span =
+        times.iter().cloned().fold(f64::MIN, f64::max) - times.iter().cloned().fold(f64::MAX, f64::min);
+    let rate = (calls.len() - 1) as f64 / span;
+    eprintln!("fleet budget 10/s: {rate:.2} calls/s over {span:.1} s");
+    assert!(
+        rate <= 10.2,
+        "{rate:.2} calls/s on average for a fleet budget of 10/s"
     );
     // Generous bounds: 200 calls at 10/s cannot drain in under ~19 s.
     assert!(
