@@ -140,6 +140,13 @@ prefix = "limited/{subject}/"
 auth = ["api_key"]
 per_subject_per_minute = 30
 
+[[grants]]
+name = "by-ip"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "ip/"
+per_ip_per_minute = 30
+
 [auth.tickets]
 secret_env = "OSSVEND_TICKET_KEY"
 "#,
@@ -331,7 +338,8 @@ async fn fleet_budget_holds_across_replicas() {
     );
 }
 
-/// Test 4: `per_subject_per_minute = 30` → the 31st request gets 429 on any replica.
+/// Test 4: `per_subject_per_minute = 30` → the 31st request gets 429 on any
+/// replica; `per_ip_per_minute` likewise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limit_is_fleet_wide() {
     let f = Fleet::start(2, "");
@@ -366,6 +374,19 @@ async fn rate_limit_is_fleet_wide() {
     )
     .await;
     assert_eq!(s, 200);
+    // Per client IP, the same: 30 a minute from 127.0.0.1 for the fleet.
+    for i in 0..30 {
+        let (s, body) = get(&client, f.url(i, "/v1/grants/by-ip/credentials"), None).await;
+        assert_eq!(s, 200, "request {i}: {body}");
+    }
+    for r in 0..3 {
+        let (s, body) = get(&client, f.url(r, "/v1/grants/by-ip/credentials"), None).await;
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (429, Some("rate_limited")),
+            "replica {r}"
+        );
+    }
 }
 
 /// Test 5: a ticket minted on replica A is accepted by B and C.
