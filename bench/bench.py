@@ -16,7 +16,7 @@ Environment:
                         apart) before measuring (default 0: don't wait)
   BENCH_RESULTS         where to write the results (default bench/results/<date>.md;
                         "-" = don't write)
-  BENCH_SKIP            comma-separated parts to skip: hello,ossvend,reference,storm,memory,sign
+  BENCH_SKIP            comma-separated parts to skip: hello,ossvend,reference,storm,memory,sign,fleet
 Stdlib only (Python 3.11+, like the fake STS).
 """
 
@@ -59,6 +59,8 @@ CALLER_AK = "LTAIfakeTestKeyId0001"
 CALLER_SECRET = "fakeTestSecretDoNotUse0001"
 TICKET_SECRET = "fakeBenchTicketSecretDoNotUse-0123456789"
 API_KEY = "fakeBenchApiKeyDoNotUse"
+# Fleet mode's encryption key (raw value, >= 32 bytes).
+SHARED_KEY = "fakeBenchSharedKeyDoNotUse-0123456789abcdef"
 ROLE_ARN = "acs:ram::1234567890123456:role/oss-upload"
 
 NCPU = len(os.sched_getaffinity(0))
@@ -172,6 +174,10 @@ class FakeSts:
     def calls(self) -> int:
         return int(self._req("/_fake/state")["calls"])
 
+    def call_times(self) -> list[float]:
+        """When each AssumeRole call arrived (the fake's clock)."""
+        return sorted(float(c["time"]) for c in self._req("/_fake/calls")["calls"])
+
 
 OSSVEND_CONFIG = """
 [server]
@@ -216,13 +222,15 @@ auth = ["api_key", "ticket"]
 
 
 class Ossvend:
-    def __init__(self, sts: FakeSts, name: str, budget: int = STS_BUDGET, rust_log: str | None = None) -> None:
+    def __init__(self, sts: FakeSts, name: str, budget: int = STS_BUDGET, rust_log: str | None = None,
+                 shared: str = "") -> None:
         self.port = free_port()
         cfg = WORK / f"{name}.toml"
         cfg.write_text(OSSVEND_CONFIG.format(port=self.port, sts=sts.endpoint, role=ROLE_ARN, budget=budget,
-                                             api_key_sha256=hashlib.sha256(API_KEY.encode()).hexdigest()))
+                                             api_key_sha256=hashlib.sha256(API_KEY.encode()).hexdigest())
+                       + shared)
         env = base_env(ALIBABA_CLOUD_ACCESS_KEY_ID=CALLER_AK, ALIBABA_CLOUD_ACCESS_KEY_SECRET=CALLER_SECRET,
-                       BENCH_TICKET_SECRET=TICKET_SECRET)
+                       BENCH_TICKET_SECRET=TICKET_SECRET, BENCH_SHARED_KEY=SHARED_KEY)
         if rust_log:
             env["RUST_LOG"] = rust_log
         binary = ROOT / "target/release/ossvend"
@@ -318,10 +326,13 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))] if s else float("nan")
 
 
-async def storm(port: int, paths: list[str]) -> dict:
+async def storm(port: int | list[int], paths: list[str]) -> dict:
+    """Request i goes to port i (mod the number of ports: replicas in turn)."""
+    ports = port if isinstance(port, list) else [port]
     conns = []
     for i in range(0, len(paths), 200):  # connect in batches: the listen backlog is finite
-        conns += await asyncio.gather(*[asyncio.open_connection("127.0.0.1", port) for _ in paths[i:i + 200]])
+        conns += await asyncio.gather(*[asyncio.open_connection("127.0.0.1", ports[j % len(ports)])
+                                        for j in range(i, min(i + 200, len(paths)))])
     go = asyncio.Event()
 
     async def one(rw, path):
@@ -492,6 +503,78 @@ SIGNERS = [
 ]
 
 
+class Redis:
+    """A redis-server of its own on the load core (fleet mode's shared state)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        d = WORK / "redis"
+        d.mkdir(exist_ok=True)
+        argv = pinned(LOAD_CPU, ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(d)])
+        self.proc, self.log = spawn("redis", argv, base_env())
+        wait_port(self.port, self.proc, "redis-server", self.log)
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    def commands(self) -> int:
+        return int(re.search(r"^total_commands_processed:(\d+)", self.cli("INFO", "stats"), re.M).group(1))
+
+    def used_memory(self) -> int:
+        return int(re.search(r"^used_memory:(\d+)", self.cli("INFO", "memory"), re.M).group(1))
+
+
+def fleet_section(redis: Redis, replicas: int) -> str:
+    return (f'\n[shared]\nurl = "redis://127.0.0.1:{redis.port}"\nencryption_key_env = "BENCH_SHARED_KEY"\n'
+            f"replicas = {replicas}\n")
+
+
+def max_per_second(times: list[float]) -> int:
+    return max((sum(1 for x in times[i:] if x < t + 1.0) for i, t in enumerate(times)), default=0)
+
+
+def part_fleet(sts: FakeSts) -> None:
+    """Fleet mode (issue 16): the same cached route through a replica with [shared]
+    (in-process hits never touch Redis), then three replicas sharing one Redis."""
+    redis = Redis()
+    g = "/v1/grants/browser-upload"
+    srv = Ossvend(sts, "ossvend-fleet-1", shared=fleet_section(redis, 1))
+    get(f"{srv.base}{g}/credentials")
+    before = redis.commands()
+    R["cred_fleet"] = wrk(f"{srv.base}{g}/credentials", srv.proc.pid)
+    # Minus this INFO itself: what the replica sent Redis while serving hits.
+    R["cred_fleet"]["redis_commands"] = redis.commands() - before - 1
+    stop(srv.proc)
+    redis.cli("FLUSHALL")
+
+    reps = [Ossvend(sts, f"ossvend-fleet-r{i}", shared=fleet_section(redis, 3)) for i in range(3)]
+    ports = [r.port for r in reps]
+    sts.reset()
+    s = asyncio.run(storm(ports, [f"{g}/credentials"] * STORM))
+    s["sts_calls"] = sts.calls()
+    R["fleet_storm_grant"] = s
+    log(f"fleet cold storm, one grant, 3 replicas: {s}")
+
+    before = redis.used_memory()
+    sts.reset()
+    paths = [f"/v1/grants/per-user/credentials?ticket={ticket(f'fleet{i:05d}', 'per-user')}" for i in range(STORM)]
+    s = asyncio.run(storm(ports, paths))
+    times = sts.call_times()
+    s["sts_calls"] = len(times)
+    s["peak_per_s"] = max_per_second(times)
+    R["fleet_storm_users"] = s
+    log(f"fleet per-user storm, 3 replicas: {s}")
+    creds = [k for k in redis.cli("--scan", "--pattern", "ossvend:cred:*").split() if k]
+    usage = int(redis.cli("MEMORY", "USAGE", creds[0]).strip()) if creds else 0
+    R["fleet_redis"] = {"keys": len(creds), "per_cred": (redis.used_memory() - before) / max(1, len(creds)),
+                        "usage": usage}
+    for r in reps:
+        stop(r.proc)
+    stop(redis.proc)
+
+
 def part_sign() -> None:
     meta = json.loads(subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT,
                                      capture_output=True, text=True, check=True).stdout)
@@ -581,6 +664,26 @@ def table() -> str:
                     f"| — | {f_ms(s['p50'])} | {f_ms(s['p99'])} | — | — | **{s['sts_calls']} STS calls**; "
                     f"{s['ok']}/{s['n']} OK; drained in **{s['drain_s']:.1f} s** (budget floor "
                     f"{expect:.1f} s) | |")
+    if "cred_fleet" in R:
+        rat = f"{ratio(R['cred_fleet']['rps'], R['cred']['rps'])} without [shared]" if "cred" in R else ""
+        tp("fleet mode: the same cached route through a replica with `[shared]`", "cred_fleet",
+           f"{R['cred_fleet']['redis_commands']} Redis commands during the run", rat)
+    if "fleet_storm_grant" in R:
+        s = R["fleet_storm_grant"]
+        rows.append(f"| fleet mode: cold storm, {s['n']} concurrent first requests over 3 replicas, one grant "
+                    f"| — | {f_ms(s['p50'])} | {f_ms(s['p99'])} | — | — | **{s['sts_calls']} STS call(s)**; "
+                    f"{s['ok']}/{s['n']} OK; all answered in {s['drain_s'] * 1e3:.0f} ms | |")
+    if "fleet_storm_users" in R:
+        s = R["fleet_storm_users"]
+        rows.append(f"| fleet mode: {s['n']} distinct users over 3 replicas, fleet budget {STS_BUDGET} calls/s "
+                    f"| — | {f_ms(s['p50'])} | {f_ms(s['p99'])} | — | — | **{s['sts_calls']} STS calls**, at most "
+                    f"**{s['peak_per_s']} in any second**; {s['ok']}/{s['n']} OK; drained in "
+                    f"**{s['drain_s']:.1f} s** | |")
+    if "fleet_redis" in R:
+        m = R["fleet_redis"]
+        rows.append(f"| fleet mode: Redis memory per cached credential | — | — | — | — | — "
+                    f"| {m['per_cred']:,.0f} bytes (`used_memory` growth over {m['keys']} credentials; "
+                    f"`MEMORY USAGE` of one: {m['usage']} bytes) | |".replace(",", " "))
     if "rss_idle_kib" in R:
         rows.append(f"| memory: RSS idle | — | — | — | — | — | {R['rss_idle_kib']['v'] / 1024:.1f} MiB | |")
     if "memory" in R:
@@ -674,6 +777,8 @@ def main() -> int:
             part_reference(sts)
         if "memory" not in SKIP:
             part_memory(sts)
+        if "fleet" not in SKIP and shutil.which("redis-server"):
+            part_fleet(sts)
     finally:
         for p in list(CHILDREN):
             stop(p)
@@ -718,6 +823,12 @@ def main() -> int:
                 "while queued.",
                 "- Memory: a fresh ossvend (`RUST_LOG=warn`, STS budget 100 calls/s, the most it accepts) filled "
                 "through 64 keep-alive connections, one ticket per subject; RSS from /proc/PID/status.",
+                "- Fleet mode (`[shared]`, a `redis-server` of its own on the load core): the cached route through "
+                "one replica with `[shared]` compared with the same route without it in this run (hits are "
+                "in-process and never touch Redis); then three replicas on the server core sharing that Redis, "
+                "storms sent to the replicas in turn; the per-user storm under the fleet budget "
+                f"(`sts.max_calls_per_second` = {STS_BUDGET} for the fleet, burst 1); \"in any second\" is the "
+                "most calls the fake STS received in any one-second window.",
                 "- Signing: `cargo bench --bench sign` (benches/sign.rs), median of criterion's samples with its "
                 "confidence interval, inputs like the routes' (1,100-character STS token).",
                 ""]

@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod routes;
 pub mod server;
+pub mod shared;
 pub mod sign;
 pub mod signcli;
 pub mod state;

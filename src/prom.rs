@@ -91,6 +91,7 @@ fn exposition_infinities(text: String) -> String {
 }
 
 fn describe() {
+    describe_shared();
     describe_counter!(
         "ossvend_http_requests_total",
         "HTTP requests by method, route template and status"
@@ -347,6 +348,62 @@ fn bounded_code(code: &str) -> String {
         .take(64)
         .collect();
     if clean.is_empty() { "unknown".into() } else { clean }
+}
+
+// Fleet mode (`[shared]`).
+
+fn describe_shared() {
+    describe_counter!(
+        "ossvend_shared_lookups_total",
+        "Credential cache second-level (Redis) lookups after an in-process miss: l2_hit or l2_miss"
+    );
+    describe_counter!(
+        "ossvend_shared_flights_total",
+        "Fleet single flights: won (this replica called STS) or waited (another replica did)"
+    );
+    describe_counter!(
+        "ossvend_shared_errors_total",
+        "Redis commands that failed or timed out, by operation"
+    );
+    describe_histogram!(
+        "ossvend_shared_command_duration_seconds",
+        metrics::Unit::Seconds,
+        "Redis command latency by operation"
+    );
+    describe_gauge!(
+        "ossvend_shared_available",
+        "1 while Redis answers, 0 while on the fallback"
+    );
+    describe_counter!(
+        "ossvend_shared_undecryptable_total",
+        "Redis entries that did not decrypt or parse (served as a miss)"
+    );
+}
+
+pub fn shared_lookup(hit: bool) {
+    let outcome = if hit { "l2_hit" } else { "l2_miss" };
+    counter!("ossvend_shared_lookups_total", "outcome" => outcome).increment(1);
+}
+
+pub fn shared_flight(won: bool) {
+    let role = if won { "won" } else { "waited" };
+    counter!("ossvend_shared_flights_total", "role" => role).increment(1);
+}
+
+pub fn shared_error(op: &'static str) {
+    counter!("ossvend_shared_errors_total", "op" => op).increment(1);
+}
+
+pub fn shared_latency(op: &'static str, elapsed: Duration) {
+    histogram!("ossvend_shared_command_duration_seconds", "op" => op).record(elapsed.as_secs_f64());
+}
+
+pub fn shared_available(up: bool) {
+    gauge!("ossvend_shared_available").set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn shared_undecryptable() {
+    counter!("ossvend_shared_undecryptable_total").increment(1);
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Per-grant rate limits, per authenticated subject and per client IP
 //! (governor's GCRA). A refused request gets 429 with `Retry-After`.
+//! In fleet mode the same quotas are kept fleet-wide in Redis
+//! (`shared::Fleet::gcra`); while Redis is unavailable, by each replica.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,6 +16,7 @@ use tracing::warn;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::grants::Grant;
+use crate::shared::{Fleet, Quota as FleetQuota};
 
 struct GrantLimits {
     per_subject: Option<DefaultKeyedRateLimiter<String>>,
@@ -24,6 +27,7 @@ struct GrantLimits {
 
 pub struct Limits {
     by_grant: HashMap<String, Arc<GrantLimits>>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 fn keyed<K: std::hash::Hash + Eq + Clone>(per_minute: u32) -> Option<DefaultKeyedRateLimiter<K>> {
@@ -59,32 +63,74 @@ impl Limits {
                 (g.name.clone(), limits)
             })
             .collect();
-        Limits { by_grant }
+        Limits {
+            by_grant,
+            fleet: None,
+        }
+    }
+
+    /// Keeps the quotas fleet-wide in `fleet` (the local limiters stay, for the fallback).
+    pub fn with_fleet(mut self, fleet: Option<Arc<Fleet>>) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
+    /// The fleet's answer: `None` when not in fleet mode or Redis is unavailable.
+    async fn fleet_take(
+        &self,
+        grant: &Grant,
+        by: &str,
+        key: &str,
+        per_minute: u32,
+    ) -> Option<Result<(), ApiError>> {
+        let fleet = self.fleet.as_ref()?;
+        let plain = format!("{}\n{by}\n{key}", grant.name);
+        match fleet
+            .gcra("rl", &plain, FleetQuota::per_minute(per_minute), false)
+            .await
+        {
+            Ok(Ok(_)) => Some(Ok(())),
+            Ok(Err(wait)) => Some(Err(limited(grant, by, wait))),
+            Err(_) => None,
+        }
     }
 
     /// Per client IP: checked before authentication, so that a flood of bad
     /// credentials is throttled too.
-    pub fn check_ip(&self, grant: &Grant, ip: Option<IpAddr>) -> Result<(), ApiError> {
-        match (self.by_grant.get(&grant.name).and_then(|l| l.per_ip.as_ref()), ip) {
-            (Some(lim), Some(ip)) => take(lim, &ip, grant, "client IP").inspect_err(|_| {
-                crate::prom::rate_limited(&grant.name, "ip");
-            }),
+    pub async fn check_ip(&self, grant: &Grant, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        let Some(limits) = self.by_grant.get(&grant.name) else {
+            return Ok(());
+        };
+        match (limits.per_ip.as_ref(), ip) {
+            (Some(lim), Some(ip)) => {
+                let shared = self
+                    .fleet_take(grant, "client IP", &ip.to_string(), limits.quotas.1)
+                    .await;
+                shared
+                    .unwrap_or_else(|| take(lim, &ip, grant, "client IP"))
+                    .inspect_err(|_| {
+                        crate::prom::rate_limited(&grant.name, "ip");
+                    })
+            }
             _ => Ok(()),
         }
     }
 
     /// Per authenticated subject: checked once the caller is known.
-    pub fn check_subject(&self, grant: &Grant, principal: &Principal) -> Result<(), ApiError> {
-        match (
-            self.by_grant
-                .get(&grant.name)
-                .and_then(|l| l.per_subject.as_ref()),
-            // Qualified: an API key `alice` and a JWT user `alice` are two callers.
-            principal.qualified_subject(),
-        ) {
-            (Some(lim), Some(subject)) => take(lim, &subject, grant, "subject").inspect_err(|_| {
-                crate::prom::rate_limited(&grant.name, "subject");
-            }),
+    pub async fn check_subject(&self, grant: &Grant, principal: &Principal) -> Result<(), ApiError> {
+        let Some(limits) = self.by_grant.get(&grant.name) else {
+            return Ok(());
+        };
+        // Qualified: an API key `alice` and a JWT user `alice` are two callers.
+        match (limits.per_subject.as_ref(), principal.qualified_subject()) {
+            (Some(lim), Some(subject)) => {
+                let shared = self.fleet_take(grant, "subject", &subject, limits.quotas.0).await;
+                shared
+                    .unwrap_or_else(|| take(lim, &subject, grant, "subject"))
+                    .inspect_err(|_| {
+                        crate::prom::rate_limited(&grant.name, "subject");
+                    })
+            }
             _ => Ok(()),
         }
     }

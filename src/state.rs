@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::grants::{Grants, Issuer};
 use crate::identity::{self, RefreshTimings};
 use crate::ratelimit::Limits;
+use crate::shared::Fleet;
 use crate::sts::{CacheTimings, CredentialCache, StsClient, SystemClock};
 
 pub struct AppState {
@@ -24,6 +25,15 @@ pub struct AppState {
     pub audit: Audit,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Fleet mode (`[shared]`): the Redis-backed state the replicas share.
+    pub fleet: Option<Arc<Fleet>>,
+}
+
+/// The `[identity]` section's fingerprint (its secrets show redacted): what
+/// stands for the identity in the fleet's shared cache keys.
+fn identity_tag(config: &Config) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(format!("{:?}", config.identity)))
 }
 
 impl AppState {
@@ -75,12 +85,26 @@ impl AppState {
                 .resolve_endpoint(env)
                 .map_err(|e| format!("sts: {e}"))?,
         );
-        let issuer = match previous.filter(|p| p.issuer_unchanged(&config)) {
-            Some(p) => Issuer {
-                identity: p.issuer.identity.clone(),
-                cache: p.issuer.cache.clone(),
-            },
-            None => Self::build_issuer(&config, env, timings).await?,
+        let (issuer, fleet) = match previous.filter(|p| p.issuer_unchanged(&config)) {
+            Some(p) => (
+                Issuer {
+                    identity: p.issuer.identity.clone(),
+                    cache: p.issuer.cache.clone(),
+                },
+                p.fleet.clone(),
+            ),
+            None => {
+                // rediss:// builds its TLS client config with the process's provider (ring).
+                crate::sts::client::install_crypto_provider();
+                let fleet = match &config.shared {
+                    Some(s) => Some(Fleet::connect(s, config.sts.timeout, identity_tag(&config), env).await?),
+                    None => None,
+                };
+                (
+                    Self::build_issuer(&config, env, timings, fleet.clone()).await?,
+                    fleet,
+                )
+            }
         };
         let grants = Grants::from_config(&config)?;
         let mut auth = Authenticator::from_config(&config, env)?;
@@ -91,7 +115,7 @@ impl AppState {
             // A random per-process key: keep it, or every ticket out there would turn invalid.
             auth.tickets = p.auth.tickets.with_ttl(config.auth.tickets.ttl);
         }
-        let limits = Limits::carry_over(grants.iter(), previous.map(|p| &p.limits));
+        let limits = Limits::carry_over(grants.iter(), previous.map(|p| &p.limits)).with_fleet(fleet.clone());
         let audit = Audit::open(&config.audit)?;
         let trusted_proxies = config
             .rate_limit
@@ -110,6 +134,7 @@ impl AppState {
             limits,
             audit,
             trusted_proxies,
+            fleet,
             config,
         }))
     }
@@ -117,15 +142,20 @@ impl AppState {
     /// Whether `new` (its STS endpoint already resolved) has the same
     /// `[identity]` and `[sts]` as this state, so its identity and cache can be kept.
     pub fn issuer_unchanged(&self, new: &Config) -> bool {
-        self.config.identity == new.identity && self.config.sts == new.sts
+        self.config.identity == new.identity && self.config.sts == new.sts && self.config.shared == new.shared
     }
 
     async fn build_issuer(
         config: &Config,
         env: &BTreeMap<String, String>,
         timings: RefreshTimings,
+        fleet: Option<Arc<Fleet>>,
     ) -> Result<Issuer, String> {
-        let sts = Arc::new(StsClient::new(&config.sts)?);
+        let mut client = StsClient::new(&config.sts)?;
+        if let Some(f) = &fleet {
+            client = client.with_fleet(f.clone());
+        }
+        let sts = Arc::new(client);
         let deps = identity::Deps {
             sts: sts.clone(),
             clock: Arc::new(SystemClock),
@@ -150,7 +180,7 @@ impl AppState {
             capacity: config.sts.cache_capacity,
             failure_backoff: crate::sts::Backoff::from_config(&config.sts),
         };
-        let cache = CredentialCache::new(sts, Arc::new(SystemClock), timings);
+        let cache = CredentialCache::with_fleet(sts, Arc::new(SystemClock), timings, fleet);
         Ok(Issuer { identity, cache })
     }
 }

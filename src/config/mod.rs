@@ -42,6 +42,10 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
+    /// Fleet mode (`[shared]`): replicas share state through Redis. Absent: each
+    /// process keeps everything to itself, as without fleet mode.
+    #[serde(default)]
+    pub shared: Option<SharedConfig>,
 }
 
 /// The optional admin listener (`[admin]`): `GET /metrics` and
@@ -966,4 +970,62 @@ mod tests {
         );
         assert!(!format!("{:?}", read(a)).contains("fakeSecretOne"));
     }
+}
+
+/// `[shared]`: fleet mode. Replicas share the credential cache (encrypted),
+/// single flight, the STS budget and rate limits through a Redis-protocol
+/// server (Redis, Valkey, Tair / ApsaraDB for Redis).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfig {
+    /// `redis://host:port[/db]` or `rediss://…` (TLS through rustls). Never a
+    /// password: that comes from `password_env`.
+    pub url: String,
+    /// Environment variable holding the ACL user name (optional).
+    #[serde(default)]
+    pub username_env: Option<String>,
+    /// Environment variable holding the password (optional).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Prefix of every key ossvend writes, so deployments can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Environment variable holding the encryption key: its raw value, at least
+    /// 32 bytes. Values and key names in Redis are derived from it.
+    pub encryption_key_env: String,
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// How many replicas run: while Redis is unavailable each replica's STS
+    /// budget is `sts.max_calls_per_second / replicas`.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// Longest wait for one Redis command; past it the replica falls back.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    #[serde(default = "default_shared_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// What a replica does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Its own cache, single flight and rate limits, and `1/replicas` of the STS budget.
+    #[default]
+    Local,
+    /// No new credential (cache misses fail with `sts_unavailable`); L1 hits are still served.
+    Refuse,
+}
+
+fn default_key_prefix() -> String {
+    "ossvend:".into()
+}
+fn default_replicas() -> u32 {
+    1
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_shared_connect_timeout() -> Duration {
+    Duration::from_secs(1)
 }

@@ -66,6 +66,86 @@ pub fn check_after_identity(config: &Config, env: &BTreeMap<String, String>, p: 
     check_sts(config, env, p);
     check_auth(config, p);
     check_grants(config, p);
+    check_shared(config, env, p);
+}
+
+/// The shortest encryption key `[shared]` accepts (bytes of the variable's raw value).
+pub const MIN_SHARED_KEY_BYTES: usize = 32;
+
+/// `[shared]`: a URL without a password (the text of a problem never shows
+/// the URL), a present and long enough encryption key, a fixed ticket secret.
+fn check_shared(config: &Config, env: &BTreeMap<String, String>, p: &mut Problems) {
+    let Some(s) = &config.shared else { return };
+    match url::Url::parse(&s.url) {
+        Err(_) => p.add(
+            "shared.url",
+            "is not a URL (redis://host:port or rediss://host:port)",
+        ),
+        Ok(u) if !matches!(u.scheme(), "redis" | "rediss") => {
+            p.add("shared.url", "must start with redis:// or rediss://")
+        }
+        Ok(u) if u.password().is_some() => p.add(
+            "shared.url",
+            "must not carry a password: name the variable holding it in shared.password_env",
+        ),
+        Ok(u) if !u.username().is_empty() => p.add(
+            "shared.url",
+            "must not carry a user: name the variable holding it in shared.username_env",
+        ),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => p.add("shared.url", "has no host"),
+        Ok(_) => {}
+    }
+    for (path, var) in [
+        ("shared.username_env", &s.username_env),
+        ("shared.password_env", &s.password_env),
+    ] {
+        match var {
+            Some(v) if v.is_empty() => p.add(path, "must name an environment variable"),
+            Some(v) if !env.contains_key(v) => {
+                p.add(path, format!("the environment variable {v} is not set"))
+            }
+            _ => {}
+        }
+    }
+    match env.get(&s.encryption_key_env) {
+        _ if s.encryption_key_env.is_empty() => {
+            p.add("shared.encryption_key_env", "must name an environment variable")
+        }
+        None => p.add(
+            "shared.encryption_key_env",
+            format!("the environment variable {} is not set", s.encryption_key_env),
+        ),
+        Some(k) if k.len() < MIN_SHARED_KEY_BYTES => p.add(
+            "shared.encryption_key_env",
+            format!(
+                "{} holds {} bytes; the encryption key needs at least {MIN_SHARED_KEY_BYTES}",
+                s.encryption_key_env,
+                k.len()
+            ),
+        ),
+        Some(_) => {}
+    }
+    if s.key_prefix.is_empty() {
+        p.add(
+            "shared.key_prefix",
+            "must not be empty (it keeps deployments apart)",
+        );
+    }
+    if s.replicas == 0 {
+        p.add("shared.replicas", "must be at least 1");
+    }
+    if s.command_timeout.is_zero() || s.command_timeout > Duration::from_secs(10) {
+        p.add("shared.command_timeout", "must be between 1 ms and 10 s");
+    }
+    if s.connect_timeout.is_zero() || s.connect_timeout > Duration::from_secs(30) {
+        p.add("shared.connect_timeout", "must be between 1 ms and 30 s");
+    }
+    if config.auth.tickets.secret_env.is_none() {
+        p.add(
+            "auth.tickets.secret_env",
+            "fleet mode ([shared]) needs a ticket secret shared by every replica, or a ticket minted on one fails on the others",
+        );
+    }
 }
 
 fn anonymous_grants(config: &Config) -> bool {
@@ -1009,5 +1089,71 @@ prefix = "uploads/"
         assert!(check_prefix("a/*").is_err());
         assert!(check_prefix("a/../b/").is_err());
         assert!(check_prefix("/a").is_err());
+    }
+
+    fn shared_problems(shared: &str, tickets: bool, env: &[(&str, &str)]) -> Vec<String> {
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let tickets = if tickets {
+            "[auth.tickets]\nsecret_env = \"T\"\n"
+        } else {
+            ""
+        };
+        let text = format!("{MINIMAL}\n{tickets}\n[shared]\n{shared}");
+        let config = super::super::parse(&text, &env).unwrap();
+        validate(&config, &env)
+            .into_iter()
+            .filter(|p| p.path.starts_with("shared.") || p.path == "auth.tickets.secret_env")
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn fleet_mode_needs_a_ticket_secret_a_long_key_and_no_password_in_the_url() {
+        const KEY: (&str, &str) = ("K", "fake-fleet-key-of-at-least-32-bytes!!");
+        let ok = "url = \"redis://127.0.0.1:6390\"\nencryption_key_env = \"K\"\n";
+        assert_eq!(shared_problems(ok, true, &[KEY]), Vec::<String>::new());
+        let c = super::super::parse(&format!("{MINIMAL}\n[shared]\n{ok}"), &BTreeMap::new()).unwrap();
+        let s = c.shared.unwrap();
+        assert_eq!(
+            (
+                s.key_prefix.as_str(),
+                s.on_unavailable,
+                s.replicas,
+                s.command_timeout
+            ),
+            (
+                "ossvend:",
+                crate::config::OnUnavailable::Local,
+                1,
+                Duration::from_millis(250)
+            )
+        );
+        // No ticket secret: refused (a ticket minted on one replica would fail on the others).
+        let p = shared_problems(ok, false, &[KEY]);
+        assert!(
+            p.len() == 1 && p[0].starts_with("auth.tickets.secret_env: fleet mode"),
+            "{p:?}"
+        );
+        // A missing or short key.
+        assert!(shared_problems(ok, true, &[])[0].contains("K is not set"));
+        let p = shared_problems(ok, true, &[("K", "short-key")]);
+        assert!(p[0].contains("9 bytes") && !p[0].contains("short-key"), "{p:?}");
+        // A password in the URL is refused, and the problem never shows it.
+        let with_pw = "url = \"redis://:hunter2-fake@127.0.0.1:6390\"\nencryption_key_env = \"K\"\n";
+        let p = shared_problems(with_pw, true, &[KEY]);
+        assert!(
+            p.len() == 1 && p[0].contains("must not carry a password"),
+            "{p:?}"
+        );
+        assert!(!p[0].contains("hunter2"));
+        let p = shared_problems(&with_pw.replace("redis://", "http://"), true, &[KEY]);
+        assert!(
+            p[0].contains("redis:// or rediss://") && !p[0].contains("hunter2"),
+            "{p:?}"
+        );
+        // Variables named but unset; nonsense numbers.
+        let more = format!("{ok}password_env = \"PW\"\nreplicas = 0\ncommand_timeout = \"0s\"\n");
+        let p = shared_problems(&more, true, &[KEY]);
+        assert_eq!(p.len(), 3, "{p:?}");
     }
 }

@@ -105,12 +105,12 @@ impl Authorized {
         ctx: RequestCtx,
     ) -> Result<Self, ApiError> {
         let now = Utc::now();
-        state.limits.check_ip(&grant, ctx.client_ip)?;
+        state.limits.check_ip(&grant, ctx.client_ip).await?;
         let principal = state
             .auth
             .authenticate(&grant.name, methods, presented, now)
             .await?;
-        state.limits.check_subject(&grant, &principal)?;
+        state.limits.check_subject(&grant, &principal).await?;
         let resolved = grant.resolve(&principal, &state.auth.placeholders, now)?;
         Ok(Authorized {
             grant,

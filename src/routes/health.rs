@@ -29,6 +29,22 @@ pub(crate) struct Readiness {
     #[schema(example = "reachable")]
     sts: &'static str,
     sts_health: StsHealthReport,
+    /// Fleet mode only: whether the state shared with the other replicas (Redis) answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared: Option<SharedReport>,
+}
+
+/// Fleet mode's backend. A replica on its fallback stays ready.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SharedReport {
+    /// `connected`, or `fallback` (Redis does not answer: this replica runs on
+    /// its own cache, single flight, rate limits and share of the STS budget,
+    /// or refuses new credentials with `on_unavailable = "refuse"`).
+    #[schema(example = "connected")]
+    status: &'static str,
+    /// `local` or `refuse`.
+    #[schema(example = "local")]
+    on_unavailable: &'static str,
 }
 
 /// Whether the credential cache's calls to STS succeed. A failing STS does
@@ -149,6 +165,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Rea
             identity,
             sts,
             sts_health: StsHealthReport::from(state.issuer.cache.sts_health()),
+            shared: state.fleet.as_ref().map(|f| SharedReport {
+                status: if f.available() { "connected" } else { "fallback" },
+                on_unavailable: match f.on_unavailable {
+                    crate::config::OnUnavailable::Local => "local",
+                    crate::config::OnUnavailable::Refuse => "refuse",
+                },
+            }),
         }),
     )
 }

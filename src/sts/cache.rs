@@ -39,6 +39,9 @@ use super::backoff::Backoff;
 use super::client::AssumeRole;
 use super::{AssumeRoleRequest, StsError, TempCredentials};
 use crate::credentials::{Credentials, key_id_prefix};
+use crate::shared::Fleet;
+
+mod fleet;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -197,10 +200,23 @@ struct Inner {
     clock: Arc<dyn Clock>,
     timings: CacheTimings,
     health: RwLock<StsHealth>,
+    /// Fleet mode: the second level and the fleet-wide single flight.
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl CredentialCache {
     pub fn new(sts: Arc<dyn AssumeRole>, clock: Arc<dyn Clock>, timings: CacheTimings) -> Self {
+        Self::with_fleet(sts, clock, timings, None)
+    }
+
+    /// With `fleet`, a miss looks in Redis before calling STS and only one
+    /// replica of the fleet calls STS for a key (see `cache/fleet.rs`).
+    pub fn with_fleet(
+        sts: Arc<dyn AssumeRole>,
+        clock: Arc<dyn Clock>,
+        timings: CacheTimings,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Self {
         let slots = moka::future::Cache::builder()
             .max_capacity(timings.capacity)
             // Nothing outlives the longest STS session (12 h), so idle slots go.
@@ -213,6 +229,7 @@ impl CredentialCache {
                 clock,
                 timings,
                 health: RwLock::new(StsHealth::default()),
+                fleet,
             }),
         }
     }
@@ -286,7 +303,7 @@ impl CredentialCache {
             None => {
                 self.inner
                     .slots
-                    .get_with(key, async { Arc::new(Slot::default()) })
+                    .get_with(key.clone(), async { Arc::new(Slot::default()) })
                     .await
             }
         };
@@ -297,7 +314,7 @@ impl CredentialCache {
             && inner.servable(&entry, now)
         {
             if now >= entry.refresh_at {
-                self.refresh_in_background(&slot, identity, req, now);
+                self.refresh_in_background(&slot, &key, identity, req, now);
             }
             let outcome = if slot.refresh_failed.load(Ordering::Acquire) {
                 Outcome::Stale
@@ -309,7 +326,7 @@ impl CredentialCache {
 
         // Miss: join the call in flight, or start one. Dropping this future
         // (the request's deadline) only stops the waiting, never the call.
-        let mut flight = match self.join(&slot, identity, req, false) {
+        let mut flight = match self.join(&slot, &key, identity, req, false) {
             Join::Wait(flight) => flight,
             Join::Answered(result) => return result.map(|e| inner.lookup(e, Outcome::Hit)),
         };
@@ -330,7 +347,14 @@ impl CredentialCache {
     /// that a call ending meanwhile is seen: it stores its result before it
     /// clears the flight. A miss gets a still-valid credential instead of a new
     /// call; no call starts while the key backs off after a failure.
-    fn join(&self, slot: &Arc<Slot>, identity: &Credentials, req: &AssumeRoleRequest, refresh: bool) -> Join {
+    fn join(
+        &self,
+        slot: &Arc<Slot>,
+        key: &CacheKey,
+        identity: &Credentials,
+        req: &AssumeRoleRequest,
+        refresh: bool,
+    ) -> Join {
         let inner = &self.inner;
         let mut flight = slot.flight.lock().unwrap_or_else(|e| e.into_inner());
         // A closed channel is a task that died without answering: start anew.
@@ -356,13 +380,14 @@ impl CredentialCache {
         let (tx, rx) = watch::channel(None);
         *flight = Some(rx.clone());
         slot.in_flight.store(true, Ordering::Release);
-        let (this, slot, identity, req) = (self.clone(), slot.clone(), identity.clone(), req.clone());
+        let (this, slot, key) = (self.clone(), slot.clone(), key.clone());
+        let (identity, req) = (identity.clone(), req.clone());
         tokio::spawn(async move {
             let result = {
                 // Cleared before the answer goes out (callers arriving later find
                 // the stored result), and even if the call panics.
                 let _landed = Landed(&slot);
-                this.fly(&slot, &identity, &req, refresh).await
+                this.fly(&slot, &key, &identity, &req, refresh).await
             };
             let _ = tx.send(Some(result));
         });
@@ -372,6 +397,7 @@ impl CredentialCache {
     fn refresh_in_background(
         &self,
         slot: &Arc<Slot>,
+        key: &CacheKey,
         identity: &Credentials,
         req: &AssumeRoleRequest,
         now: DateTime<Utc>,
@@ -385,7 +411,7 @@ impl CredentialCache {
             return; // one call per key at a time
         }
         // Nobody waits for it; the stored result serves the next lookups.
-        let _ = self.join(slot, identity, req, true);
+        let _ = self.join(slot, key, identity, req, true);
     }
 
     /// One call to STS for `slot` (run by the cache's own task) and its
@@ -393,12 +419,23 @@ impl CredentialCache {
     async fn fly(
         &self,
         slot: &Slot,
+        key: &CacheKey,
         identity: &Credentials,
         req: &AssumeRoleRequest,
         refresh: bool,
     ) -> FlightResult {
         let inner = &self.inner;
-        match inner.fetch(identity, req).await {
+        let fetched = match &inner.fleet {
+            // A refresh wants a credential newer than the one held.
+            Some(fleet) => {
+                let older = refresh
+                    .then(|| slot.current().map(|c| c.creds.expiration))
+                    .flatten();
+                inner.fetch_shared(fleet, key, identity, req, older).await
+            }
+            None => inner.fetch(identity, req).await,
+        };
+        match fetched {
             Ok(creds) => {
                 let entry = Arc::new(Entry {
                     refresh_at: inner.refresh_at(&creds),
@@ -951,5 +988,58 @@ mod tests {
         let (cache, _, _) = setup(0);
         let l = cache.get(&identity(), &request("p")).await.unwrap();
         assert_eq!(l.credentials.expiration - l.refresh_after, TimeDelta::minutes(15));
+    }
+
+    /// Fleet mode while Redis does not answer (here: nothing listens): `local`
+    /// serves through this process's own single flight, `refuse` calls nothing.
+    #[tokio::test]
+    async fn fleet_fallback_is_local_single_flight_or_refusal() {
+        use crate::config::{OnUnavailable, SharedConfig};
+        for (mode, serves) in [(OnUnavailable::Local, true), (OnUnavailable::Refuse, false)] {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let cfg = SharedConfig {
+                url: format!("redis://127.0.0.1:{port}"),
+                username_env: None,
+                password_env: None,
+                key_prefix: "t:".into(),
+                encryption_key_env: "K".into(),
+                on_unavailable: mode,
+                replicas: 3,
+                command_timeout: Duration::from_millis(100),
+                connect_timeout: Duration::from_millis(100),
+            };
+            let env = std::collections::BTreeMap::from([("K".to_string(), "k".repeat(32))]);
+            let fleet = Fleet::connect(&cfg, Duration::from_secs(1), "id".into(), &env)
+                .await
+                .unwrap();
+            assert!(!fleet.available());
+            let (plain, sts, clock) = setup(50);
+            let cache = CredentialCache::with_fleet(sts.clone(), clock, plain.inner.timings, Some(fleet));
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..20 {
+                let cache = cache.clone();
+                set.spawn(async move { cache.get(&identity(), &request("{}")).await });
+            }
+            let results = set.join_all().await;
+            if serves {
+                assert!(results.iter().all(|r| r.is_ok()), "{mode:?}");
+                assert_eq!(
+                    sts.calls.load(Ordering::SeqCst),
+                    1,
+                    "one call per key per replica"
+                );
+            } else {
+                assert!(
+                    results
+                        .iter()
+                        .all(|r| matches!(r, Err(StsError::Transport(m)) if m.contains("refuse")))
+                );
+                assert_eq!(sts.calls.load(Ordering::SeqCst), 0);
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@ use super::backoff::Gate;
 use super::{AssumeRoleRequest, OidcRequest, StsError, StsErrorKind, TempCredentials};
 use crate::config::StsConfig;
 use crate::credentials::{Credentials, key_id_prefix};
+use crate::shared::{Fleet, Quota as FleetQuota};
 use crate::sign::sts_rpc;
 
 /// Anything that can mint temporary credentials; the cache depends on this,
@@ -42,6 +43,10 @@ pub struct StsClient {
     /// Closed by a throttling answer: no attempt, of any caller, goes out until it opens.
     gate: Gate,
     stamp: Arc<dyn Fn() -> Stamp + Send + Sync>,
+    /// Fleet mode: `budget`'s figure is the fleet's, taken from Redis; while
+    /// Redis is unavailable, `fallback_budget` (the fleet's / `replicas`).
+    fleet: Option<(Arc<Fleet>, DefaultDirectRateLimiter)>,
+    calls_per_second: u32,
 }
 
 /// The `Timestamp` and `SignatureNonce` of one attempt. Fresh for every attempt
@@ -100,7 +105,52 @@ impl StsClient {
             budget: RateLimiter::direct(Quota::per_second(rate)),
             gate: Gate::new(super::Backoff::from_config(cfg)),
             stamp: Arc::new(Stamp::now),
+            fleet: None,
+            calls_per_second: rate.get(),
         })
+    }
+
+    /// Makes `sts.max_calls_per_second` the fleet's budget: one GCRA in Redis
+    /// (burst 1: calls are spaced `1/rate` apart across the fleet). While
+    /// Redis is unavailable each replica takes `rate / replicas`.
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        let period = Duration::from_secs_f64(f64::from(fleet.replicas) / f64::from(self.calls_per_second));
+        let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+        self.fleet = Some((fleet, RateLimiter::direct(quota)));
+        self
+    }
+
+    /// Waits for a token of the budget: the fleet's, its fallback share, or this process's.
+    async fn take_budget(&self) {
+        let local = match &self.fleet {
+            None => &self.budget,
+            Some((fleet, fallback)) => {
+                let quota = FleetQuota {
+                    emission: Duration::from_secs(1) / self.calls_per_second,
+                    burst: 1,
+                };
+                match fleet.gcra("budget", "sts", quota, true).await {
+                    Ok(Ok(wait)) | Ok(Err(wait)) => {
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                            crate::prom::sts_budget_wait(wait);
+                        }
+                        // Redis went away meanwhile: the fleet's schedule no longer
+                        // holds, so this call takes a fallback token too.
+                        if fleet.available() {
+                            return;
+                        }
+                        fallback
+                    }
+                    Err(_) => fallback,
+                }
+            }
+        };
+        if local.check().is_err() {
+            let waiting = Instant::now();
+            local.until_ready().await;
+            crate::prom::sts_budget_wait(waiting.elapsed());
+        }
     }
 
     /// Replaces the source of timestamps and nonces (tests only need this).
@@ -207,11 +257,7 @@ impl StsClient {
         string_to_sign: Option<&str>,
         secret: Option<&str>,
     ) -> Result<TempCredentials, StsError> {
-        if self.budget.check().is_err() {
-            let waiting = Instant::now();
-            self.budget.until_ready().await;
-            crate::prom::sts_budget_wait(waiting.elapsed());
-        }
+        self.take_budget().await;
         let resp = request.send().await.map_err(|e| {
             let what = if e.is_timeout() {
                 "timed out"

@@ -15,9 +15,18 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The kustomize entry points: RRSA (recommended) and the AccessKey Secret.
-const VARIANTS: &[&str] = &["rrsa", "accesskey"];
+const VARIANTS: &[&str] = &["rrsa", "accesskey", "fleet"];
 /// Files under deploy/kubernetes that no kustomization lists, on purpose.
-const UNLISTED: &[&str] = &["accesskey/secret.example.yaml", "base/ossvend.toml"];
+const UNLISTED: &[&str] = &[
+    "accesskey/secret.example.yaml",
+    "fleet/secret.example.yaml",
+    "base/ossvend.toml",
+];
+
+/// The variants whose identity is RRSA (the fleet variant builds on it).
+fn uses_rrsa(name: &str) -> bool {
+    matches!(name, "rrsa" | "fleet")
+}
 const NONROOT: u64 = 65532;
 
 fn deploy_dir() -> PathBuf {
@@ -222,6 +231,11 @@ impl Variant {
             let value = if let Some(v) = e["value"].as_str() {
                 v.to_string()
             } else if let Some(r) = e["valueFrom"]["secretKeyRef"].as_object() {
+                let secret = if r["name"] == secret["metadata"]["name"] {
+                    secret.clone()
+                } else {
+                    fleet_secret()
+                };
                 assert_eq!(r["name"], secret["metadata"]["name"], "{name}: another Secret");
                 secret["stringData"][r["key"].as_str().unwrap()]
                     .as_str()
@@ -256,6 +270,12 @@ fn config_arg(args: &[String]) -> String {
 
 fn example_secret() -> Value {
     let mut docs = yaml_docs(&deploy_dir().join("accesskey/secret.example.yaml"));
+    assert_eq!(docs.len(), 1);
+    docs.pop().unwrap()
+}
+
+fn fleet_secret() -> Value {
+    let mut docs = yaml_docs(&deploy_dir().join("fleet/secret.example.yaml"));
     assert_eq!(docs.len(), 1);
     docs.pop().unwrap()
 }
@@ -513,7 +533,9 @@ fn pods_are_locked_down() {
     for name in VARIANTS {
         let v = Variant::load(name);
         let d = v.deployment();
-        assert_eq!(d["spec"]["replicas"], 2, "{name}");
+        // The fleet variant runs shared.replicas (fleet_variant_shares_through_redis_…).
+        let replicas = if *name == "fleet" { 3 } else { 2 };
+        assert_eq!(d["spec"]["replicas"], replicas, "{name}");
         let pod = v.pod();
         assert_eq!(
             pod["automountServiceAccountToken"], false,
@@ -720,7 +742,7 @@ fn args_are_accepted_and_the_config_checks_with_the_manifest_env() {
         for (k, val) in v.env() {
             check.env(k, val);
         }
-        if name == &"rrsa" {
+        if uses_rrsa(name) {
             // Where the kubelet would mount the projected token.
             check.env("ALIBABA_CLOUD_OIDC_TOKEN_FILE", &token);
         }
@@ -765,7 +787,7 @@ async fn the_binary_serves_the_probes_with_each_manifest() {
             ("OSSVEND_SERVER_LISTEN", "127.0.0.1:0"),
             ("OSSVEND_STS_ENDPOINT", sts.endpoint.as_str()),
         ];
-        if name == &"rrsa" {
+        if uses_rrsa(name) {
             extra.push(("ALIBABA_CLOUD_OIDC_TOKEN_FILE", token.to_str().unwrap()));
         }
         let mut cmd = manifest_command(&v, dir.path(), &extra);
@@ -778,12 +800,19 @@ async fn the_binary_serves_the_probes_with_each_manifest() {
         let status = ready.status();
         let body: Value = ready.json().await.unwrap();
         assert_eq!(status, 200, "{name}: /readyz {body}");
+        // Fleet mode without its Redis (nothing answers here): ready, on the fallback.
+        let shared = if cfg.shared.is_some() { "fallback" } else { "-" };
+        assert_eq!(
+            body["shared"]["status"].as_str().unwrap_or("-"),
+            shared,
+            "{name}: {body}"
+        );
         // The shipped config serves nobody anonymously.
         let grant = &cfg.grants[0].name;
         let anon = get(&format!("/v1/grants/{grant}/credentials")).await.unwrap();
         assert_eq!(anon.status(), 401, "{name}");
 
-        if name == &"rrsa" {
+        if uses_rrsa(name) {
             let env = v.env();
             let calls = sts.calls().await;
             let oidc = calls
@@ -883,11 +912,19 @@ fn the_dockerfile_matches_the_manifests() {
             path, image_config,
             "{name}: the ConfigMap is mounted where the image's config is"
         );
-        assert_eq!(
-            read(&src),
-            text,
-            "{name}: the image's config differs from the ConfigMap's"
-        );
+        // The fleet variant's ConfigMap is the image's config plus its [shared] tail.
+        let image_text = read(&src);
+        if *name == "fleet" {
+            assert!(
+                text.starts_with(&image_text),
+                "{name}: the ConfigMap does not extend the image's config"
+            );
+        } else {
+            assert_eq!(
+                image_text, text,
+                "{name}: the image's config differs from the ConfigMap's"
+            );
+        }
         let expose = rt.last("EXPOSE").trim_end_matches("/tcp");
         assert_eq!(
             json!(expose.parse::<u64>().unwrap()),
@@ -928,6 +965,14 @@ fn no_real_credential_and_the_secret_is_an_example() {
         );
     }
     assert!(read(&deploy_dir().join("accesskey/secret.example.yaml")).starts_with("# EXAMPLE ONLY"));
+    let fleet = fleet_secret();
+    assert!(read(&deploy_dir().join("fleet/secret.example.yaml")).starts_with("# EXAMPLE ONLY"));
+    for (k, v) in fleet["stringData"].as_object().unwrap() {
+        assert!(
+            v.as_str().unwrap().contains("EXAMPLE"),
+            "{k} is not an obvious placeholder"
+        );
+    }
     // An AccessKey id is LTAI plus 12-30 letters and digits; none may appear anywhere.
     let key_like = regex::Regex::new(r"LTAI[0-9A-Za-z]{12,30}").unwrap();
     let mut files = vec![
@@ -955,4 +1000,49 @@ fn no_real_credential_and_the_secret_is_an_example() {
             );
         }
     }
+}
+
+/// The fleet variant: the base config plus `[auth.tickets]` and `[shared]`, as
+/// many replicas as `shared.replicas`, every secret of `[shared]` and the ticket
+/// key from the Secret, no password in the Redis URL.
+#[test]
+fn fleet_variant_shares_through_redis_with_its_secrets_from_a_secret() {
+    let v = Variant::load("fleet");
+    let (_, text) = v.config();
+    let base = read(&deploy_dir().join("base/ossvend.toml"));
+    assert!(
+        text.starts_with(&base),
+        "the fleet config is base/ossvend.toml plus its [shared] tail"
+    );
+    let cfg = parse_config(&text);
+    let shared = cfg.shared.as_ref().expect("[shared]");
+    assert_eq!(
+        v.deployment()["spec"]["replicas"].as_u64(),
+        Some(u64::from(shared.replicas)),
+        "shared.replicas divides the STS budget on the fallback: keep it the Deployment's"
+    );
+    let url = url::Url::parse(&shared.url).unwrap();
+    assert_eq!(
+        (url.scheme(), url.password(), url.username()),
+        ("rediss", None, "")
+    );
+    let env = v.container()["env"].as_array().unwrap().clone();
+    let vars = [
+        Some(&shared.encryption_key_env),
+        shared.password_env.as_ref(),
+        shared.username_env.as_ref(),
+        cfg.auth.tickets.secret_env.as_ref(),
+    ];
+    for var in vars.into_iter().flatten() {
+        let e = env
+            .iter()
+            .find(|e| e["name"] == var.as_str())
+            .unwrap_or_else(|| panic!("{var} is not set"));
+        assert_eq!(
+            e["valueFrom"]["secretKeyRef"]["name"], "ossvend-fleet",
+            "{var} comes from the Secret"
+        );
+    }
+    // Still RRSA underneath: no AccessKey.
+    assert_eq!(env_value(&v.env(), "OSSVEND_IDENTITY_SOURCE"), Some("oidc"));
 }

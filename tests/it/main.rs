@@ -14,6 +14,7 @@ mod config;
 mod connections;
 mod deploy;
 mod fake_sts;
+mod fleet;
 mod identity;
 mod local;
 mod openapi;

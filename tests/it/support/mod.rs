@@ -76,8 +76,8 @@ session_name = "avatars-session"
     )
 }
 
-/// One at a time: the tests that check timeouts on the wire (connections,
-/// sts_outage). In one test binary they would otherwise run side by side, each
+/// One at a time: the tests that check timeouts on the wire or timings at STS
+/// (connections, sts_outage, fleet). In one test binary they would otherwise run side by side, each
 /// one's hundreds of sockets or requests delaying the other's clock checks.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
