@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod callbacks;
 pub mod check;
 pub mod config;
 pub mod connections;
