@@ -34,5 +34,6 @@ pub mod signcli;
 pub mod state;
 pub mod sts;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use routes::app;

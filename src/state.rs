@@ -24,6 +24,10 @@ pub struct AppState {
     pub audit: Audit,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Verifies OSS upload callbacks (`POST /v1/callbacks/oss`).
+    pub callbacks: crate::callbacks::Verifier,
+    /// Where verified uploads are delivered; `None` without `[webhooks]` url and secret.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl AppState {
@@ -73,6 +77,17 @@ impl AppState {
         }
         let limits = Limits::carry_over(grants.iter(), previous.map(|p| &p.limits));
         let audit = Audit::open(&config.audit)?;
+        // An unchanged [webhooks] keeps its pending events and redelivery task.
+        let webhooks = match previous.and_then(|p| p.webhooks.clone()) {
+            Some(w) if w.same_config(&config.webhooks, env) => Some(w),
+            _ => crate::webhooks::Webhooks::from_config(&config.webhooks, env)?,
+        };
+        let callbacks = crate::callbacks::Verifier::new(
+            crate::callbacks::KeyHosts {
+                local: config.webhooks.local_key_url.clone(),
+            },
+            Arc::new(crate::callbacks::HttpKeySource::new()?),
+        );
         let trusted_proxies = config
             .rate_limit
             .trusted_proxies
@@ -90,6 +105,8 @@ impl AppState {
             limits,
             audit,
             trusted_proxies,
+            callbacks,
+            webhooks,
             config,
         }))
     }

@@ -254,3 +254,563 @@ fn clone<'a>(c: &Case<'a>) -> Case<'a> {
         key_url: c.key_url.clone(),
     }
 }
+
+// ---------------------------------------------------------------------------
+// The receiver and the webhook, in process against the real router.
+
+/// Obviously fake Standard Webhooks secret (24 bytes of base64).
+const WEBHOOK_SECRET: &str = "whsec_dGVzdC1zZWNyZXQtbm90LWEtc2VjcmV0IQ==";
+
+/// One webhook as the application received it: headers and body.
+type Seen = (HashMap<String, String>, String);
+
+/// What the test application saw, and whether it is "up".
+#[derive(Clone, Default)]
+struct App {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    key_pem: Arc<Mutex<String>>,
+}
+
+impl App {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The test application's webhook endpoint (`/hook`) and a key server
+/// (`/key.pem`, standing in for the local sink's key URL), on one loopback port.
+async fn start_app(app: App) -> String {
+    use axum::routing::{get, post};
+    let hook = {
+        let app = app.clone();
+        move |headers: axum::http::HeaderMap, body: String| {
+            let app = app.clone();
+            async move {
+                if app.down.load(Ordering::SeqCst) {
+                    return (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({})))
+                        .into_response_parts();
+                }
+                let h = headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect();
+                app.seen.lock().unwrap().push((h, body));
+                (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({"recorded": true, "photo_id": 42})),
+                )
+                    .into_response_parts()
+            }
+        }
+    };
+    let key = {
+        let app = app.clone();
+        move || {
+            let app = app.clone();
+            async move { app.key_pem.lock().unwrap().clone() }
+        }
+    };
+    let router = axum::Router::new()
+        .route("/hook", post(hook))
+        .route("/key.pem", get(key));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+trait IntoParts {
+    fn into_response_parts(self) -> axum::response::Response;
+}
+impl<T: axum::response::IntoResponse> IntoParts for T {
+    fn into_response_parts(self) -> axum::response::Response {
+        self.into_response()
+    }
+}
+
+fn env_map() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        ("ALIBABA_CLOUD_ACCESS_KEY_ID".to_string(), CALLER_AK.to_string()),
+        (
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET".to_string(),
+            CALLER_SECRET.to_string(),
+        ),
+        ("OSSVEND_WEBHOOK_SECRET".to_string(), WEBHOOK_SECRET.to_string()),
+    ])
+}
+
+fn callback_config(app_base: &str, extra_webhooks: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[identity]
+source = "env"
+
+[sts]
+endpoint = "http://127.0.0.1:9"
+role_arn = "{ROLE_ARN}"
+
+[[grants]]
+name = "photos"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "photos/"
+signing = "access_key"
+content_types = ["image/png"]
+
+[grants.callback]
+url = "https://ossvend.example.com/v1/callbacks/oss"
+
+[[grants]]
+name = "plain"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+prefix = "plain/"
+signing = "access_key"
+
+[webhooks]
+url = "{app_base}/hook"
+secret_env = "OSSVEND_WEBHOOK_SECRET"
+{extra_webhooks}
+"#
+    )
+}
+
+async fn state_for(config: &str, app_base: &str) -> Arc<ossvend::state::AppState> {
+    let env = env_map();
+    let mut cfg = ossvend::config::parse(config, &env).unwrap();
+    let problems = ossvend::config::validate(&cfg, &env);
+    assert!(problems.is_empty(), "{problems:?}");
+    // As `ossvend local` does for its sink: a loopback key URL trusted in this process only.
+    cfg.webhooks.local_key_url = Some(format!("{app_base}/"));
+    ossvend::state::AppState::build(cfg, &env).await.unwrap()
+}
+
+async fn call(
+    router: &axum::Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (u16, Value) {
+    use tower::ServiceExt as _;
+    let mut req = axum::http::Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let mut req = req.body(axum::body::Body::from(body)).unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            40000,
+        ))));
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// base64 JSON → JSON.
+fn unb64(s: &str) -> Value {
+    serde_json::from_slice(&B64.decode(s).unwrap()).unwrap()
+}
+
+/// A callback body as OSS fills `callbackBody` (JSON type): each variable
+/// written as a JSON value, `${size}` a number.
+fn oss_fill(callback: &Value, vars: &Value, key: &str, size: u64, etag: &str) -> String {
+    let mut body = callback["callbackBody"].as_str().unwrap().to_string();
+    let system = [
+        ("bucket", "examplebucket"),
+        ("object", key),
+        ("etag", etag),
+        ("mimeType", "image/png"),
+    ];
+    for (k, v) in system {
+        body = body.replace(&format!("${{{k}}}"), &Value::from(v).to_string());
+    }
+    body = body.replace("${size}", &size.to_string());
+    for (k, v) in vars.as_object().unwrap() {
+        body = body.replace(&format!("${{{k}}}"), &v.to_string());
+    }
+    body
+}
+
+/// Verifies webhooks with the stock `standardwebhooks` 1.1.0 package (PyPI):
+/// the decoded payloads, or the error of the first that fails.
+fn python_verify_webhooks(seen: &[Seen]) -> Result<Vec<Value>, String> {
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+req = json.load(sys.stdin)
+wh = Webhook(req["secret"])
+out = []
+for m in req["messages"]:
+    try:
+        out.append(wh.verify(m["body"], m["headers"]))
+    except Exception as e:
+        print(json.dumps({"error": repr(e)})); sys.exit(0)
+print(json.dumps({"ok": out}))
+"#;
+    let messages: Vec<Value> = seen
+        .iter()
+        .map(|(h, b)| json!({"headers": h, "body": b}))
+        .collect();
+    let mut child = Command::new(venv_python())
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            json!({"secret": WEBHOOK_SECRET, "messages": messages})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+    let out: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+    match out.get("ok") {
+        Some(v) => Ok(v.as_array().unwrap().clone()),
+        None => Err(out["error"].to_string()),
+    }
+}
+
+/// What ossvend issued for one upload: the decoded callback parameter and variables.
+async fn issue_presign(router: &axum::Router) -> (String, Value, Value) {
+    let (status, body) = call(
+        router,
+        "GET",
+        "/v1/grants/photos/presign?filename=cat.png&content_type=image/png",
+        &[("x-request-id", "req-presign-1".into())],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let url = url::Url::parse(body["url"].as_str().unwrap()).unwrap();
+    let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    (
+        body["key"].as_str().unwrap().to_string(),
+        unb64(&q["callback"]),
+        unb64(&q["callback-var"]),
+    )
+}
+
+/// Issue 18 through the real router: a presigned PUT and a PostObject form of a
+/// grant with `[grants.callback]` carry OSS's callback parameter and ossvend's
+/// signed variables (signed into the URL, pinned by the policy); a callback
+/// signed as OSS signs (Python) is accepted and becomes exactly one webhook,
+/// verified by the stock `standardwebhooks` verifier, whose JSON reply goes
+/// back to OSS; forged, swapped or misplaced callbacks are refused with nothing
+/// forwarded; a grant without a callback issues none.
+#[tokio::test]
+async fn a_verified_callback_becomes_one_signed_webhook_and_forgeries_none() {
+    let app = App::default();
+    let base = start_app(app.clone()).await;
+    let state = state_for(&callback_config(&base, ""), &base).await;
+    let router = ossvend::app(state.clone());
+
+    let (key, callback, vars) = issue_presign(&router).await;
+    assert_eq!(
+        callback["callbackUrl"],
+        "https://ossvend.example.com/v1/callbacks/oss"
+    );
+    assert_eq!(callback["callbackSNI"], true);
+    assert_eq!(vars["x:grant"], "photos");
+    assert_eq!(vars["x:request_id"], "req-presign-1");
+    assert_eq!(vars["x:prefix"], "photos/");
+    assert!(key.starts_with("photos/") && key.ends_with(".png"));
+
+    // The form: `callback` and `callback-var` sent and pinned by the policy.
+    let (status, form) = call(
+        &router,
+        "GET",
+        "/v1/grants/photos/post-policy?content_type=image/png",
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "{form}");
+    let fields = &form["fields"];
+    let policy = unb64(fields["policy"].as_str().unwrap());
+    for name in ["callback", "callback-var"] {
+        let v = fields[name].as_str().unwrap();
+        assert!(
+            policy["conditions"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(["eq", format!("${name}"), v])),
+            "{policy}"
+        );
+    }
+    assert_eq!(fields["x:grant"], "photos");
+    assert_eq!(
+        unb64(fields["callback-var"].as_str().unwrap())["x:sig"],
+        fields["x:sig"]
+    );
+    // A grant without a callback issues none.
+    let (_, plain) = call(
+        &router,
+        "GET",
+        "/v1/grants/plain/presign?filename=a.txt",
+        &[],
+        vec![],
+    )
+    .await;
+    assert!(!plain["url"].as_str().unwrap().contains("callback"), "{plain}");
+
+    // OSS's callbacks: the genuine one, then forgeries.
+    let genuine = oss_fill(&callback, &vars, &key, 3, "5EB63BBBE01EEED093CB22BB8F5ACDC3");
+    let mut swapped_vars = vars.clone();
+    swapped_vars["x:subject"] = json!("mallory");
+    let swapped = oss_fill(
+        &callback,
+        &swapped_vars,
+        &key,
+        3,
+        "5EB63BBBE01EEED093CB22BB8F5ACDC3",
+    );
+    let outside = oss_fill(
+        &callback,
+        &vars,
+        "plain/evil.png",
+        3,
+        "5EB63BBBE01EEED093CB22BB8F5ACDC3",
+    );
+    let path = "/v1/callbacks/oss";
+    let reqs = json!([
+        {"path": path, "query": null, "body": genuine},
+        {"path": path, "query": null, "body": swapped},
+        {"path": path, "query": null, "body": outside},
+    ]);
+    let signed = python_sign(&reqs);
+    *app.key_pem.lock().unwrap() = signed["public_pem"].as_str().unwrap().to_string();
+    let local_key = B64.encode(format!("{base}/key.pem"));
+    let post = |body: &str, sig: &str, key_url: &str| {
+        let router = router.clone();
+        let (body, sig, key_url) = (body.to_string(), sig.to_string(), key_url.to_string());
+        async move {
+            call(
+                &router,
+                "POST",
+                path,
+                &[
+                    ("content-type", "application/json".into()),
+                    ("authorization", sig),
+                    ("x-oss-pub-key-url", key_url),
+                ],
+                body.into_bytes(),
+            )
+            .await
+        }
+    };
+    let s = |name: &str, i: usize| signed[name][i].as_str().unwrap().to_string();
+
+    // Forged by a client (its own key), a key URL off the allowlist, unsigned, swapped, outside the prefix.
+    let refusals = [
+        (
+            post(&genuine, &s("other_signatures", 0), &local_key).await,
+            403,
+            "callback_signature_invalid",
+        ),
+        (
+            post(
+                &genuine,
+                &s("signatures", 0),
+                &B64.encode("http://127.0.0.1:1/attacker.pem"),
+            )
+            .await,
+            403,
+            "callback_key_url_refused",
+        ),
+        (
+            post(&genuine, "", &local_key).await,
+            403,
+            "callback_signature_invalid",
+        ),
+        (
+            post(&swapped, &s("signatures", 1), &local_key).await,
+            403,
+            "callback_vars_invalid",
+        ),
+        (
+            post(&outside, &s("signatures", 2), &local_key).await,
+            403,
+            "callback_key_outside_prefix",
+        ),
+    ];
+    for ((status, body), want_status, code) in refusals {
+        assert_eq!(
+            (status, body["code"].as_str().unwrap()),
+            (want_status, code),
+            "{body}"
+        );
+    }
+    let (status, body) = call(
+        &router,
+        "POST",
+        path,
+        &[("content-type", "application/json".into())],
+        genuine.clone().into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str().unwrap()),
+        (403, "callback_unsigned")
+    );
+    assert!(
+        app.seen().is_empty(),
+        "a refused callback reached the application"
+    );
+
+    // The genuine callback: one webhook; the application's JSON reply goes back to OSS.
+    let (status, reply) = post(&genuine, &s("signatures", 0), &local_key).await;
+    assert_eq!(
+        (status, &reply),
+        (200, &json!({"recorded": true, "photo_id": 42}))
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    let payloads = python_verify_webhooks(&seen).unwrap();
+    let event = &payloads[0];
+    assert_eq!(event["event"], "upload.completed");
+    assert_eq!(
+        (event["grant"].as_str(), event["subject"].as_str()),
+        (Some("photos"), Some("anonymous"))
+    );
+    assert_eq!(
+        (event["key"].as_str(), event["size"].as_u64()),
+        (Some(key.as_str()), Some(3))
+    );
+    assert_eq!(event["etag"], "5EB63BBBE01EEED093CB22BB8F5ACDC3");
+    assert_eq!(event["content_type"], "image/png");
+    assert_eq!(event["request_id"], "req-presign-1");
+    assert!(seen[0].0["webhook-id"].starts_with("upl_"));
+    // A tampered webhook fails the same stock verifier (it is really checking).
+    let mut tampered = seen.clone();
+    tampered[0].1 = tampered[0].1.replace("\"size\":3", "\"size\":4");
+    assert!(python_verify_webhooks(&tampered).is_err());
+}
+
+/// The application is down: OSS is answered 503 `webhook_pending` (it then
+/// reports CallbackFailed to the uploader; the object is stored), the event is
+/// journalled in `data_dir`, survives a restart (a new state reading the same
+/// journal), is listed as pending, and is redelivered with the same
+/// `webhook-id` once the application is back: exactly one delivery, verified by
+/// the stock verifier.
+#[tokio::test]
+async fn an_event_the_application_missed_is_kept_across_a_restart_and_redelivered() {
+    let app = App::default();
+    let base = start_app(app.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = callback_config(
+        &base,
+        &format!("data_dir = {:?}", dir.path().display().to_string()),
+    );
+    let state = state_for(&config, &base).await;
+    let router = ossvend::app(state.clone());
+    let (key, callback, vars) = issue_presign(&router).await;
+    let body = oss_fill(&callback, &vars, &key, 7, "0123456789ABCDEF0123456789ABCDEF");
+    let signed = python_sign(&json!([{"path": "/v1/callbacks/oss", "query": null, "body": body}]));
+    *app.key_pem.lock().unwrap() = signed["public_pem"].as_str().unwrap().to_string();
+
+    app.down.store(true, Ordering::SeqCst);
+    let (status, reply) = call(
+        &router,
+        "POST",
+        "/v1/callbacks/oss",
+        &[
+            ("content-type", "application/json".into()),
+            ("authorization", signed["signatures"][0].as_str().unwrap().into()),
+            ("x-oss-pub-key-url", B64.encode(format!("{base}/key.pem"))),
+        ],
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (503, Some("webhook_pending")),
+        "{reply}"
+    );
+    let pending = state.webhooks.as_ref().unwrap().pending();
+    assert_eq!(pending.len(), 1);
+    let id = pending[0].id.clone();
+    let journal = std::fs::read_to_string(dir.path().join(ossvend::webhooks::JOURNAL)).unwrap();
+    assert!(journal.contains(&id), "{journal}");
+
+    // "Restart": the old state goes, a new one reads the journal.
+    drop(router);
+    drop(state);
+    let state = state_for(&config, &base).await;
+    let hooks = state.webhooks.clone().unwrap();
+    assert_eq!(
+        hooks.pending().iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+
+    app.down.store(false, Ordering::SeqCst);
+    let start = std::time::Instant::now();
+    // Back-off starts at 5 s; a generous liveness bound.
+    while !hooks.pending().is_empty() && start.elapsed() < std::time::Duration::from_secs(60) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(hooks.pending().is_empty(), "not redelivered");
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1, "exactly one delivery");
+    assert_eq!(seen[0].0["webhook-id"], id);
+    let events = python_verify_webhooks(&seen).unwrap();
+    assert_eq!(
+        (events[0]["key"].as_str(), events[0]["size"].as_u64()),
+        (Some(key.as_str()), Some(7))
+    );
+    // The journal records the delivery: a further restart has nothing pending.
+    drop(hooks);
+    drop(state);
+    let state = state_for(&config, &base).await;
+    assert!(state.webhooks.as_ref().unwrap().pending().is_empty());
+}
+
+/// A grant with a callback needs `[webhooks]`; S3-compatible signing cannot carry one.
+#[test]
+fn callback_config_is_checked() {
+    let env = env_map();
+    let text = callback_config("http://127.0.0.1:1", "").replace("[webhooks]", "[unused]");
+    let text = text.replace(
+        "url = \"http://127.0.0.1:1/hook\"\nsecret_env = \"OSSVEND_WEBHOOK_SECRET\"\n",
+        "",
+    );
+    let cfg = ossvend::config::parse(&text.replace("[unused]", ""), &env).unwrap();
+    let problems: Vec<String> = ossvend::config::validate(&cfg, &env)
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("grants[0].callback.url: a grant with a callback needs [webhooks]")),
+        "{problems:?}"
+    );
+
+    let s3 = callback_config("http://127.0.0.1:1", "timeout = \"5s\"")
+        .replace("content_types = [\"image/png\"]", "presign_scheme = \"s3-v4\"");
+    let cfg = ossvend::config::parse(&s3, &env).unwrap();
+    let problems: Vec<String> = ossvend::config::validate(&cfg, &env)
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("upload callbacks are an OSS feature")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("webhooks.timeout")),
+        "{problems:?}"
+    );
+}
