@@ -814,3 +814,210 @@ fn callback_config_is_checked() {
         "{problems:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// End to end in local mode: the embedded OSS sink performs the callbacks.
+
+/// A multipart form: `fields` in order, then the file.
+fn multipart(fields: &[(String, String)], file: &[u8], content_type: &str) -> (String, Vec<u8>) {
+    let boundary = "----ossvendcallbacktest0b3e1f";
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes(),
+        );
+    }
+    body.extend(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cat.png\"\r\nContent-Type: {content_type}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend(file);
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// ossvend's routes served over loopback TCP (the sink calls back over the network, as OSS does).
+async fn serve_ossvend(listener: tokio::net::TcpListener, state: Arc<ossvend::state::AppState>) {
+    let app = ossvend::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+}
+
+/// Issue 18, end to end in local mode: a presigned PUT and a PostObject form,
+/// each uploaded to the embedded sink, make the sink call ossvend back as OSS
+/// does (its own RSA key, published on its listener and trusted only because
+/// local mode says so); ossvend verifies and sends exactly one webhook per
+/// upload with the stored object's real size, ETag and type (checked by the
+/// stock `standardwebhooks` verifier); the application's reply reaches the
+/// uploader. With the application down the uploader gets OSS's 203
+/// `CallbackFailed`, the object is stored, and the event is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_to_the_local_sink_call_back_and_each_makes_one_webhook() {
+    let sts = FakeSts::start();
+    let sink = EmbeddedOss::start(&sts, Some((CALLER_AK, CALLER_SECRET)));
+    let app = App::default();
+    let base = start_app(app.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ossvend_base = format!("http://{}", listener.local_addr().unwrap());
+    let config = callback_config(&base, "")
+        .replace(
+            "https://ossvend.example.com/v1/callbacks/oss",
+            &format!("{ossvend_base}/v1/callbacks/oss"),
+        )
+        .replace(
+            "signing = \"access_key\"\n",
+            &format!("signing = \"access_key\"\nendpoint = \"{}\"\n", sink.endpoint),
+        );
+    let env = env_map();
+    let mut cfg = ossvend::config::parse(&config, &env).unwrap();
+    assert!(ossvend::config::validate(&cfg, &env).is_empty());
+    cfg.webhooks.local_key_url = Some(format!("{}/", sink.endpoint));
+    let state = ossvend::state::AppState::build(cfg, &env).await.unwrap();
+    serve_ossvend(listener, state.clone()).await;
+    let client = http();
+    let png: Vec<u8> = b"\x89PNG\r\n\x1a\nnot really a picture, 43 bytes long".to_vec();
+
+    // Presigned PUT.
+    let presign: Value = client
+        .get(format!(
+            "{ossvend_base}/v1/grants/photos/presign?filename=cat.png&content_type=image/png"
+        ))
+        .header("x-request-id", "req-put-1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let put = client
+        .put(presign["url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = put.status().as_u16();
+    let put_etag = put.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let reply: Value = put.json().await.unwrap();
+    assert_eq!(
+        (status, &reply),
+        (200, &json!({"recorded": true, "photo_id": 42})),
+        "{}",
+        sink.log_text()
+    );
+
+    // PostObject form, the fields in order, the file last.
+    let raw = client
+        .get(format!(
+            "{ossvend_base}/v1/grants/photos/post-policy?filename=dog.png&content_type=image/png"
+        ))
+        .header("x-request-id", "req-form-1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let form: Value = serde_json::from_str(&raw).unwrap();
+    let (ct, body) = multipart(&ordered_fields(&raw), &png[..20], "image/png");
+    let post = client
+        .post(form["host"].as_str().unwrap())
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = post.status().as_u16();
+    let post_etag = post.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let reply = post.text().await.unwrap();
+    assert_eq!(status, 200, "{reply}\n{}", sink.log_text());
+    assert_eq!(serde_json::from_str::<Value>(&reply).unwrap()["photo_id"], 42);
+
+    // Exactly one verified webhook per upload, with what the sink stored.
+    let seen = app.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let events = python_verify_webhooks(&seen).unwrap();
+    let stored = sink.objects().await;
+    for (event, (request_id, key, size, etag)) in events.iter().zip([
+        (
+            "req-put-1",
+            presign["key"].as_str().unwrap(),
+            png.len() as u64,
+            put_etag.as_str(),
+        ),
+        (
+            "req-form-1",
+            form["key"].as_str().unwrap(),
+            20,
+            post_etag.as_str(),
+        ),
+    ]) {
+        assert_eq!(event["request_id"], request_id);
+        assert_eq!(
+            (event["key"].as_str(), event["size"].as_u64()),
+            (Some(key), Some(size))
+        );
+        assert_eq!(
+            (event["etag"].as_str(), event["content_type"].as_str()),
+            (Some(etag), Some("image/png"))
+        );
+        let meta = stored.iter().find(|m| m.key == key).unwrap();
+        assert_eq!((meta.size, meta.etag.trim_matches('"')), (size, etag));
+    }
+
+    // A client forging the callback straight to ossvend (its own key) is refused.
+    let forged = client
+        .post(format!("{ossvend_base}/v1/callbacks/oss"))
+        .header("content-type", "application/json")
+        .header("authorization", B64.encode([7u8; 128]))
+        .header(
+            "x-oss-pub-key-url",
+            B64.encode(format!("{}/_ossvend/callback_pub_key_v1.pem", sink.endpoint)),
+        )
+        .body(seen[0].1.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    assert_eq!(app.seen().len(), 2);
+
+    // The application down: the uploader gets 203 CallbackFailed, the object is kept, the event pending.
+    app.down.store(true, Ordering::SeqCst);
+    let presign: Value = client
+        .get(format!(
+            "{ossvend_base}/v1/grants/photos/presign?filename=late.png&content_type=image/png"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let put = client
+        .put(presign["url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 203);
+    assert!(put.text().await.unwrap().contains("<Code>CallbackFailed</Code>"));
+    assert!(
+        sink.objects()
+            .await
+            .iter()
+            .any(|m| m.key == presign["key"].as_str().unwrap())
+    );
+    let pending = state.webhooks.as_ref().unwrap().pending();
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].body.contains(presign["key"].as_str().unwrap()));
+}
