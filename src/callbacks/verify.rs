@@ -278,6 +278,41 @@ mod tests {
         assert!(local.fetch_url("http://127.0.0.1:4000/k.pem?x").is_err());
     }
 
+    /// OSS's own documented example (the Callback page, "callback signature"):
+    /// `POST /index.php?id=1&index=2`, body `bucket=yonghu-test`, signed with
+    /// the key then published at gosspublic.alicdn.com/callback_pub_key_v1.pem
+    /// (a public key, as quoted by Alibaba's demo servers).
+    #[tokio::test]
+    async fn osss_documented_example_verifies() {
+        struct Fixed;
+        #[async_trait::async_trait]
+        impl KeySource for Fixed {
+            async fn fetch(&self, url: &str) -> Result<String, String> {
+                assert_eq!(url, "https://gosspublic.alicdn.com/callback_pub_key_v1.pem");
+                Ok(concat!(
+                    "-----BEGIN PUBLIC KEY-----\n",
+                    "MFwwDQYJKoZIhvcNAQEBBQADSwAwSAJBAKs/JBGzwUB2aVht4crBx3oIPBLNsjGs\n",
+                    "C0fTXv+nvlmklvkcolvpvXLTjaxUHR3W9LXxQ2EHXAJfCB+6H2YF1k8CAwEAAQ==\n",
+                    "-----END PUBLIC KEY-----\n"
+                )
+                .into())
+            }
+        }
+        let v = Verifier::new(KeyHosts::default(), Arc::new(Fixed));
+        let mut req = CallbackRequest {
+            path: "/index.php",
+            query: Some("id=1&index=2"),
+            body: b"bucket=yonghu-test",
+            authorization: Some(
+                "kKQeGTRccDKyHB3H9vF+xYMSrmhMZjzzl2/kdD1ktNVgbWEfYTQG0G2SU/RaHBovRCE8OkQDjC3uG33esH2txA==",
+            ),
+            pub_key_url: Some("aHR0cDovL2dvc3NwdWJsaWMuYWxpY2RuLmNvbS9jYWxsYmFja19wdWJfa2V5X3YxLnBlbQ=="),
+        };
+        assert_eq!(v.verify(&req).await, Ok(()));
+        req.body = b"bucket=yonghu-tesT";
+        assert_eq!(v.verify(&req).await, Err(Refusal::BadSignature));
+    }
+
     #[test]
     fn the_string_to_sign_decodes_the_path_only() {
         let req = CallbackRequest {

@@ -345,16 +345,9 @@ pub fn post_policy(
     .map_err(sign_error)?;
     let content_type = content_type_condition(grant, version, ct);
     let callback = callback_fields(grant, target)?;
-    // `callback` and `callback-var` are pinned: a client cannot drop or redirect the callback.
-    let bound: Vec<(&str, &str)> = callback
-        .iter()
-        .flat_map(|c| {
-            [
-                ("callback", c.param.as_str()),
-                ("callback-var", c.vars_base64.as_str()),
-            ]
-        })
-        .collect();
+    // `callback` is pinned: a client cannot drop or redirect the callback.
+    // (A form carries no `callback-var`: OSS takes each variable as an `x:` field.)
+    let bound: Vec<(&str, &str)> = callback.iter().map(|c| ("callback", c.param.as_str())).collect();
     let policy_json = policy::post_policy_json(&PostPolicySpec {
         expiration: &expiration,
         bucket: &grant.bucket,
@@ -381,9 +374,9 @@ pub fn post_policy(
         PostVersion::S3V4 => sign::s3::sign_post_policy(&creds, &grant.region, now, &policy_json, &fields),
     }
     .map_err(sign_error)?;
-    // The variables also as `x:` fields, the other spelling PostObject takes
-    // (added after signing: `:` is not a token character the signer's field
-    // check admits). Their own signature (`x:sig`) protects them, not the policy.
+    // The variables as `x:` fields, as PostObject takes them (added after
+    // signing: `:` is not a token character the signer's field check admits).
+    // Their own signature (`x:sig`) protects them, not the policy.
     if let Some(c) = &callback {
         form.fields
             .extend(c.vars.iter().map(|(k, v)| ((*k).to_string(), v.clone())));

@@ -375,8 +375,7 @@ pub struct PostPolicySpec<'a> {
     /// Exact-match conditions the signature version requires (V4 auth fields,
     /// security token), in order.
     pub required: &'a [(&'a str, String)],
-    /// Other form fields pinned with `eq` (the upload callback's `callback`
-    /// and `callback-var`), in order.
+    /// Other form fields pinned with `eq` (the upload callback's `callback`), in order.
     pub bound: &'a [(&'a str, &'a str)],
 }
 

@@ -438,7 +438,8 @@ pub(super) async fn post_object(
     let field_value = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     let callback = match field_value("callback") {
         Some(param) => {
-            Some(super::callback::parse(param, field_value("callback-var"), &fields).map_err(tag)?)
+            // As OSS: a form's custom variables are its `x:` fields.
+            Some(super::callback::parse(param, None, &fields).map_err(tag)?)
         }
         None => None,
     };
