@@ -709,9 +709,14 @@ async fn an_event_the_application_missed_is_kept_across_a_restart_and_redelivere
     let app = App::default();
     let base = start_app(app.clone()).await;
     let dir = tempfile::tempdir().unwrap();
+    let admin_token = "admin-token-not-a-secret";
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(admin_token.as_bytes()));
     let config = callback_config(
         &base,
-        &format!("data_dir = {:?}", dir.path().display().to_string()),
+        &format!(
+            "data_dir = {:?}\n\n[admin]\ntoken_sha256 = \"{digest}\"\n",
+            dir.path().display().to_string()
+        ),
     );
     let state = state_for(&config, &base).await;
     let router = ossvend::app(state.clone());
@@ -743,6 +748,28 @@ async fn an_event_the_application_missed_is_kept_across_a_restart_and_redelivere
     let id = pending[0].id.clone();
     let journal = std::fs::read_to_string(dir.path().join(ossvend::webhooks::JOURNAL)).unwrap();
     assert!(journal.contains(&id), "{journal}");
+
+    // Listed for reconciliation on the admin listener (admin token), with the exact body.
+    let live = ossvend::reload::Live::new(
+        state.clone(),
+        ossvend::app,
+        dir.path().join("unused.toml"),
+        env_map(),
+    );
+    let admin = ossvend::routes::admin_app(live);
+    let (status, _) = call(&admin, "GET", "/admin/webhooks/pending", &[], vec![]).await;
+    assert_eq!(status, 401);
+    let bearer = [("authorization", format!("Bearer {admin_token}"))];
+    let (status, listed) = call(&admin, "GET", "/admin/webhooks/pending", &bearer, vec![]).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["pending"][0]["id"], id.as_str());
+    assert_eq!(listed["pending"][0]["attempts"], 1);
+    let listed_event: Value = serde_json::from_str(listed["pending"][0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (listed_event["key"].as_str(), listed_event["size"].as_u64()),
+        (Some(key.as_str()), Some(7))
+    );
+    drop(admin);
 
     // "Restart": the old state goes, a new one reads the journal.
     drop(router);
