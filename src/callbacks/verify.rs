@@ -29,6 +29,9 @@ pub const KEY_HOST: &str = "gosspublic.alicdn.com";
 
 /// How long a fetched key is kept; Alibaba rotates by publishing a new URL.
 const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a failed fetch is remembered: forged callbacks naming a missing
+/// key do not each cost a fetch.
+const FAILURE_TTL: Duration = Duration::from_secs(30);
 /// Longest accepted key document (a PEM public key is well under 1 KiB).
 const MAX_KEY_BYTES: usize = 8 * 1024;
 
@@ -147,13 +150,13 @@ impl KeyHosts {
             && url.password().is_none()
             && url.query().is_none()
             && url.fragment().is_none();
+        // Alibaba's naming (`/callback_pub_key_v1.pem`): a request cannot make
+        // ossvend fetch arbitrary paths of the key host either.
         let path = url.path();
-        let pem = path.len() > 5
-            && path.ends_with(".pem")
-            && !path.contains("..")
-            && path[1..]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        let pem = path
+            .strip_prefix("/callback_pub_key_v")
+            .and_then(|v| v.strip_suffix(".pem"))
+            .is_some_and(|v| !v.is_empty() && v.len() <= 4 && v.bytes().all(|b| b.is_ascii_digit()));
         if plain && pem {
             Ok(format!("https://{KEY_HOST}{path}"))
         } else {
@@ -167,6 +170,7 @@ pub struct Verifier {
     hosts: KeyHosts,
     source: Arc<dyn KeySource>,
     keys: moka::future::Cache<String, Arc<RsaPublicKey>>,
+    failures: moka::future::Cache<String, String>,
 }
 
 impl Verifier {
@@ -177,6 +181,10 @@ impl Verifier {
             keys: moka::future::Cache::builder()
                 .max_capacity(16)
                 .time_to_live(KEY_TTL)
+                .build(),
+            failures: moka::future::Cache::builder()
+                .max_capacity(64)
+                .time_to_live(FAILURE_TTL)
                 .build(),
         }
     }
@@ -200,15 +208,26 @@ impl Verifier {
     }
 
     async fn key(&self, url: String) -> Result<Arc<RsaPublicKey>, Refusal> {
+        if let Some(why) = self.failures.get(&url).await {
+            return Err(Refusal::KeyUnavailable(why));
+        }
         let source = self.source.clone();
         let fetch_url = url.clone();
-        self.keys
-            .try_get_with(url, async move {
+        let got = self
+            .keys
+            .try_get_with(url.clone(), async move {
                 let pem = source.fetch(&fetch_url).await?;
                 parse_public_key(&pem).map(Arc::new)
             })
-            .await
-            .map_err(|e: Arc<String>| Refusal::KeyUnavailable((*e).clone()))
+            .await;
+        match got {
+            Ok(key) => Ok(key),
+            Err(e) => {
+                let why = (*e).clone();
+                self.failures.insert(url, why.clone()).await;
+                Err(Refusal::KeyUnavailable(why))
+            }
+        }
     }
 }
 
@@ -257,6 +276,9 @@ mod tests {
             "http://gosspublic.alicdn.com/k.pem?x=1",
             "http://gosspublic.alicdn.com/a/../k.pem",
             "http://gosspublic.alicdn.com/k.txt",
+            "http://gosspublic.alicdn.com/k.pem",
+            "http://gosspublic.alicdn.com/callback_pub_key_v.pem",
+            "http://gosspublic.alicdn.com/images/callback_pub_key_v1.pem",
             "ftp://gosspublic.alicdn.com/k.pem",
             "file:///etc/passwd",
             "http://127.0.0.1:9/k.pem",
