@@ -806,10 +806,33 @@ async fn an_event_the_application_missed_is_kept_across_a_restart_and_redelivere
     assert!(state.webhooks.as_ref().unwrap().pending().is_empty());
 }
 
-/// A grant with a callback needs `[webhooks]`; S3-compatible signing cannot carry one.
+/// A grant with a callback needs `[webhooks]`; S3-compatible signing cannot
+/// carry one. The loopback key URL is trusted only as `ossvend local` sets it:
+/// no config file can.
 #[test]
 fn callback_config_is_checked() {
     let env = env_map();
+    let local = callback_config("http://127.0.0.1:1", "local_key_url = \"http://127.0.0.1:9/\"");
+    let err = ossvend::config::parse(&local, &env).unwrap_err();
+    assert!(err.contains("local_key_url"), "{err}");
+    assert_eq!(
+        ossvend::config::parse(&callback_config("http://127.0.0.1:1", ""), &env)
+            .unwrap()
+            .webhooks
+            .local_key_url,
+        None
+    );
+    let opts = ossvend::local::Options::default();
+    let (main, oss) = (
+        "127.0.0.1:8000".parse().unwrap(),
+        "127.0.0.1:8001".parse().unwrap(),
+    );
+    let cfg = ossvend::local::local_config(&opts, main, oss, &env).unwrap();
+    assert_eq!(
+        cfg.webhooks.local_key_url.as_deref(),
+        Some("http://127.0.0.1:8001/")
+    );
+
     let text = callback_config("http://127.0.0.1:1", "").replace("[webhooks]", "[unused]");
     let text = text.replace(
         "url = \"http://127.0.0.1:1/hook\"\nsecret_env = \"OSSVEND_WEBHOOK_SECRET\"\n",
