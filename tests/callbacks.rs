@@ -717,8 +717,9 @@ async fn an_event_the_application_missed_is_kept_across_a_restart_and_redelivere
     let config = callback_config(
         &base,
         &format!(
-            "data_dir = {:?}\n\n[admin]\ntoken_sha256 = \"{digest}\"\n",
-            dir.path().display().to_string()
+            "data_dir = {:?}\n\n[admin]\ntoken_sha256 = \"{digest}\"\n\n[audit]\nfile = {:?}\n",
+            dir.path().display().to_string(),
+            dir.path().join("audit.jsonl").display().to_string()
         ),
     );
     let state = state_for(&config, &base).await;
@@ -751,6 +752,17 @@ async fn an_event_the_application_missed_is_kept_across_a_restart_and_redelivere
     let id = pending[0].id.clone();
     let journal = std::fs::read_to_string(dir.path().join(ossvend::webhooks::JOURNAL)).unwrap();
     assert!(journal.contains(&id), "{journal}");
+    // The audit file has the upload, with what became of its webhook.
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let line: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (line["kind"].as_str(), line["delivery"].as_str()),
+        (Some("upload.completed"), Some("pending"))
+    );
+    assert_eq!(
+        (line["webhook_id"].as_str(), line["key"].as_str()),
+        (Some(id.as_str()), Some(key.as_str()))
+    );
 
     // Listed for reconciliation on the admin listener (admin token), with the exact body.
     let live = ossvend::reload::Live::new(

@@ -306,6 +306,34 @@ fn content_type_condition<'a>(
     }
 }
 
+/// The form's own fields, in the order sent (the signer adds its own after them).
+fn form_fields<'a>(
+    grant: &'a Grant,
+    key_field: &'a str,
+    status: &'a str,
+    ct: Option<&'a str>,
+    bound: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut fields: Vec<(&str, &str)> = vec![("key", key_field), ("success_action_status", status)];
+    if let Some(url) = &grant.upload.success_action_redirect {
+        fields.push(("success_action_redirect", url));
+    }
+    if let Some(ct) = ct {
+        fields.push(("Content-Type", ct));
+    }
+    fields.extend(bound.iter().copied());
+    fields
+}
+
+/// Where the form is POSTed: the bucket root of the OSS or S3-compatible endpoint.
+fn form_host(grant: &Grant, version: PostVersion) -> Result<String, ApiError> {
+    let form_endpoint = match version {
+        PostVersion::S3V4 => endpoint(&grant.upload.s3_endpoint, grant.upload.s3_path_style),
+        _ => endpoint(&grant.endpoint, grant.upload.path_style),
+    };
+    sign::post::post_url(&form_endpoint, &grant.bucket).map_err(sign_error)
+}
+
 pub fn post_policy(
     grant: &Grant,
     target: &Target<'_>,
@@ -360,14 +388,7 @@ pub fn post_policy(
         bound: &bound,
     });
     let status = grant.upload.success_action_status.to_string();
-    let mut fields: Vec<(&str, &str)> = vec![("key", &key_field), ("success_action_status", &status)];
-    if let Some(url) = &grant.upload.success_action_redirect {
-        fields.push(("success_action_redirect", url));
-    }
-    if let Some(ct) = ct {
-        fields.push(("Content-Type", ct));
-    }
-    fields.extend(bound.iter().copied());
+    let fields = form_fields(grant, &key_field, &status, ct, &bound);
     let mut form = match version {
         PostVersion::V4 => sign::post::sign_v4(&creds, &scope, now, &policy_json, &fields),
         PostVersion::V1 => sign::post::sign_v1(&creds, &policy_json, &fields),
@@ -381,13 +402,8 @@ pub fn post_policy(
         form.fields
             .extend(c.vars.iter().map(|(k, v)| ((*k).to_string(), v.clone())));
     }
-    let form_endpoint = match version {
-        PostVersion::S3V4 => endpoint(&grant.upload.s3_endpoint, grant.upload.s3_path_style),
-        _ => endpoint(&grant.endpoint, grant.upload.path_style),
-    };
-    let host = sign::post::post_url(&form_endpoint, &grant.bucket).map_err(sign_error)?;
     Ok(PostPolicy {
-        host,
+        host: form_host(grant, version)?,
         dir: target.prefix.to_string(),
         key,
         fields: form.fields,

@@ -87,7 +87,28 @@ pub async fn oss_callback(
     };
     let id = event.id();
     let outcome = hooks.deliver(&event).await;
-    let delivery = match &outcome {
+    audit(&state, &event, &id, &outcome);
+    match outcome {
+        Outcome::Delivered(Some(reply)) => Ok(Json(reply).into_response()),
+        Outcome::Delivered(None) => {
+            Ok(Json(json!({ "status": "delivered", "webhook_id": id })).into_response())
+        }
+        Outcome::Pending(why) => {
+            warn!(target: "ossvend::audit", webhook_id = %id, error = %why, "webhook pending: the application did not take the upload event");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "webhook_pending",
+                format!(
+                    "the upload is stored; the application has not taken event {id} yet ({why}); it is kept and redelivered"
+                ),
+            ))
+        }
+    }
+}
+
+/// The audit trail of a confirmed upload: the log line and the `audit.file` line.
+fn audit(state: &AppState, event: &UploadEvent, id: &str, outcome: &Outcome) {
+    let delivery = match outcome {
         Outcome::Delivered(_) => "delivered",
         Outcome::Pending(_) => "pending",
     };
@@ -107,25 +128,9 @@ pub async fn oss_callback(
         size: event.size,
         etag: &event.etag,
         request_id: &event.request_id,
-        webhook_id: &id,
+        webhook_id: id,
         delivery,
     });
-    match outcome {
-        Outcome::Delivered(Some(reply)) => Ok(Json(reply).into_response()),
-        Outcome::Delivered(None) => {
-            Ok(Json(json!({ "status": "delivered", "webhook_id": id })).into_response())
-        }
-        Outcome::Pending(why) => {
-            warn!(target: "ossvend::audit", webhook_id = %id, error = %why, "webhook pending: the application did not take the upload event");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "webhook_pending",
-                format!(
-                    "the upload is stored; the application has not taken event {id} yet ({why}); it is kept and redelivered"
-                ),
-            ))
-        }
-    }
 }
 
 /// The grant named by the (still unverified) variables exists, has a callback,

@@ -134,6 +134,15 @@ pub fn parse(
     })
 }
 
+/// A PostObject form's callback: the `callback` field, and as OSS takes them
+/// from a form, the custom variables as `x:` fields.
+pub fn from_form(fields: &[(String, String)]) -> Result<Option<Prepared>, OssError> {
+    match fields.iter().find(|(n, _)| n == "callback") {
+        Some((_, param)) => parse(param, None, fields).map(Some),
+        None => Ok(None),
+    }
+}
+
 pub struct Prepared {
     url: String,
     host: Option<String>,

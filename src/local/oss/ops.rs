@@ -435,14 +435,7 @@ pub(super) async fn post_object(
     access::authorize_object_acl(upload.credential.policy.as_ref(), acl, &bucket, &upload.key)
         .map_err(tag)?;
 
-    let field_value = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-    let callback = match field_value("callback") {
-        Some(param) => {
-            // As OSS: a form's custom variables are its `x:` fields.
-            Some(super::callback::parse(param, None, &fields).map_err(tag)?)
-        }
-        None => None,
-    };
+    let callback = super::callback::from_form(&fields).map_err(tag)?;
     let spooled = file.spool.finish().await.map_err(tag)?;
     if !file.complete {
         // Only if reading the policy's size limit here disagreed with the verifier:
@@ -466,10 +459,12 @@ pub(super) async fn post_object(
             .unwrap_or("")
     };
     let mut reply = Reply::new(204, Some(scheme), Some(&ak)).header("ETag", meta.etag.clone());
-    // With a callback, OSS answers with the callback's reply (or CallbackFailed).
     if let Some(cb) = callback {
-        let sink = format!("http://{}", host_of(req));
-        return Ok(reply.callback(cb.perform(&state.callbacks, &meta, &sink).await));
+        // With a callback, OSS answers with the callback's reply (or CallbackFailed).
+        return Ok(reply.callback(
+            cb.perform(&state.callbacks, &meta, &format!("http://{}", host_of(req)))
+                .await,
+        ));
     }
     let redirect = field("success_action_redirect");
     let status = field("success_action_status");
