@@ -77,6 +77,12 @@ impl AppState {
         }
         let limits = Limits::carry_over(grants.iter(), previous.map(|p| &p.limits));
         let audit = Audit::open(&config.audit)?;
+        // Set by `ossvend local` only, never read from a file: a reload keeps it.
+        if let Some(p) = previous
+            && config.webhooks.local_key_url.is_none()
+        {
+            config.webhooks.local_key_url = p.config.webhooks.local_key_url.clone();
+        }
         // An unchanged [webhooks] keeps its pending events and redelivery task.
         let webhooks = match previous.and_then(|p| p.webhooks.clone()) {
             Some(w) if w.same_config(&config.webhooks, env) => Some(w),

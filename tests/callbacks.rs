@@ -1087,3 +1087,50 @@ async fn uploads_to_the_local_sink_call_back_and_each_makes_one_webhook() {
     assert_eq!(pending.len(), 1);
     assert!(pending[0].body.contains(presign["key"].as_str().unwrap()));
 }
+
+/// A reload that leaves `[webhooks]` alone keeps the running sender (its
+/// pending events and redelivery task); one that changes it builds a new one.
+/// The local key URL (`ossvend local`'s, never in a file) survives a reload:
+/// before the fix a reload dropped it, and the sink's callbacks were refused.
+#[tokio::test]
+async fn a_reload_keeps_the_webhook_sender_unless_webhooks_change() {
+    let app = App::default();
+    let base = start_app(app.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ossvend.toml");
+    let config = callback_config(&base, "");
+    std::fs::write(&path, &config).unwrap();
+    let state = state_for(&config, &base).await;
+    let live = ossvend::reload::Live::new(state.clone(), ossvend::app, path.clone(), env_map());
+    let before = state.webhooks.clone().unwrap();
+
+    std::fs::write(
+        &path,
+        config.replace("prefix = \"plain/\"", "prefix = \"other/\""),
+    )
+    .unwrap();
+    let changes = live.reload("test").await.unwrap();
+    assert!(
+        !changes.sections_changed.contains(&"webhooks"),
+        "{:?}",
+        changes.sections_changed
+    );
+    assert!(Arc::ptr_eq(&before, live.state().webhooks.as_ref().unwrap()));
+    assert_eq!(
+        live.state().config.webhooks.local_key_url,
+        Some(format!("{base}/"))
+    );
+
+    std::fs::write(
+        &path,
+        config.replace("[webhooks]\n", "[webhooks]\ntimeout = \"2s\"\n"),
+    )
+    .unwrap();
+    let changes = live.reload("test").await.unwrap();
+    assert!(
+        changes.sections_changed.contains(&"webhooks"),
+        "{:?}",
+        changes.sections_changed
+    );
+    assert!(!Arc::ptr_eq(&before, live.state().webhooks.as_ref().unwrap()));
+}
