@@ -193,11 +193,15 @@ impl Webhooks {
         ]
     }
 
-    /// Delivers `event` now (OSS is waiting); an event not taken is kept pending.
-    pub async fn deliver(&self, event: &UploadEvent) -> Outcome {
+    /// Delivers `event` now (OSS is waiting), within `budget` (what is left of
+    /// OSS's window) and `timeout`; an event not taken in time is kept pending.
+    pub async fn deliver(&self, event: &UploadEvent, budget: Duration) -> Outcome {
         let id = event.id();
         let body = serde_json::to_string(event).unwrap_or_default();
-        match self.send(&id, &body).await {
+        let sent = tokio::time::timeout(budget.min(self.timeout), self.send(&id, &body))
+            .await
+            .unwrap_or_else(|_| Err("the application did not answer in time".into()));
+        match sent {
             Ok(reply) => {
                 crate::prom::webhook_delivery("delivered");
                 // OSS may call twice for one object: a pending copy is settled too.

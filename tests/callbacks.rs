@@ -273,6 +273,9 @@ struct App {
     seen: Arc<Mutex<Vec<Seen>>>,
     down: Arc<std::sync::atomic::AtomicBool>,
     key_pem: Arc<Mutex<String>>,
+    /// Milliseconds the key server and the webhook endpoint wait before answering.
+    key_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    hook_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl App {
@@ -294,6 +297,8 @@ async fn start_app(app: App) -> String {
                     return (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({})))
                         .into_response_parts();
                 }
+                let delay = app.hook_delay_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                 let h = headers
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
@@ -311,7 +316,11 @@ async fn start_app(app: App) -> String {
         let app = app.clone();
         move || {
             let app = app.clone();
-            async move { app.key_pem.lock().unwrap().clone() }
+            async move {
+                let delay = app.key_delay_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                app.key_pem.lock().unwrap().clone()
+            }
         }
     };
     let router = axum::Router::new()
@@ -1133,4 +1142,53 @@ async fn a_reload_keeps_the_webhook_sender_unless_webhooks_change() {
         changes.sections_changed
     );
     assert!(!Arc::ptr_eq(&before, live.state().webhooks.as_ref().unwrap()));
+}
+
+/// OSS waits 5 s in all: the webhook gets what verification left of a 4.5 s
+/// window, not the full `webhooks.timeout`. A slow key fetch (2 s, a cold
+/// cache) leaves 2.5 s, so an application taking 3 s misses it and the event
+/// goes pending (OSS is answered in time); with the key cached, the same 3 s
+/// application is within the 4 s timeout and gets it delivered.
+#[tokio::test]
+async fn the_webhook_gets_what_is_left_of_osss_window() {
+    let app = App::default();
+    let base = start_app(app.clone()).await;
+    let state = state_for(&callback_config(&base, "timeout = \"4s\""), &base).await;
+    let router = ossvend::app(state.clone());
+    let (key, callback, vars) = issue_presign(&router).await;
+    let bodies = [
+        oss_fill(&callback, &vars, &key, 1, "11111111111111111111111111111111"),
+        oss_fill(&callback, &vars, &key, 2, "22222222222222222222222222222222"),
+    ];
+    let reqs: Vec<Value> = bodies
+        .iter()
+        .map(|b| json!({"path": "/v1/callbacks/oss", "query": null, "body": b}))
+        .collect();
+    let signed = python_sign(&json!(reqs));
+    *app.key_pem.lock().unwrap() = signed["public_pem"].as_str().unwrap().to_string();
+    app.key_delay_ms.store(2000, Ordering::SeqCst);
+    app.hook_delay_ms.store(3000, Ordering::SeqCst);
+    let mut outcomes = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let (status, reply) = call(
+            &router,
+            "POST",
+            "/v1/callbacks/oss",
+            &[
+                ("content-type", "application/json".into()),
+                ("authorization", signed["signatures"][i].as_str().unwrap().into()),
+                ("x-oss-pub-key-url", B64.encode(format!("{base}/key.pem"))),
+            ],
+            body.clone().into_bytes(),
+        )
+        .await;
+        outcomes.push((status, reply["code"].as_str().map(str::to_string)));
+    }
+    assert_eq!(
+        outcomes,
+        [(503, Some("webhook_pending".to_string())), (200, None)]
+    );
+    let pending = state.webhooks.as_ref().unwrap().pending();
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].body.contains("\"size\":1"), "{}", pending[0].body);
 }
