@@ -37,6 +37,26 @@ pub struct Record<'a> {
     pub key: Option<&'a str>,
 }
 
+/// An upload OSS confirmed (a verified callback), and what became of its webhook.
+#[derive(Debug, Serialize)]
+pub struct UploadRecord<'a> {
+    #[serde(serialize_with = "utc_seconds")]
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// Always `upload.completed`.
+    pub kind: &'static str,
+    pub grant: &'a str,
+    pub subject: &'a str,
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub size: u64,
+    pub etag: &'a str,
+    /// The request id of the issuance that allowed the upload.
+    pub request_id: &'a str,
+    pub webhook_id: &'a str,
+    /// `delivered` or `pending`.
+    pub delivery: &'static str,
+}
+
 tokio::task_local! {
     /// Set when the request being served wrote an audit record: the access-log
     /// middleware then keeps its own line for that request at debug level.
@@ -66,6 +86,24 @@ impl Audit {
         Ok(Audit { file })
     }
 
+    /// An upload confirmed by OSS: the log line is the caller's; here the file line.
+    pub fn upload(&self, r: &UploadRecord<'_>) {
+        let _ = AUDITED.try_with(|a| a.set(true));
+        self.write_line(r);
+    }
+
+    fn write_line<T: Serialize>(&self, r: &T) {
+        if let Some(f) = &self.file {
+            let mut line = serde_json::to_vec(r).unwrap_or_default();
+            line.push(b'\n');
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            // One write per record keeps lines whole even with concurrent writers.
+            if let Err(e) = f.write_all(&line) {
+                warn!(error = %e, "cannot write the audit file");
+            }
+        }
+    }
+
     pub fn record(&self, r: &Record<'_>) {
         crate::prom::issued(r.grant, r.kind);
         // Outside a request (tests, tools) there is no access line to spare.
@@ -77,14 +115,6 @@ impl Audit {
             cache = r.cache.unwrap_or("-"), key = r.key.unwrap_or("-"), policy_sha256 = r.policy_sha256,
             "issued {}", r.kind
         );
-        if let Some(f) = &self.file {
-            let mut line = serde_json::to_vec(r).unwrap_or_default();
-            line.push(b'\n');
-            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
-            // One write per record keeps lines whole even with concurrent writers.
-            if let Err(e) = f.write_all(&line) {
-                warn!(error = %e, "cannot write the audit file");
-            }
-        }
+        self.write_line(r);
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod callbacks;
 pub mod check;
 pub mod config;
 pub mod connections;
@@ -34,5 +35,6 @@ pub mod signcli;
 pub mod state;
 pub mod sts;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use routes::app;

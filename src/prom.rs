@@ -26,6 +26,9 @@
 //! | `ossvend_config_reloads_total` | counter | `outcome` (`success`, `failure`) |
 //! | `ossvend_connections_open` | gauge | client connections open, all listeners together |
 //! | `ossvend_connections_closed_total` | counter | `reason` (`header_timeout`, `idle`, `evicted`): closed by ossvend |
+//! | `ossvend_callbacks_total` | counter | `result` (`accepted` or a refusal code such as `callback_signature_invalid`) |
+//! | `ossvend_webhook_deliveries_total` | counter | `outcome` (`delivered`, `failed`, `redelivered`) |
+//! | `ossvend_webhooks_pending` | gauge | events not yet delivered to the application |
 
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
@@ -168,6 +171,18 @@ fn describe() {
         "ossvend_connections_closed_total",
         "Connections closed by ossvend: header_timeout (server.header_read_timeout), idle (server.idle_timeout), \
          evicted (to make room at server.max_connections)"
+    );
+    describe_counter!(
+        "ossvend_callbacks_total",
+        "OSS upload callbacks received: accepted, or the refusal code"
+    );
+    describe_counter!(
+        "ossvend_webhook_deliveries_total",
+        "Webhook attempts to the application: delivered, failed, redelivered"
+    );
+    describe_gauge!(
+        "ossvend_webhooks_pending",
+        "Upload events not yet delivered to the application (GET /admin/webhooks/pending)"
     );
 }
 
@@ -333,6 +348,20 @@ pub fn connections_open(n: usize) {
 /// `reason`: `header_timeout`, `idle` or `evicted`.
 pub fn connection_closed(reason: &'static str) {
     counter!("ossvend_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// An OSS callback: `accepted`, or the refusal code.
+pub fn callback(result: &'static str) {
+    counter!("ossvend_callbacks_total", "result" => result).increment(1);
+}
+
+/// A webhook attempt: `delivered` (first try), `failed`, `redelivered` (a pending event delivered later).
+pub fn webhook_delivery(outcome: &'static str) {
+    counter!("ossvend_webhook_deliveries_total", "outcome" => outcome).increment(1);
+}
+
+pub fn webhooks_pending(n: usize) {
+    gauge!("ossvend_webhooks_pending").set(n as f64);
 }
 
 fn outcome(ok: bool) -> &'static str {

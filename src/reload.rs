@@ -195,6 +195,7 @@ fn diff(old: &AppState, new: &AppState) -> Changes {
         ("rate_limit", same(&o.rate_limit, &n.rate_limit)),
         ("audit", same(&o.audit, &n.audit)),
         ("admin", same(&o.admin, &n.admin)),
+        ("webhooks", same(&o.webhooks, &n.webhooks)),
     ] {
         if !unchanged {
             sections_changed.push(name);

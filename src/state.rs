@@ -27,6 +27,10 @@ pub struct AppState {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Fleet mode (`[shared]`): the Redis-backed state the replicas share.
     pub fleet: Option<Arc<Fleet>>,
+    /// Verifies OSS upload callbacks (`POST /v1/callbacks/oss`).
+    pub callbacks: crate::callbacks::Verifier,
+    /// Where verified uploads are delivered; `None` without `[webhooks]` url and secret.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// The `[identity]` section's fingerprint (its secrets show redacted): what
@@ -117,6 +121,23 @@ impl AppState {
         }
         let limits = Limits::carry_over(grants.iter(), previous.map(|p| &p.limits)).with_fleet(fleet.clone());
         let audit = Audit::open(&config.audit)?;
+        // Set by `ossvend local` only, never read from a file: a reload keeps it.
+        if let Some(p) = previous
+            && config.webhooks.local_key_url.is_none()
+        {
+            config.webhooks.local_key_url = p.config.webhooks.local_key_url.clone();
+        }
+        // An unchanged [webhooks] keeps its pending events and redelivery task.
+        let webhooks = match previous.and_then(|p| p.webhooks.clone()) {
+            Some(w) if w.same_config(&config.webhooks, env) => Some(w),
+            _ => crate::webhooks::Webhooks::from_config(&config.webhooks, env)?,
+        };
+        let callbacks = crate::callbacks::Verifier::new(
+            crate::callbacks::KeyHosts {
+                local: config.webhooks.local_key_url.clone(),
+            },
+            Arc::new(crate::callbacks::HttpKeySource::new()?),
+        );
         let trusted_proxies = config
             .rate_limit
             .trusted_proxies
@@ -135,6 +156,8 @@ impl AppState {
             audit,
             trusted_proxies,
             fleet,
+            callbacks,
+            webhooks,
             config,
         }))
     }

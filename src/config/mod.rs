@@ -46,6 +46,8 @@ pub struct Config {
     /// process keeps everything to itself, as without fleet mode.
     #[serde(default)]
     pub shared: Option<SharedConfig>,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
 }
 
 /// The optional admin listener (`[admin]`): `GET /metrics` and
@@ -736,6 +738,81 @@ pub struct GrantConfig {
     pub per_subject_per_minute: Option<u32>,
     #[serde(default)]
     pub per_ip_per_minute: Option<u32>,
+    /// OSS upload callback (`[grants.callback]`): forms and presigned URLs of
+    /// this grant make OSS call ossvend after storing the object, and ossvend
+    /// tells the application (`[webhooks]`). Unset: no callback.
+    #[serde(default)]
+    pub callback: Option<CallbackConfig>,
+}
+
+/// `[grants.callback]`: how OSS reaches ossvend after an upload (docs/callbacks.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// ossvend's public receiver, as OSS reaches it:
+    /// `https://ossvend.example.com/v1/callbacks/oss` (https, or http on loopback).
+    pub url: String,
+    /// `Host` header OSS sends, when it differs from the URL's host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Body OSS sends: `json` (default) or `form`.
+    #[serde(default)]
+    pub body_type: CallbackBodyType,
+    /// OSS sends SNI on an https callback (`callbackSNI`); default on, as
+    /// SNI-routed proxies and CDNs need it.
+    #[serde(default = "default_true")]
+    pub sni: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackBodyType {
+    #[default]
+    Json,
+    Form,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[webhooks]`: where verified upload callbacks are delivered (docs/callbacks.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// The application's endpoint (https, or http on loopback). Needed by any
+    /// grant with a callback.
+    pub url: Option<String>,
+    /// Environment variable holding the Standard Webhooks secret
+    /// (`whsec_<base64>`, at least 24 bytes). It signs the webhooks and (a key
+    /// derived from it) ossvend's custom callback variables.
+    pub secret_env: Option<String>,
+    /// How long the application has to answer; OSS gives ossvend 5 seconds in
+    /// all, so at most 4 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Directory of the pending-deliveries journal (`webhooks-pending.jsonl`):
+    /// undelivered events survive a restart. Unset: kept in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Longest wait between redeliveries of a pending event (back-off doubles from 5 s up to this).
+    #[serde(with = "humantime_serde")]
+    pub retry_max_interval: Duration,
+    /// The local sink's key URL prefix: trusted only by `ossvend local`, never a config key.
+    #[serde(skip)]
+    pub local_key_url: Option<String>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            url: None,
+            secret_env: None,
+            timeout: Duration::from_secs(3),
+            data_dir: None,
+            retry_max_interval: Duration::from_secs(600),
+            local_key_url: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]

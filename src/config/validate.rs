@@ -67,6 +67,7 @@ pub fn check_after_identity(config: &Config, env: &BTreeMap<String, String>, p: 
     check_auth(config, p);
     check_grants(config, p);
     check_shared(config, env, p);
+    check_webhooks(config, p);
 }
 
 /// The shortest encryption key `[shared]` accepts (bytes of the variable's raw value).
@@ -145,6 +146,50 @@ fn check_shared(config: &Config, env: &BTreeMap<String, String>, p: &mut Problem
             "auth.tickets.secret_env",
             "fleet mode ([shared]) needs a ticket secret shared by every replica, or a ticket minted on one fails on the others",
         );
+    }
+}
+
+/// `[webhooks]` and the grants' callbacks (docs/callbacks.md).
+fn check_webhooks(config: &Config, p: &mut Problems) {
+    let w = &config.webhooks;
+    if let Some(url) = &w.url {
+        check_endpoint("webhooks.url", url, p);
+    }
+    if w.secret_env.as_deref().is_some_and(str::is_empty) {
+        p.add("webhooks.secret_env", "must name an environment variable");
+    }
+    if w.timeout.is_zero() || w.timeout > Duration::from_secs(4) {
+        p.add(
+            "webhooks.timeout",
+            "must be between 1ms and 4s: OSS waits 5 seconds for ossvend's answer in all",
+        );
+    }
+    if w.retry_max_interval < Duration::from_secs(5) {
+        p.add("webhooks.retry_max_interval", "must be at least 5s");
+    }
+    for (i, g) in config.grants.iter().enumerate() {
+        let Some(cb) = &g.callback else { continue };
+        let at = |key: &str| format!("grants[{i}].callback.{key}");
+        check_endpoint(&at("url"), &cb.url, p);
+        if w.url.is_none() || w.secret_env.is_none() {
+            p.add(
+                at("url"),
+                "a grant with a callback needs [webhooks] url and secret_env (where verified uploads are delivered)",
+            );
+        }
+        if g.post_version == super::PostVersion::S3V4 || g.presign_scheme == super::PresignScheme::S3V4 {
+            p.add(
+                at("url"),
+                "upload callbacks are an OSS feature: not with post_version or presign_scheme \"s3-v4\"",
+            );
+        }
+        if cb
+            .host
+            .as_deref()
+            .is_some_and(|h| h.is_empty() || h.contains(['/', ' ']))
+        {
+            p.add(at("host"), "must be a host name");
+        }
     }
 }
 

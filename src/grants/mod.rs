@@ -267,6 +267,8 @@ pub struct UploadSettings {
     pub s3_endpoint: String,
     pub path_style: bool,
     pub s3_path_style: bool,
+    /// `[grants.callback]`: forms and presigned URLs carry an OSS upload callback.
+    pub callback: Option<crate::config::CallbackConfig>,
 }
 
 impl UploadSettings {
@@ -286,6 +288,7 @@ impl UploadSettings {
             path_style: g.path_style.unwrap_or_else(|| is_ip_or_localhost(&endpoint)),
             s3_path_style: g.path_style.unwrap_or_else(|| is_ip_or_localhost(&s3_endpoint)),
             s3_endpoint,
+            callback: g.callback.clone(),
         }
     }
 }

@@ -148,6 +148,47 @@ pub struct Target<'a> {
     pub prefix: &'a str,
     pub principal: &'a Principal,
     pub placeholders: &'a Placeholders,
+    /// The issuing request's id (carried in a callback's custom variables).
+    pub request_id: &'a str,
+    /// The key of the custom callback variables (`[webhooks]`); needed by a grant with a callback.
+    pub callback_key: Option<&'a [u8]>,
+}
+
+/// A grant's upload callback for one issuance, as OSS takes it: the base64
+/// `callback` and `callback-var` values and the custom variables themselves.
+struct CallbackFields {
+    param: String,
+    vars_base64: String,
+    vars: Vec<(&'static str, String)>,
+}
+
+fn callback_fields(grant: &Grant, target: &Target<'_>) -> Result<Option<CallbackFields>, ApiError> {
+    let Some(cb) = &grant.upload.callback else {
+        return Ok(None);
+    };
+    let key = target
+        .callback_key
+        .ok_or_else(|| ApiError::internal("grant has a callback but [webhooks] is not configured"))?;
+    let param = crate::callbacks::CallbackParam {
+        url: &cb.url,
+        host: cb.host.as_deref(),
+        form_body: cb.body_type == crate::config::CallbackBodyType::Form,
+        sni: cb.sni && cb.url.starts_with("https:"),
+    };
+    let vars = crate::callbacks::custom_vars(
+        key,
+        &crate::callbacks::Issuance {
+            grant: grant.name.clone(),
+            subject: target.principal.display().to_string(),
+            request_id: target.request_id.to_string(),
+            prefix: target.prefix.to_string(),
+        },
+    );
+    Ok(Some(CallbackFields {
+        param: param.to_base64(),
+        vars_base64: crate::callbacks::vars_to_base64(&vars),
+        vars,
+    }))
 }
 
 /// `{ext}` (`.png`) must fit the type the upload is bound to: the declared
@@ -265,6 +306,34 @@ fn content_type_condition<'a>(
     }
 }
 
+/// The form's own fields, in the order sent (the signer adds its own after them).
+fn form_fields<'a>(
+    grant: &'a Grant,
+    key_field: &'a str,
+    status: &'a str,
+    ct: Option<&'a str>,
+    bound: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut fields: Vec<(&str, &str)> = vec![("key", key_field), ("success_action_status", status)];
+    if let Some(url) = &grant.upload.success_action_redirect {
+        fields.push(("success_action_redirect", url));
+    }
+    if let Some(ct) = ct {
+        fields.push(("Content-Type", ct));
+    }
+    fields.extend(bound.iter().copied());
+    fields
+}
+
+/// Where the form is POSTed: the bucket root of the OSS or S3-compatible endpoint.
+fn form_host(grant: &Grant, version: PostVersion) -> Result<String, ApiError> {
+    let form_endpoint = match version {
+        PostVersion::S3V4 => endpoint(&grant.upload.s3_endpoint, grant.upload.s3_path_style),
+        _ => endpoint(&grant.endpoint, grant.upload.path_style),
+    };
+    sign::post::post_url(&form_endpoint, &grant.bucket).map_err(sign_error)
+}
+
 pub fn post_policy(
     grant: &Grant,
     target: &Target<'_>,
@@ -303,6 +372,10 @@ pub fn post_policy(
     }
     .map_err(sign_error)?;
     let content_type = content_type_condition(grant, version, ct);
+    let callback = callback_fields(grant, target)?;
+    // `callback` is pinned: a client cannot drop or redirect the callback.
+    // (A form carries no `callback-var`: OSS takes each variable as an `x:` field.)
+    let bound: Vec<(&str, &str)> = callback.iter().map(|c| ("callback", c.param.as_str())).collect();
     let policy_json = policy::post_policy_json(&PostPolicySpec {
         expiration: &expiration,
         bucket: &grant.bucket,
@@ -312,28 +385,25 @@ pub fn post_policy(
         success_action_status: grant.upload.success_action_status,
         success_action_redirect: grant.upload.success_action_redirect.as_deref(),
         required: &required,
+        bound: &bound,
     });
     let status = grant.upload.success_action_status.to_string();
-    let mut fields: Vec<(&str, &str)> = vec![("key", &key_field), ("success_action_status", &status)];
-    if let Some(url) = &grant.upload.success_action_redirect {
-        fields.push(("success_action_redirect", url));
-    }
-    if let Some(ct) = ct {
-        fields.push(("Content-Type", ct));
-    }
-    let form = match version {
+    let fields = form_fields(grant, &key_field, &status, ct, &bound);
+    let mut form = match version {
         PostVersion::V4 => sign::post::sign_v4(&creds, &scope, now, &policy_json, &fields),
         PostVersion::V1 => sign::post::sign_v1(&creds, &policy_json, &fields),
         PostVersion::S3V4 => sign::s3::sign_post_policy(&creds, &grant.region, now, &policy_json, &fields),
     }
     .map_err(sign_error)?;
-    let form_endpoint = match version {
-        PostVersion::S3V4 => endpoint(&grant.upload.s3_endpoint, grant.upload.s3_path_style),
-        _ => endpoint(&grant.endpoint, grant.upload.path_style),
-    };
-    let host = sign::post::post_url(&form_endpoint, &grant.bucket).map_err(sign_error)?;
+    // The variables as `x:` fields, as PostObject takes them (added after
+    // signing: `:` is not a token character the signer's field check admits).
+    // Their own signature (`x:sig`) protects them, not the policy.
+    if let Some(c) = &callback {
+        form.fields
+            .extend(c.vars.iter().map(|(k, v)| ((*k).to_string(), v.clone())));
+    }
     Ok(PostPolicy {
-        host,
+        host: form_host(grant, version)?,
         dir: target.prefix.to_string(),
         key,
         fields: form.fields,
@@ -356,12 +426,23 @@ pub fn presign(
     let secs = validity(grant, material, now)?;
     let key = new_key(grant, target, req.filename.as_deref(), ct, now)?;
     let headers: Vec<(&str, &str)> = ct.map(|c| vec![("Content-Type", c)]).unwrap_or_default();
+    let callback = callback_fields(grant, target)?;
+    // Signed query parameters: the URL does not work without them or with others.
+    let query: Vec<(&str, &str)> = callback
+        .iter()
+        .flat_map(|c| {
+            [
+                ("callback", c.param.as_str()),
+                ("callback-var", c.vars_base64.as_str()),
+            ]
+        })
+        .collect();
     let to_sign = RequestToSign {
         method: "PUT",
         bucket: Some(&grant.bucket),
         key: &key,
         headers: &headers,
-        query: &[],
+        query: &query,
     };
     let creds = material.creds();
     let scheme = grant.upload.presign_scheme;
@@ -439,6 +520,8 @@ mod tests {
             prefix: "uploads/",
             principal: &principal,
             placeholders: &placeholders,
+            request_id: "req-1",
+            callback_key: None,
         };
         let err = |e: ApiError| (e.status.as_u16(), e.code);
         [
@@ -472,6 +555,8 @@ mod tests {
             prefix: "uploads/",
             principal: &principal,
             placeholders: &placeholders,
+            request_id: "req-1",
+            callback_key: None,
         };
         let plain = grant("");
         let p = post_policy(&plain, &target, &material(), now(), &UploadRequest::default()).unwrap();

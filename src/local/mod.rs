@@ -82,6 +82,8 @@ pub struct LocalState {
     /// Largest single PutObject / PostObject / part body the sink accepts (OSS: 5 GiB).
     pub max_object_bytes: u64,
     pub clock: Clock,
+    /// Signs upload callbacks as OSS does, with a key made on first use.
+    pub callbacks: oss::callback::Signer,
 }
 
 impl LocalState {
@@ -93,6 +95,7 @@ impl LocalState {
             account_id: "1000000000000001".into(),
             max_object_bytes: 100 * 1024 * 1024,
             clock: Arc::new(Utc::now),
+            callbacks: oss::callback::Signer::default(),
         }
     }
 
@@ -236,6 +239,9 @@ pub fn local_config(
     }
     // A frontend on its own dev server (http://localhost:5173, …) calls local mode.
     cfg.cors.allow_loopback_origins = true;
+    // The sink signs its upload callbacks with a key it publishes on its own
+    // listener; the receiver trusts that URL in this process only.
+    cfg.webhooks.local_key_url = Some(format!("http://{oss}/"));
     if let Some(dir) = &cfg.server.static_dir
         && !dir.is_dir()
     {

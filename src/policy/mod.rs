@@ -375,6 +375,8 @@ pub struct PostPolicySpec<'a> {
     /// Exact-match conditions the signature version requires (V4 auth fields,
     /// security token), in order.
     pub required: &'a [(&'a str, String)],
+    /// Other form fields pinned with `eq` (the upload callback's `callback`), in order.
+    pub bound: &'a [(&'a str, &'a str)],
 }
 
 /// The policy JSON text, compact and deterministic. The signature covers these
@@ -395,6 +397,9 @@ pub fn post_policy_json(spec: &PostPolicySpec<'_>) -> String {
     ]));
     if let Some(url) = spec.success_action_redirect {
         conditions.push(json!(["eq", "$success_action_redirect", url]));
+    }
+    for (name, value) in spec.bound {
+        conditions.push(json!(["eq", format!("${name}"), value]));
     }
     match spec.content_type {
         ContentTypeCondition::Any => {}
@@ -454,6 +459,7 @@ mod tests {
             success_action_status: 200,
             success_action_redirect: None,
             required: &req,
+            bound: &[],
         });
         assert_eq!(
             p,

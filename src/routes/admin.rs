@@ -54,6 +54,7 @@ pub fn admin_app(live: Arc<Live>) -> Router {
     Router::new()
         .route("/metrics", get(admin_metrics))
         .route("/admin/reload", post(reload))
+        .route("/admin/webhooks/pending", get(pending_webhooks))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -105,6 +106,23 @@ async fn reload(
                 .into_response()
         }
     }
+}
+
+/// `GET /admin/webhooks/pending` (admin token): the upload events the
+/// application has not taken yet, oldest first, each with its exact body, so
+/// an application can reconcile without waiting for the next redelivery.
+async fn pending_webhooks(State(live): State<Arc<Live>>, headers: HeaderMap) -> Response {
+    let state = live.state();
+    if let Err(e) = check_token(&state, &headers) {
+        return e.into_response();
+    }
+    let pending = state.webhooks.as_ref().map(|w| w.pending()).unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        axum::Json(json!({ "pending": pending })),
+    )
+        .into_response()
 }
 
 /// 403 when no admin token is configured (no token could help, so none is

@@ -123,11 +123,14 @@ impl Authorized {
     pub fn target<'a>(
         &'a self,
         placeholders: &'a crate::policy::template::Placeholders,
+        callback_key: Option<&'a [u8]>,
     ) -> crate::grants::upload::Target<'a> {
         crate::grants::upload::Target {
             prefix: &self.resolved.prefix,
             principal: &self.principal,
             placeholders,
+            request_id: &self.ctx.request_id,
+            callback_key,
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod admin;
 mod authorized;
+mod callbacks;
 mod credentials;
 mod health;
 mod middleware;
@@ -44,6 +45,7 @@ fn api(metrics_here: bool) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(upload::legacy_presign))
         .routes(routes!(credentials::explain))
         .routes(routes!(tickets::mint))
+        .routes(routes!(callbacks::oss_callback))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz));
     if metrics_here {

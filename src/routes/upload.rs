@@ -46,7 +46,10 @@ async fn make_post_policy(
 ) -> Result<PostPolicy, ApiError> {
     let grant = &caller.grant;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let target = caller.target(&state.auth.placeholders);
+    let target = caller.target(
+        &state.auth.placeholders,
+        state.webhooks.as_deref().map(|w| w.vars_key()),
+    );
     let p = upload::post_policy(grant, &target, &material, Utc::now(), req)?;
     caller.audit(
         state,
@@ -220,7 +223,10 @@ async fn make_presigned(
 ) -> Result<Presigned, ApiError> {
     let grant = &caller.grant;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let target = caller.target(&state.auth.placeholders);
+    let target = caller.target(
+        &state.auth.placeholders,
+        state.webhooks.as_deref().map(|w| w.vars_key()),
+    );
     let p = upload::presign(grant, &target, &material, Utc::now(), req)?;
     caller.audit(
         state,

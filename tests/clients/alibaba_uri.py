@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """alibabacloud-credentials' default chain reading ALIBABA_CLOUD_CREDENTIALS_URI (ossvend),
-feeding alibabacloud-oss-v2, which uploads with OSS V4 signatures. Run by tests/clients.rs.
+feeding alibabacloud-oss-v2, which uploads with OSS V4 signatures. Run by tests/it/clients.rs.
 
 usage: alibaba_uri.py --oss-endpoint URL --region REGION --bucket B --key K
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """boto3 with credentials from its default chain, PutObject to an S3 endpoint. Run by
-tests/clients.rs against ossvend (credentials) and the in-process s3s peer (S3).
+tests/it/clients.rs against ossvend (credentials) and the in-process s3s peer (S3).
 
 usage: boto3_put.py --endpoint URL --region REGION --bucket B --key K
 

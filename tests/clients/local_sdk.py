@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The official Python SDKs against `ossvend local` (issue 7). Run by tests/local.rs.
+"""The official Python SDKs against `ossvend local` (issue 7). Run by tests/it/local.rs.
 
 usage: local_sdk.py oss-v2 --creds-url URL
        local_sdk.py oss2   --creds-url URL

@@ -9,6 +9,7 @@ mod support;
 
 mod auth;
 mod browser;
+mod callbacks;
 mod clients;
 mod config;
 mod connections;

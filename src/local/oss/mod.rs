@@ -49,6 +49,7 @@ use crate::sign::encode::{pct, pct_path};
 use crate::sign::oss_v1;
 
 mod body;
+pub mod callback;
 mod form;
 mod ops;
 
@@ -64,7 +65,12 @@ use ops::*;
 
 /// The sink. Serve it on its own loopback listener.
 pub fn router(state: Arc<LocalState>) -> Router {
+    let key_state = state.clone();
     Router::new()
+        .route(
+            callback::KEY_PATH,
+            axum::routing::get(move || async move { key_state.callbacks.public_pem() }),
+        )
         .fallback(serve)
         // Bodies are capped by `max_object_bytes` while they stream in.
         .layer(DefaultBodyLimit::disable())
@@ -180,7 +186,10 @@ impl Incoming {
 }
 
 fn is_operation(name: &str) -> bool {
-    oss_v1::is_sub_resource(name) && name != "security-token" && !name.starts_with("response-")
+    // `callback` and `callback-var` are parameters of PutObject, not operations.
+    oss_v1::is_sub_resource(name)
+        && !matches!(name, "security-token" | "callback" | "callback-var")
+        && !name.starts_with("response-")
 }
 
 /// A successful answer, or an error rendered as one.
@@ -194,6 +203,16 @@ struct Reply {
 }
 
 impl Reply {
+    /// The answer after an upload callback (its JSON reply, or `CallbackFailed`).
+    fn callback(mut self, answer: callback::Answer) -> Self {
+        self.status = answer.status;
+        self.body = Bytes::from(answer.body);
+        if answer.status != 200 {
+            self.verdict = "CallbackFailed";
+        }
+        self.header("Content-Type", answer.content_type)
+    }
+
     fn new(status: u16, auth: Option<AuthScheme>, access_key_id: Option<&str>) -> Self {
         Reply {
             status,

@@ -212,6 +212,15 @@ pub(super) async fn put_object(
         )));
     }
     check_md5(req).map_err(tag)?;
+    let callback = match req.query_value("callback").or(req.header("x-oss-callback")) {
+        Some(param) => {
+            let vars = req
+                .query_value("callback-var")
+                .or(req.header("x-oss-callback-var"));
+            Some(super::callback::parse(param, vars, &[]).map_err(tag)?)
+        }
+        None => None,
+    };
     let content_type = content_type_or_default(req);
     let body = take_spooled(state, req).await.map_err(tag)?;
     let md5 = hex::decode(&body.md5_hex).unwrap_or_default();
@@ -230,9 +239,16 @@ pub(super) async fn put_object(
     })
     .await
     .map_err(tag)?;
-    Ok(Reply::new(200, Some(scheme), Some(&ak))
-        .header("ETag", meta.etag)
-        .header("Content-MD5", crate::sign::b64(&md5)))
+    let reply = Reply::new(200, Some(scheme), Some(&ak))
+        .header("ETag", meta.etag.clone())
+        .header("Content-MD5", crate::sign::b64(&md5));
+    Ok(match callback {
+        Some(cb) => {
+            let sink = format!("http://{}", host_of(req));
+            reply.callback(cb.perform(&state.callbacks, &meta, &sink).await)
+        }
+        None => reply,
+    })
 }
 
 pub(super) async fn initiate_upload(
@@ -419,6 +435,7 @@ pub(super) async fn post_object(
     access::authorize_object_acl(upload.credential.policy.as_ref(), acl, &bucket, &upload.key)
         .map_err(tag)?;
 
+    let callback = super::callback::from_form(&fields).map_err(tag)?;
     let spooled = file.spool.finish().await.map_err(tag)?;
     if !file.complete {
         // Only if reading the policy's size limit here disagreed with the verifier:
@@ -442,6 +459,13 @@ pub(super) async fn post_object(
             .unwrap_or("")
     };
     let mut reply = Reply::new(204, Some(scheme), Some(&ak)).header("ETag", meta.etag.clone());
+    if let Some(cb) = callback {
+        // With a callback, OSS answers with the callback's reply (or CallbackFailed).
+        return Ok(reply.callback(
+            cb.perform(&state.callbacks, &meta, &format!("http://{}", host_of(req)))
+                .await,
+        ));
+    }
     let redirect = field("success_action_redirect");
     let status = field("success_action_status");
     if !redirect.is_empty() {
