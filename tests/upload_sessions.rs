@@ -163,3 +163,210 @@ async fn sink_accepts_presigned_upload_part_urls_from_oss_v2() {
          by plain HTTP, 3 parts, ListParts paginator, bytes identical: OK"
     );
 }
+
+// ---------------------------------------------------------------- ossvend's OSS client (src/oss)
+
+mod client {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use ossvend::oss::{ObjectRef, OssCallError, OssClient, OssSettings, OssSigning};
+    use ossvend::sign::oss_v4::V4Scope;
+    use ossvend::sign::{AddressingStyle, Endpoint, RequestToSign, SigningCredentials};
+
+    const AK: &str = "LTAI5tFakeRootKeyForTests";
+    const SK: &str = "fake-root-secret-for-tests";
+
+    fn creds() -> SigningCredentials<'static> {
+        SigningCredentials {
+            access_key_id: AK,
+            access_key_secret: SK,
+            security_token: None,
+        }
+    }
+
+    fn object<'a>(endpoint: &'a str, key: &'a str, signing: OssSigning) -> ObjectRef<'a> {
+        ObjectRef {
+            endpoint: Endpoint {
+                base: endpoint,
+                style: AddressingStyle::Path,
+            },
+            region: "cn-hangzhou",
+            bucket: BUCKET,
+            key,
+            signing,
+        }
+    }
+
+    fn fast() -> OssSettings {
+        OssSettings {
+            retry_base_delay: Duration::from_millis(1),
+            ..OssSettings::default()
+        }
+    }
+
+    /// UploadPart through a V4 presigned URL, as a browser would send it.
+    async fn put_part(o: &ObjectRef<'_>, upload_id: &str, n: u32, data: Vec<u8>) -> u16 {
+        let number = n.to_string();
+        let query = [("partNumber", number.as_str()), ("uploadId", upload_id)];
+        let req = RequestToSign {
+            method: "PUT",
+            bucket: Some(o.bucket),
+            key: o.key,
+            headers: &[],
+            query: &query,
+        };
+        let url = ossvend::sign::oss_v4::presign_url(
+            &creds(),
+            &req,
+            &V4Scope::oss(o.region),
+            &[],
+            &o.endpoint,
+            chrono::Utc::now(),
+            600,
+        )
+        .unwrap();
+        http()
+            .put(url.url)
+            .body(data)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_initiate_list_complete_abort_against_the_sink_v4_and_v1() {
+        let sts = FakeSts::start();
+        let sink = EmbeddedOss::start(&sts, Some((AK, SK)));
+        let client = OssClient::new(fast()).unwrap();
+        for (signing, seed) in [(OssSigning::V4, 31), (OssSigning::V1, 32)] {
+            let key = format!("sessions/{signing:?}.bin");
+            let o = object(&sink.endpoint, &key, signing);
+            let id = client
+                .initiate(&creds(), &o, "application/x-test", true)
+                .await
+                .unwrap();
+            let body = pattern(seed, 2 * PART + 5);
+            for (i, chunk) in body.chunks(PART).enumerate() {
+                assert_eq!(put_part(&o, &id, i as u32 + 1, chunk.to_vec()).await, 200);
+            }
+            let parts = client.list_parts(&creds(), &o, &id).await.unwrap();
+            assert_eq!(
+                parts.iter().map(|p| (p.number, p.size)).collect::<Vec<_>>(),
+                [(1, PART as u64), (2, PART as u64), (3, 5)]
+            );
+            let chosen: Vec<(u32, String)> = parts.iter().map(|p| (p.number, p.etag.clone())).collect();
+            let etag = client.complete(&creds(), &o, &id, &chosen, true).await.unwrap();
+            assert!(etag.ends_with("-3\""), "{etag}");
+            assert!(
+                sink.object(BUCKET, &key).await == Some(body.clone()),
+                "{key}: bytes differ"
+            );
+
+            // OSS's refusals come back with OSS's code.
+            let again = client.complete(&creds(), &o, &id, &chosen, true).await;
+            assert_eq!(again.unwrap_err().oss_code(), Some("NoSuchUpload"));
+            let exists = client.initiate(&creds(), &o, "application/x-test", true).await;
+            let e = exists.unwrap_err();
+            assert!(
+                matches!(&e, OssCallError::Service { status: 409, code, request_id: Some(_), .. } if code == "FileAlreadyExists"),
+                "{e:?}"
+            );
+            let id = client
+                .initiate(&creds(), &o, "application/x-test", false)
+                .await
+                .unwrap();
+            client.abort(&creds(), &o, &id).await.unwrap();
+            let gone = client.abort(&creds(), &o, &id).await.unwrap_err();
+            assert_eq!(gone.oss_code(), Some("NoSuchUpload"));
+        }
+        let wrong = SigningCredentials {
+            access_key_secret: "not-the-secret",
+            ..creds()
+        };
+        let o = object(&sink.endpoint, "sessions/denied.bin", OssSigning::V4);
+        let e = client.initiate(&wrong, &o, "text/plain", true).await.unwrap_err();
+        assert_eq!(e.oss_code(), Some("SignatureDoesNotMatch"));
+        assert!(!format!("{e} {e:?}").contains(SK), "no secret in the error");
+        println!("upload_sessions: OssClient V4 + V1 Initiate/ListParts/Complete/Abort against the sink: OK");
+    }
+
+    /// A stand-in OSS: `/b/flaky` always 503, `/b/denied` 403, `/b/paged` two ListParts pages.
+    async fn scripted_oss() -> (String, Arc<AtomicUsize>) {
+        use axum::http::StatusCode;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let error = |status: StatusCode, code: &str| {
+                    let xml = format!("<Error><Code>{code}</Code><Message>m</Message><RequestId>R{code}</RequestId></Error>");
+                    (status, xml)
+                };
+                let query = req.uri().query().unwrap_or("").to_string();
+                match req.uri().path() {
+                    "/local-bucket/flaky" => error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+                    "/local-bucket/denied" => error(StatusCode::FORBIDDEN, "AccessDenied"),
+                    _ if query.contains("part-number-marker=0") => (
+                        StatusCode::OK,
+                        "<ListPartsResult><IsTruncated>true</IsTruncated><NextPartNumberMarker>1</NextPartNumberMarker>\
+                         <Part><PartNumber>1</PartNumber><ETag>\"A\"</ETag><Size>102400</Size></Part></ListPartsResult>"
+                            .to_string(),
+                    ),
+                    _ => (
+                        StatusCode::OK,
+                        "<ListPartsResult><IsTruncated>false</IsTruncated><NextPartNumberMarker>2</NextPartNumberMarker>\
+                         <Part><PartNumber>2</PartNumber><ETag>\"B\"</ETag><Size>7</Size></Part></ListPartsResult>"
+                            .to_string(),
+                    ),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (endpoint, hits)
+    }
+
+    #[tokio::test]
+    async fn retries_5xx_a_bounded_number_of_times_never_4xx_and_reads_every_page() {
+        let (endpoint, hits) = scripted_oss().await;
+        let client = OssClient::new(fast()).unwrap();
+        let e = client
+            .abort(&creds(), &object(&endpoint, "flaky", OssSigning::V4), "U")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.oss_code(), e.oss_request_id()),
+            (Some("ServiceUnavailable"), Some("RServiceUnavailable"))
+        );
+        assert_eq!(hits.swap(0, Ordering::SeqCst), 3, "1 + max_retries (2) attempts");
+        let e = client
+            .abort(&creds(), &object(&endpoint, "denied", OssSigning::V4), "U")
+            .await
+            .unwrap_err();
+        assert_eq!(e.oss_code(), Some("AccessDenied"));
+        assert_eq!(hits.swap(0, Ordering::SeqCst), 1, "a 4xx is never retried");
+        let parts = client
+            .list_parts(&creds(), &object(&endpoint, "paged", OssSigning::V1), "U")
+            .await
+            .unwrap();
+        assert_eq!(
+            parts.iter().map(|p| (p.number, p.size)).collect::<Vec<_>>(),
+            [(1, 102400), (2, 7)]
+        );
+        assert_eq!(hits.swap(0, Ordering::SeqCst), 2, "two pages, two calls");
+        let unreachable = client
+            .abort(&creds(), &object("http://127.0.0.1:9", "k", OssSigning::V4), "U")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(unreachable, OssCallError::Transport(_)),
+            "{unreachable:?}"
+        );
+    }
+}
