@@ -24,6 +24,8 @@ pub struct AppState {
     pub audit: Audit,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// ossvend's own OSS calls (upload sessions).
+    pub oss: crate::oss::OssClient,
 }
 
 impl AppState {
@@ -83,7 +85,12 @@ impl AppState {
                     .or_else(|| t.parse::<std::net::IpAddr>().ok().map(Into::into))
             })
             .collect();
+        let oss = match previous {
+            Some(p) => p.oss.clone(),
+            None => crate::oss::OssClient::new(crate::oss::OssSettings::default())?,
+        };
         Ok(Arc::new(AppState {
+            oss,
             grants,
             issuer,
             auth,

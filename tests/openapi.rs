@@ -148,6 +148,7 @@ async fn every_documented_operation_is_served() {
         let req = match method.as_str() {
             "get" => client.get(&url),
             "post" => client.post(&url).json(&serde_json::json!({})),
+            "delete" => client.delete(&url),
             other => panic!("unexpected method {other} for {path}"),
         };
         let resp = req.send().await.unwrap();
@@ -218,6 +219,7 @@ fn codes_in_source() -> BTreeSet<(u16, String)> {
             "FORBIDDEN" => 403,
             "NOT_FOUND" | "not_found" => 404,
             "METHOD_NOT_ALLOWED" => 405,
+            "CONFLICT" => 409,
             "PAYLOAD_TOO_LARGE" => 413,
             "UNPROCESSABLE_ENTITY" => 422,
             "TOO_MANY_REQUESTS" => 429,

@@ -370,3 +370,384 @@ mod client {
         );
     }
 }
+
+// ---------------------------------------------------------------- the native API
+
+mod native {
+    use super::*;
+    use md5::Digest as _;
+    use ossvend::sign::oss_v4::V4Scope;
+    use ossvend::sign::{AddressingStyle, Endpoint, RequestToSign, SigningCredentials};
+
+    const ALICE: &str = "alice-key-0123456789-abcdef";
+    const BOB: &str = "bob-key-0123456789-abcdefgh";
+    const ROOT_AK: &str = "LTAI5tFakeRootKeyForSessions";
+    const ROOT_SK: &str = "fake-root-secret-for-sessions";
+    const MAX: usize = 4 * PART;
+
+    fn sha256_hex(s: &str) -> String {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(s.as_bytes()))
+    }
+
+    fn b64_md5(data: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
+    }
+
+    struct Env {
+        _sts: FakeSts,
+        oss: EmbeddedOss,
+        server: Server,
+    }
+
+    fn start() -> Env {
+        let sts = FakeSts::start();
+        let oss = EmbeddedOss::start(&sts, Some((ROOT_AK, ROOT_SK)));
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+
+[identity]
+source = "env"
+
+[sts]
+endpoint = "{sts}"
+role_arn = "{ROLE_ARN}"
+retry_base_delay = "10ms"
+
+[[auth.api_keys]]
+id = "alice"
+sha256 = "{alice}"
+
+[[auth.api_keys]]
+id = "bob"
+sha256 = "{bob}"
+
+[[grants]]
+name = "big"
+bucket = "{BUCKET}"
+region = "cn-hangzhou"
+endpoint = "{endpoint}"
+prefix = "big/"
+actions = ["oss:PutObject", "oss:ListParts", "oss:AbortMultipartUpload"]
+content_types = ["application/octet-stream", "text/plain"]
+max_size_bytes = {MAX}
+multipart = true
+auth = ["api_key"]
+
+[[grants]]
+name = "small"
+bucket = "{BUCKET}"
+region = "cn-hangzhou"
+endpoint = "{endpoint}"
+prefix = "small/"
+auth = ["api_key"]
+"#,
+            sts = sts.endpoint,
+            endpoint = oss.endpoint,
+            alice = sha256_hex(ALICE),
+            bob = sha256_hex(BOB),
+        );
+        let server = Server::start(config);
+        Env {
+            _sts: sts,
+            oss,
+            server,
+        }
+    }
+
+    async fn call(env: &Env, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+        let url = env.server.url(path);
+        let req = match method {
+            "POST" => http().post(url),
+            "DELETE" => http().delete(url),
+            _ => http().get(url),
+        }
+        .header("X-Api-Key", key);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn open(env: &Env, size: usize) -> Value {
+        let body = serde_json::json!({"filename": "movie.bin", "content_type": "application/octet-stream",
+                                      "size": size, "part_size": PART});
+        let (status, v) = call(env, "POST", "/v1/grants/big/uploads", ALICE, Some(body)).await;
+        assert_eq!(status, 201, "{v}");
+        v
+    }
+
+    async fn part_urls(env: &Env, s: &Value, query: &str, key: &str) -> (u16, Value) {
+        let path = format!(
+            "/v1/grants/big/uploads/{}/parts?{query}",
+            s["upload"].as_str().unwrap()
+        );
+        call(env, "GET", &path, key, None).await
+    }
+
+    /// PUTs `data` to a part URL with its signed headers; the sink's status and error code.
+    async fn put(url: &str, headers: &Value, data: Vec<u8>) -> (u16, String) {
+        let mut req = http().put(url).body(data);
+        for (k, v) in headers.as_object().unwrap() {
+            req = req.header(k.as_str(), v.as_str().unwrap());
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let code = text
+            .split("<Code>")
+            .nth(1)
+            .and_then(|t| t.split("</Code>").next())
+            .unwrap_or("OK")
+            .to_string();
+        (status, code)
+    }
+
+    /// Uploads `sizes[i]` bytes as part i+1 through the session's URLs; returns the bytes.
+    async fn upload_parts(env: &Env, s: &Value, sizes: &[usize], seed: usize) -> Vec<u8> {
+        let (status, urls) = part_urls(env, s, &format!("numbers=1-{}", sizes.len()), ALICE).await;
+        assert_eq!(status, 200, "{urls}");
+        let mut all = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let data = pattern(seed + i, size);
+            let p = &urls["parts"][i];
+            assert_eq!(
+                put(p["url"].as_str().unwrap(), &p["headers"], data.clone()).await,
+                (200, "OK".into())
+            );
+            all.extend(data);
+        }
+        all
+    }
+
+    async fn complete(env: &Env, s: &Value) -> (u16, Value) {
+        let path = format!(
+            "/v1/grants/big/uploads/{}/complete",
+            s["upload"].as_str().unwrap()
+        );
+        call(env, "POST", &path, ALICE, None).await
+    }
+
+    async fn abort(env: &Env, s: &Value) -> (u16, Value) {
+        let path = format!("/v1/grants/big/uploads/{}", s["upload"].as_str().unwrap());
+        call(env, "DELETE", &path, ALICE, None).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_uploads_only_its_parts_and_completes_after_checking_them() {
+        let env = start();
+        let size = 3 * PART + 5;
+        let s = open(&env, size).await;
+        assert_eq!(
+            (s["part_size"].as_u64(), s["part_count"].as_u64()),
+            (Some(PART as u64), Some(4))
+        );
+        let key = s["key"].as_str().unwrap().to_string();
+        assert!(key.starts_with("big/") && key.ends_with(".bin"), "{key}");
+
+        // Part URLs are bound to their number, upload id and key: the sink refuses any other.
+        let (_, urls) = part_urls(&env, &s, "numbers=1", ALICE).await;
+        let url = urls["parts"][0]["url"].as_str().unwrap().to_string();
+        let none = serde_json::json!({});
+        let data = pattern(1, PART);
+        let other_number = url.replace("partNumber=1&", "partNumber=2&");
+        let upload_id = s["upload_id"].as_str().unwrap();
+        let other_upload = url.replace(upload_id, "0123456789ABCDEF0123456789ABCDEF");
+        let other_key = url.replace(&key, "big/other.bin");
+        for (what, u) in [
+            ("number", other_number),
+            ("upload id", other_upload),
+            ("key", other_key),
+        ] {
+            assert_ne!(u, url, "{what}");
+            assert_eq!(
+                put(&u, &none, data.clone()).await,
+                (403, "SignatureDoesNotMatch".into()),
+                "{what}"
+            );
+        }
+        // A bound md5 refuses other bytes.
+        let (_, urls) = part_urls(&env, &s, &format!("numbers=1&md5={}", b64_md5(b"other")), ALICE).await;
+        let p = &urls["parts"][0];
+        assert_eq!(p["headers"]["Content-MD5"], b64_md5(b"other"));
+        assert_eq!(
+            put(p["url"].as_str().unwrap(), &p["headers"], data.clone()).await,
+            (400, "InvalidDigest".into())
+        );
+        // Another caller, a forged handle, numbers outside the session.
+        let (status, v) = part_urls(&env, &s, "numbers=1", BOB).await;
+        assert_eq!((status, v["code"].as_str()), (403, Some("upload_not_yours")));
+        let mut forged = s.clone();
+        forged["upload"] = Value::String(format!("{}x", s["upload"].as_str().unwrap()));
+        let (status, v) = part_urls(&env, &forged, "numbers=1", ALICE).await;
+        assert_eq!((status, v["code"].as_str()), (404, Some("unknown_upload")));
+        let (status, v) = part_urls(&env, &s, "numbers=5", ALICE).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("invalid_upload_request"))
+        );
+        let (status, v) = complete(&env, &forged).await;
+        assert_eq!((status, v["code"].as_str()), (404, Some("unknown_upload")));
+
+        let body = upload_parts(&env, &s, &[PART, PART, PART, 5], 10).await;
+        let (status, v) = complete(&env, &s).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            (v["key"].as_str(), v["size"].as_u64(), v["parts"].as_u64()),
+            (Some(key.as_str()), Some(size as u64), Some(4))
+        );
+        assert!(
+            env.oss.object(BUCKET, &key).await == Some(body),
+            "the bytes at the sink differ"
+        );
+        let (status, v) = complete(&env, &s).await;
+        assert_eq!(
+            (status, v["code"].as_str(), v["oss_code"].as_str()),
+            (404, Some("unknown_upload"), Some("NoSuchUpload"))
+        );
+        println!(
+            "upload_sessions: native session, 4 parts ({size} bytes) via part URLs, 3 rebound URLs + a wrong md5 refused by the sink, bytes identical: OK"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_parts_are_refused_and_aborted_and_nothing_is_stored() {
+        let env = start();
+        // A part bigger than part_size (the total still fits).
+        let s = open(&env, 2 * PART + 5).await;
+        upload_parts(&env, &s, &[PART + 5, PART], 20).await;
+        let (status, v) = complete(&env, &s).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (422, Some("upload_parts_invalid")),
+            "{v}"
+        );
+        assert_eq!(
+            abort(&env, &s).await.1["oss_code"],
+            "NoSuchUpload",
+            "already aborted"
+        );
+        // The parts' total over max_size_bytes.
+        let s2 = open(&env, MAX).await;
+        upload_parts(&env, &s2, &[PART, PART, PART, PART + 1], 30).await;
+        let (status, v) = complete(&env, &s2).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (413, Some("upload_too_large")),
+            "{v}"
+        );
+        assert!(
+            env.oss.objects().await.is_empty(),
+            "nothing stored: {:?}",
+            env.oss.objects().await
+        );
+        // Declared over the limit, a grant without sessions, an explicit abort.
+        let body = serde_json::json!({"content_type": "text/plain", "size": MAX + 1});
+        let (status, v) = call(&env, "POST", "/v1/grants/big/uploads", ALICE, Some(body.clone())).await;
+        assert_eq!((status, v["code"].as_str()), (413, Some("upload_too_large")));
+        let (status, v) = call(&env, "POST", "/v1/grants/small/uploads", ALICE, Some(body)).await;
+        assert_eq!((status, v["code"].as_str()), (403, Some("multipart_not_enabled")));
+        let s3 = open(&env, 5).await;
+        assert_eq!(abort(&env, &s3).await.0, 204);
+        let (status, v) = complete(&env, &s3).await;
+        assert_eq!((status, v["oss_code"].as_str()), (404, Some("NoSuchUpload")));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn completion_never_overwrites_an_existing_object() {
+        let env = start();
+        let s = open(&env, PART + 1).await;
+        let key = s["key"].as_str().unwrap().to_string();
+        // Someone else writes the key meanwhile (the sink's root key, a V4 presigned PUT).
+        let creds = SigningCredentials {
+            access_key_id: ROOT_AK,
+            access_key_secret: ROOT_SK,
+            security_token: None,
+        };
+        let req = RequestToSign {
+            method: "PUT",
+            bucket: Some(BUCKET),
+            key: &key,
+            headers: &[],
+            query: &[],
+        };
+        let endpoint = Endpoint {
+            base: &env.oss.endpoint,
+            style: AddressingStyle::Path,
+        };
+        let signed = ossvend::sign::oss_v4::presign_url(
+            &creds,
+            &req,
+            &V4Scope::oss("cn-hangzhou"),
+            &[],
+            &endpoint,
+            chrono::Utc::now(),
+            600,
+        )
+        .unwrap();
+        assert_eq!(
+            put(&signed.url, &serde_json::json!({}), b"original".to_vec())
+                .await
+                .0,
+            200
+        );
+        upload_parts(&env, &s, &[PART, 1], 40).await;
+        let (status, v) = complete(&env, &s).await;
+        assert_eq!(
+            (status, v["code"].as_str(), v["oss_code"].as_str()),
+            (409, Some("object_exists"), Some("FileAlreadyExists")),
+            "{v}"
+        );
+        assert_eq!(
+            env.oss.object(BUCKET, &key).await.as_deref(),
+            Some(&b"original"[..]),
+            "the original is intact"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn presign_binds_md5_and_forbids_overwrite_when_the_client_names_the_file() {
+        let env = start();
+        let data = b"hello, single PUT".to_vec();
+        let md5 = b64_md5(&data);
+        let q = format!(
+            "/v1/grants/big/presign?filename=a.txt&content_type=text/plain&md5={}",
+            urlencoding(&md5)
+        );
+        let (status, p) = call(&env, "GET", &q, ALICE, None).await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["headers"]["Content-MD5"], md5.as_str());
+        assert_eq!(p["headers"]["x-oss-forbid-overwrite"], "true");
+        let url = p["url"].as_str().unwrap();
+        assert_eq!(
+            put(url, &p["headers"], b"other bytes".to_vec()).await,
+            (400, "InvalidDigest".into())
+        );
+        assert_eq!(put(url, &p["headers"], data.clone()).await, (200, "OK".into()));
+        assert_eq!(
+            put(url, &p["headers"], data.clone()).await,
+            (409, "FileAlreadyExists".into()),
+            "a replayed URL never overwrites"
+        );
+        let (status, v) = call(
+            &env,
+            "GET",
+            "/v1/grants/big/presign?content_type=text/plain&md5=abc",
+            ALICE,
+            None,
+        )
+        .await;
+        assert_eq!((status, v["code"].as_str()), (400, Some("invalid_md5")));
+    }
+
+    fn urlencoding(s: &str) -> String {
+        url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+}

@@ -1,6 +1,7 @@
 //! The configured upload rights and what each one issues. Routes call into
 //! here; this module knows nothing about HTTP.
 
+pub mod session;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -267,6 +268,8 @@ pub struct UploadSettings {
     pub s3_endpoint: String,
     pub path_style: bool,
     pub s3_path_style: bool,
+    /// Upload sessions are served (`multipart = true`).
+    pub multipart: bool,
 }
 
 impl UploadSettings {
@@ -286,6 +289,7 @@ impl UploadSettings {
             path_style: g.path_style.unwrap_or_else(|| is_ip_or_localhost(&endpoint)),
             s3_path_style: g.path_style.unwrap_or_else(|| is_ip_or_localhost(&s3_endpoint)),
             s3_endpoint,
+            multipart: g.multipart,
         }
     }
 }

@@ -11,6 +11,7 @@ mod openapi;
 mod responses;
 mod tickets;
 mod upload;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -43,6 +44,10 @@ fn api(metrics_here: bool) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(upload::presign_get, upload::presign_post))
         .routes(routes!(upload::legacy_presign))
         .routes(routes!(credentials::explain))
+        .routes(routes!(uploads::open))
+        .routes(routes!(uploads::parts))
+        .routes(routes!(uploads::complete))
+        .routes(routes!(uploads::abort))
         .routes(routes!(tickets::mint))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz));
