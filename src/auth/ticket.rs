@@ -259,6 +259,27 @@ mod tests {
     }
 
     #[test]
+    fn sealed_values_open_only_in_their_domain_and_untampered() {
+        let t = tickets();
+        let sealed = t.seal("upload-v1", br#"{"v":1}"#);
+        assert_eq!(t.open("upload-v1", &sealed).as_deref(), Some(&br#"{"v":1}"#[..]));
+        assert_eq!(t.open("other-v1", &sealed), None, "another domain");
+        let other_key = Tickets::new(Some(vec![7; 32]), Duration::from_secs(300));
+        assert_eq!(other_key.open("upload-v1", &sealed), None, "another key");
+        for i in 0..sealed.len() {
+            let mut chars: Vec<char> = sealed.chars().collect();
+            chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+            let changed: String = chars.into_iter().collect();
+            assert_eq!(t.open("upload-v1", &changed), None, "changed at {i}");
+        }
+        // A ticket is not a sealed upload, nor the other way round.
+        let (ticket, _) = alice_ticket(&t);
+        assert_eq!(t.open("upload-v1", &ticket), None);
+        assert!(t.verify(&sealed, "avatars", t0()).is_err());
+        assert_eq!(t.open("upload-v1", "no-dot"), None);
+    }
+
+    #[test]
     fn round_trip() {
         let t = tickets();
         let (ticket, exp) = alice_ticket(&t);

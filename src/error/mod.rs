@@ -246,6 +246,39 @@ mod tests {
     }
 
     #[test]
+    fn oss_failures_name_the_oss_code_and_never_its_message() {
+        let service = |status, code: &str| OssCallError::Service {
+            status,
+            code: code.into(),
+            message: "internal detail".into(),
+            request_id: Some("oss-r-1".into()),
+        };
+        let cases = [
+            (service(404, "NoSuchUpload"), 404, "unknown_upload"),
+            (service(409, "FileAlreadyExists"), 409, "object_exists"),
+            (service(403, "AccessDenied"), 502, "oss_denied"),
+            (service(400, "InvalidPart"), 502, "oss_rejected_request"),
+            (service(503, "ServiceUnavailable"), 503, "oss_unavailable"),
+            (
+                OssCallError::Transport("timed out".into()),
+                503,
+                "oss_unavailable",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from(e.clone());
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{e:?}");
+            assert_eq!(api.oss_code.as_deref(), e.oss_code());
+            assert!(!api.message.contains("internal detail"));
+        }
+        let api = ApiError::from(service(403, "AccessDenied"));
+        let resp = api.render("id");
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+        let api = ApiError::from(OssCallError::Transport("x".into()));
+        assert_eq!(api.render("id").headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
     fn sts_trouble_says_when_to_come_back_in_whole_seconds() {
         let backing_off = |ms, e| ApiError::from(StsError::backing_off(Duration::from_millis(ms), e));
         let e = backing_off(1200, api(500, "InternalError"));
