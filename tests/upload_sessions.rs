@@ -751,3 +751,227 @@ auth = ["api_key"]
         url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
     }
 }
+
+// ---------------------------------------------------------------- Companion's S3 API (for @uppy/aws-s3)
+
+/// The requests @uppy/aws-s3 6.3.1's `CompanionS3` client makes (src/s3-client/CompanionS3.ts),
+/// byte for byte in shape, against `companionEndpoint = <ossvend>/v1/grants/{grant}/companion`.
+mod companion {
+    use super::*;
+
+    const MAX: usize = 4 * PART;
+
+    struct Env {
+        _sts: FakeSts,
+        oss: EmbeddedOss,
+        server: Server,
+    }
+
+    fn start() -> Env {
+        let sts = FakeSts::start();
+        let oss = EmbeddedOss::start(&sts, None);
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+
+[identity]
+source = "env"
+
+[sts]
+endpoint = "{sts}"
+role_arn = "{ROLE_ARN}"
+retry_base_delay = "10ms"
+
+[[grants]]
+name = "uppy"
+bucket = "{BUCKET}"
+region = "cn-hangzhou"
+endpoint = "{endpoint}"
+prefix = "uppy/"
+actions = ["oss:PutObject", "oss:ListParts", "oss:AbortMultipartUpload"]
+max_size_bytes = {MAX}
+multipart = true
+"#,
+            sts = sts.endpoint,
+            endpoint = oss.endpoint,
+        );
+        let server = Server::start(config);
+        Env {
+            _sts: sts,
+            oss,
+            server,
+        }
+    }
+
+    fn s3(env: &Env, path: &str) -> String {
+        env.server.url(&format!("/v1/grants/uppy/companion/s3{path}"))
+    }
+
+    async fn json(r: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// `createMultipartUpload` → `{uploadId, key}`.
+    async fn create(env: &Env) -> (String, String) {
+        let body = serde_json::json!({"filename": "clip.bin", "metadata": {"name": "clip.bin"}, "type": "application/octet-stream"});
+        let (status, v) = json(http().post(s3(env, "/multipart")).json(&body)).await;
+        assert_eq!(status, 200, "{v}");
+        (
+            v["uploadId"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn enc(s: &str) -> String {
+        url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+
+    /// `uploadPart`: GET the URL, PUT the bytes, read the ETag header (as Uppy does).
+    async fn upload_part(env: &Env, id: &str, key: &str, n: u32, data: Vec<u8>) -> String {
+        let path = format!("/multipart/{}/{n}?key={}", enc(id), enc(key));
+        let (status, v) = json(http().get(s3(env, &path))).await;
+        assert_eq!(status, 200, "{v}");
+        let r = http()
+            .put(v["url"].as_str().unwrap())
+            .body(data)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.headers()["etag"]
+            .to_str()
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    }
+
+    async fn complete(env: &Env, id: &str, key: &str, parts: &[(u32, String)]) -> (u16, Value) {
+        let body = serde_json::json!({"parts": parts.iter().map(|(n, e)| serde_json::json!({"PartNumber": n, "ETag": e})).collect::<Vec<_>>()});
+        let path = format!("/multipart/{}/complete?key={}", enc(id), enc(key));
+        json(http().post(s3(env, &path)).json(&body)).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uppy_shaped_requests_upload_single_and_multipart_files() {
+        let env = start();
+        // putObject: GET /s3/params, then a PostObject form with the fields, the file last.
+        let (status, p) = json(http().get(s3(
+            &env,
+            "/params?filename=a.txt&type=text%2Fplain&metadata%5Bname%5D=a.txt",
+        )))
+        .await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["method"], "POST");
+        let small = b"a small file through /s3/params".to_vec();
+        // buildPostPolicyForm: every field in order, then the file.
+        let boundary = "uppyformboundary7MA4YWxk";
+        let mut form = Vec::new();
+        for (k, v) in p["fields"].as_object().unwrap() {
+            let v = v.as_str().unwrap();
+            form.extend(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                    .bytes(),
+            );
+        }
+        form.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\n").bytes());
+        form.extend(&small);
+        form.extend(format!("\r\n--{boundary}--\r\n").bytes());
+        let r = http()
+            .post(p["url"].as_str().unwrap())
+            .header(
+                "Content-Type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        let key = p["fields"]["key"].as_str().unwrap();
+        assert!(key.starts_with("uppy/") && key.ends_with(".txt"), "{key}");
+        assert_eq!(env.oss.object(BUCKET, key).await, Some(small));
+
+        // Multipart: create, uploadPart x3, listParts, complete with Uppy's own list.
+        let (id, key) = create(&env).await;
+        assert!(key.starts_with("uppy/"), "{key}");
+        let body = pattern(50, 2 * PART + 77);
+        let mut parts = Vec::new();
+        for (i, chunk) in body.chunks(PART).enumerate() {
+            let n = i as u32 + 1;
+            parts.push((n, upload_part(&env, &id, &key, n, chunk.to_vec()).await));
+        }
+        let (status, listed) =
+            json(http().get(s3(&env, &format!("/multipart/{}?key={}", enc(&id), enc(&key))))).await;
+        assert_eq!(status, 200, "{listed}");
+        assert_eq!(listed.as_array().unwrap().len(), 3);
+        assert_eq!(listed[2]["PartNumber"], 3);
+        // Uppy's list is checked against ListParts: a list naming a wrong ETag is refused (and aborted).
+        let (id2, key2) = create(&env).await;
+        let e1 = upload_part(&env, &id2, &key2, 1, pattern(60, PART)).await;
+        let (status, v) = complete(&env, &id2, &key2, &[(1, format!("{e1}00"))]).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (422, Some("upload_parts_invalid")),
+            "{v}"
+        );
+        // Another key than the session's is refused.
+        let (status, _) = complete(&env, &id, "uppy/other.bin", &parts).await;
+        assert_eq!(status, 400);
+        let (status, v) = complete(&env, &id, &key, &parts).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["key"], key.as_str());
+        assert!(v["location"].as_str().unwrap().ends_with(&key), "{v}");
+        assert!(
+            env.oss.object(BUCKET, &key).await == Some(body),
+            "multipart bytes differ"
+        );
+        assert_eq!(env.oss.object(BUCKET, &key2).await, None);
+        println!(
+            "upload_sessions: Companion S3 API in @uppy/aws-s3 6.3.1's shapes: /s3/params form + 3-part multipart, bytes identical: OK"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uneven_or_oversized_parts_are_refused_without_a_declared_size() {
+        let env = start();
+        let (id, key) = create(&env).await;
+        // Part 2 bigger than part 1.
+        let parts = vec![
+            (1, upload_part(&env, &id, &key, 1, pattern(70, PART)).await),
+            (2, upload_part(&env, &id, &key, 2, pattern(71, PART + 1)).await),
+        ];
+        let (status, v) = complete(&env, &id, &key, &parts).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (422, Some("upload_parts_invalid")),
+            "{v}"
+        );
+        // Over max_size_bytes in uniform parts.
+        let (id, key) = create(&env).await;
+        let mut parts = Vec::new();
+        for n in 1..=5u32 {
+            parts.push((
+                n,
+                upload_part(&env, &id, &key, n, pattern(80 + n as usize, PART)).await,
+            ));
+        }
+        let (status, v) = complete(&env, &id, &key, &parts).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (413, Some("upload_too_large")),
+            "{v}"
+        );
+        assert!(env.oss.objects().await.is_empty());
+        let (status, v) =
+            json(http().delete(s3(&env, &format!("/multipart/{}?key={}", enc(&id), enc(&key))))).await;
+        assert_eq!(
+            (status, v["oss_code"].as_str()),
+            (404, Some("NoSuchUpload")),
+            "aborted already: {v}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 
 mod admin;
 mod authorized;
+mod companion;
 mod credentials;
 mod health;
 mod middleware;
@@ -44,10 +45,18 @@ fn api(metrics_here: bool) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(upload::presign_get, upload::presign_post))
         .routes(routes!(upload::legacy_presign))
         .routes(routes!(credentials::explain))
-        .routes(routes!(uploads::open))
-        .routes(routes!(uploads::parts))
-        .routes(routes!(uploads::complete))
-        .routes(routes!(uploads::abort))
+        .routes(routes!(uploads::session_open))
+        .routes(routes!(uploads::session_parts))
+        .routes(routes!(uploads::session_complete))
+        .routes(routes!(uploads::session_abort))
+        .routes(routes!(companion::companion_params))
+        .routes(routes!(companion::companion_create))
+        .routes(routes!(companion::companion_sign_part))
+        .routes(routes!(
+            companion::companion_list_parts,
+            companion::companion_abort
+        ))
+        .routes(routes!(companion::companion_complete))
         .routes(routes!(tickets::mint))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz));

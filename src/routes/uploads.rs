@@ -72,7 +72,7 @@ fn opened_body<'a>(handle: &'a str, s: &'a Session) -> OpenedBody<'a> {
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
-pub async fn open(
+pub async fn session_open(
     State(state): State<Arc<AppState>>,
     WithBody(Json(req), caller): WithBody<Json<OpenRequest>>,
 ) -> Result<Response, ApiError> {
@@ -80,18 +80,9 @@ pub async fn open(
     let grant = &caller.grant;
     // Refuse what the server can check before an STS or OSS call.
     let target = caller.target(&state.auth.placeholders);
-    session::plan(grant, &target, &req, now)?;
+    let planned = session::plan(grant, &target, &req, now)?;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let opened = session::open(
-        grant,
-        &target,
-        &material,
-        &state.oss,
-        &state.auth.tickets,
-        &req,
-        now,
-    )
-    .await?;
+    let opened = session::open(grant, &material, &state.oss, &state.auth.tickets, planned).await?;
     caller.audit(
         &state,
         Issued {
@@ -158,7 +149,7 @@ pub(crate) struct PartsBody<'a> {
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
-pub async fn parts(
+pub async fn session_parts(
     State(state): State<Arc<AppState>>,
     Path((_, upload)): Path<(String, String)>,
     Query(q): Query<PartsQuery>,
@@ -227,7 +218,7 @@ pub(crate) struct CompletedBody<'a> {
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
-pub async fn complete(
+pub async fn session_complete(
     State(state): State<Arc<AppState>>,
     Path((_, upload)): Path<(String, String)>,
     caller: Authorized,
@@ -235,7 +226,7 @@ pub async fn complete(
     let grant = &caller.grant;
     let s = session::unseal(&state.auth.tickets, &upload, grant, &caller.principal, Utc::now())?;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let done = session::complete(grant, &material, &state.oss, &s).await?;
+    let done = session::complete(grant, &material, &state.oss, &s, None).await?;
     let body = CompletedBody {
         key: &s.key,
         size: s.size,
@@ -261,7 +252,7 @@ pub async fn complete(
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
 )]
-pub async fn abort(
+pub async fn session_abort(
     State(state): State<Arc<AppState>>,
     Path((_, upload)): Path<(String, String)>,
     caller: Authorized,

@@ -73,7 +73,16 @@ pub struct Session {
 }
 
 impl Session {
+    /// Whether the client declared the size (the native API); Companion's S3 API
+    /// does not (`size` 0: the parts must be uniform and fit `max_size_bytes`).
+    pub fn declared(&self) -> bool {
+        self.size > 0
+    }
+
     pub fn part_count(&self) -> u64 {
+        if !self.declared() {
+            return MAX_PARTS;
+        }
         self.size.div_ceil(self.part_size.max(1))
     }
 
@@ -147,9 +156,6 @@ pub fn plan(
     req: &OpenRequest,
     now: DateTime<Utc>,
 ) -> Result<Session, ApiError> {
-    multipart_enabled(grant)?;
-    let ct = req.content_type.as_deref();
-    upload::check_content_type(grant, ct, true)?;
     if req.size == 0 {
         return Err(invalid("size must be at least 1 byte"));
     }
@@ -157,7 +163,40 @@ pub fn plan(
         return Err(too_large(req.size, grant.upload.max_size_bytes, "declared"));
     }
     let part_size = part_size_for(req.size, req.part_size)?;
-    let key = upload::new_key(grant, target, req.filename.as_deref(), ct, now)?;
+    let ct = req.content_type.as_deref();
+    new_session(
+        grant,
+        target,
+        req.filename.as_deref(),
+        ct,
+        (req.size, part_size),
+        now,
+    )
+}
+
+/// A session without a declared size (Companion's `POST /s3/multipart` sends none):
+/// completion then checks that the parts are uniform and fit `max_size_bytes`.
+pub fn plan_undeclared(
+    grant: &Grant,
+    target: &Target<'_>,
+    filename: Option<&str>,
+    content_type: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Session, ApiError> {
+    new_session(grant, target, filename, content_type, (0, 0), now)
+}
+
+fn new_session(
+    grant: &Grant,
+    target: &Target<'_>,
+    filename: Option<&str>,
+    ct: Option<&str>,
+    (size, part_size): (u64, u64),
+    now: DateTime<Utc>,
+) -> Result<Session, ApiError> {
+    multipart_enabled(grant)?;
+    upload::check_content_type(grant, ct, true)?;
+    let key = upload::new_key(grant, target, filename, ct, now)?;
     let ttl = TimeDelta::from_std(SESSION_TTL).unwrap_or(TimeDelta::MAX);
     Ok(Session {
         v: 1,
@@ -165,7 +204,7 @@ pub fn plan(
         sub: subject_of(target.principal),
         key,
         upload_id: String::new(),
-        size: req.size,
+        size,
         part_size,
         content_type: ct.unwrap_or("application/octet-stream").to_string(),
         exp: (now + ttl).timestamp(),
@@ -194,17 +233,21 @@ pub fn object_ref<'a>(grant: &'a Grant, key: &'a str) -> ObjectRef<'a> {
     }
 }
 
-/// Plans, then InitiateMultipartUpload (with `x-oss-forbid-overwrite: true`), then seals.
+/// The object's URL (`location` in Companion's answers).
+pub fn object_url(grant: &Grant, key: &str) -> Result<String, ApiError> {
+    let endpoint = upload::endpoint(&grant.endpoint, grant.upload.path_style);
+    let at = endpoint.locate(&grant.bucket, key).map_err(upload::sign_error)?;
+    Ok(format!("{}{}", at.origin, at.path))
+}
+
+/// InitiateMultipartUpload for a planned session (with `x-oss-forbid-overwrite: true`), then seals it.
 pub async fn open(
     grant: &Grant,
-    target: &Target<'_>,
     material: &SigningMaterial,
     oss: &OssClient,
     tickets: &Tickets,
-    req: &OpenRequest,
-    now: DateTime<Utc>,
+    mut session: Session,
 ) -> Result<Opened, ApiError> {
-    let mut session = plan(grant, target, req, now)?;
     let object = object_ref(grant, &session.key);
     session.upload_id = oss
         .initiate(&material.creds(), &object, &session.content_type, true)

@@ -138,11 +138,9 @@ pub struct Violation {
 /// last exactly `part_size`, the last the rest, total = declared size ≤ `max`.
 /// `Ok` is the (number, ETag) list to complete with.
 pub fn check_parts(session: &Session, parts: &[Part], max: u64) -> Result<Vec<(u32, String)>, Violation> {
-    let violation = |(status, code): (StatusCode, &'static str), message: String| Violation {
-        status,
-        code,
-        message,
-    };
+    if !session.declared() {
+        return check_uniform_parts(parts, max);
+    }
     let total: u64 = parts.iter().map(|p| p.size).sum();
     if total > max {
         return Err(violation(
@@ -185,6 +183,47 @@ pub fn check_parts(session: &Session, parts: &[Part], max: u64) -> Result<Vec<(u
     Ok(parts.iter().map(|p| (p.number, p.etag.clone())).collect())
 }
 
+/// The parts of a session without a declared size: numbers exactly 1..=n (n ≥ 1),
+/// every part but the last the size of part 1, the last no bigger, total ≤ `max`.
+fn check_uniform_parts(parts: &[Part], max: u64) -> Result<Vec<(u32, String)>, Violation> {
+    let total: u64 = parts.iter().map(|p| p.size).sum();
+    if total > max {
+        return Err(violation(
+            (StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large"),
+            format!("the parts hold {total} bytes, over this grant's max_size_bytes ({max})"),
+        ));
+    }
+    let wrong = |m: String| violation((StatusCode::UNPROCESSABLE_ENTITY, "upload_parts_invalid"), m);
+    let Some(first) = parts.first() else {
+        return Err(wrong("no part is uploaded".into()));
+    };
+    for (i, p) in parts.iter().enumerate() {
+        let n = i + 1;
+        if p.number as usize != n {
+            return Err(wrong(format!(
+                "part {n} is missing (found part {} instead)",
+                p.number
+            )));
+        }
+        let last = n == parts.len();
+        if (!last && p.size != first.size) || (last && p.size > first.size) {
+            return Err(wrong(format!(
+                "part {n} is {} bytes; parts must all be {} bytes (the last may be smaller)",
+                p.size, first.size
+            )));
+        }
+    }
+    Ok(parts.iter().map(|p| (p.number, p.etag.clone())).collect())
+}
+
+fn violation((status, code): (StatusCode, &'static str), message: String) -> Violation {
+    Violation {
+        status,
+        code,
+        message,
+    }
+}
+
 /// What completion did.
 #[derive(Debug)]
 pub struct Completed {
@@ -192,18 +231,42 @@ pub struct Completed {
     pub parts: usize,
 }
 
-/// ListParts, the check, then CompleteMultipartUpload (`x-oss-forbid-overwrite: true`);
-/// on a violation the upload is aborted and the violation answered.
+/// A client's own part list (Companion's complete) must be exactly what OSS lists.
+fn agrees(
+    chosen: Vec<(u32, String)>,
+    claimed: Option<&[(u32, String)]>,
+) -> Result<Vec<(u32, String)>, Violation> {
+    let norm = |e: &str| e.trim().trim_matches('"').to_ascii_uppercase();
+    let same = |c: &[(u32, String)]| {
+        c.len() == chosen.len()
+            && c.iter()
+                .zip(&chosen)
+                .all(|(a, b)| a.0 == b.0 && norm(&a.1) == norm(&b.1))
+    };
+    match claimed {
+        Some(c) if !same(c) => Err(violation(
+            (StatusCode::UNPROCESSABLE_ENTITY, "upload_parts_invalid"),
+            "the client's part list is not the parts OSS lists for this upload".into(),
+        )),
+        _ => Ok(chosen),
+    }
+}
+
+/// ListParts, the check (and, when the client sent one, its part list against
+/// ListParts), then CompleteMultipartUpload (`x-oss-forbid-overwrite: true`); on a
+/// violation the upload is aborted and the violation answered.
 pub async fn complete(
     grant: &Grant,
     material: &SigningMaterial,
     oss: &OssClient,
     session: &Session,
+    claimed: Option<&[(u32, String)]>,
 ) -> Result<Completed, ApiError> {
     let creds = material.creds();
     let object = object_ref(grant, &session.key);
     let parts = oss.list_parts(&creds, &object, &session.upload_id).await?;
-    let chosen = match check_parts(session, &parts, grant.upload.max_size_bytes) {
+    let checked = check_parts(session, &parts, grant.upload.max_size_bytes).and_then(|c| agrees(c, claimed));
+    let chosen = match checked {
         Ok(chosen) => chosen,
         Err(v) => {
             // Nothing of a refused upload stays; an abort that fails is OSS's lifecycle rule's to clean.
@@ -224,6 +287,19 @@ pub async fn complete(
         etag,
         parts: chosen.len(),
     })
+}
+
+/// ListParts, every page.
+pub async fn list(
+    grant: &Grant,
+    material: &SigningMaterial,
+    oss: &OssClient,
+    session: &Session,
+) -> Result<Vec<Part>, ApiError> {
+    let object = object_ref(grant, &session.key);
+    Ok(oss
+        .list_parts(&material.creds(), &object, &session.upload_id)
+        .await?)
 }
 
 /// AbortMultipartUpload.
