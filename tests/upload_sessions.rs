@@ -975,3 +975,123 @@ multipart = true
         );
     }
 }
+
+// ---------------------------------------------------------------- the real Uppy in Chromium
+
+/// `tests/browser/uppy.js`: @uppy/core + @uppy/aws-s3 6.3.1 (pinned in tests/browser/package.json,
+/// bundled with esbuild) in Debian's Chromium, with `companionEndpoint` pointing at `ossvend local`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_uppy_in_chromium_uploads_a_small_file_and_a_12_mib_multipart_file() {
+    let browser_dir = repo_root().join("tests/browser");
+    let mut missing = Vec::new();
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        missing.push("/usr/bin/chromium");
+    }
+    if !browser_dir
+        .join("node_modules/@uppy/aws-s3/package.json")
+        .exists()
+        || !browser_dir.join("node_modules/esbuild/package.json").exists()
+    {
+        missing.push("tests/browser/node_modules with @uppy/core, @uppy/aws-s3, esbuild (scripts/test-deps)");
+    }
+    assert!(missing.is_empty(), "missing: {missing:?}");
+    let config = r#"
+[server]
+listen = "127.0.0.1:8000"
+
+[identity]
+source = "env"
+
+[sts]
+endpoint = "http://127.0.0.1:8000/_local/sts"
+role_arn = "acs:ram::1000000000000001:role/ossvend-local"
+session_name = "ossvend-local"
+
+[[grants]]
+name = "uppy"
+bucket = "local-bucket"
+region = "cn-hangzhou"
+endpoint = "http://127.0.0.1:8001"
+prefix = "uppy/"
+actions = ["oss:PutObject", "oss:ListParts", "oss:AbortMultipartUpload"]
+max_size_bytes = 20971520
+multipart = true
+"#;
+    let ls = LocalServer::start(Some(config), &[]);
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(browser_dir.join("uppy.js"))
+        .args(["--ossvend", ls.server.base.as_str(), "--grant", "uppy"])
+        .current_dir(&browser_dir);
+    let r = tokio::task::spawn_blocking(move || run_client(cmd, Duration::from_secs(180)))
+        .await
+        .unwrap();
+    let context = || format!("{}\nlogs:\n{}", r.output, ls.server.logs.text());
+    assert!(r.succeeded(), "{}", context());
+    let line = r
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("UPPY "))
+        .unwrap_or_else(|| panic!("{}", context()));
+    let result: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(
+        result["failed"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        context()
+    );
+    for (name, seed, size, ext) in [("small.txt", 1, 1000, ".txt"), ("big.bin", 2, 12 << 20, ".bin")] {
+        let file = result["successful"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not uploaded: {}", context()));
+        let key = file["key"].as_str().unwrap();
+        assert!(key.starts_with("uppy/") && key.ends_with(ext), "{key}");
+        let got = http()
+            .get(ls.server.url(&format!("/_local/objects/{BUCKET}/{key}")))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(
+            got.as_ref() == pattern(seed, size).as_slice(),
+            "{name}: {} bytes at the sink, not the file's",
+            got.len()
+        );
+    }
+    // The 12 MiB file went through the session routes: create, 3 part URLs, complete.
+    let logs = ls.server.logs.text();
+    assert!(logs.contains("/companion/s3/multipart"), "{logs}");
+    println!(
+        "upload_sessions: @uppy/core + @uppy/aws-s3 6.3.1 in Chromium: 1000 B via /s3/params + 12 MiB multipart, bytes identical at the sink: OK"
+    );
+}
+
+/// A browser aborts a session with DELETE: the CORS preflight must allow it (it allowed GET and POST only).
+#[tokio::test]
+async fn cors_preflight_allows_delete_for_aborts() {
+    let sts = FakeSts::start();
+    let server = Server::start(format!(
+        "{}\n[cors]\nallowed_origins = [\"http://app.test\"]\n",
+        config(&sts.endpoint)
+    ));
+    let r = http()
+        .request(
+            reqwest::Method::OPTIONS,
+            server.url("/v1/grants/browser-upload/uploads/handle"),
+        )
+        .header("Origin", "http://app.test")
+        .header("Access-Control-Request-Method", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    let methods = r
+        .headers()
+        .get("access-control-allow-methods")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(methods.contains("DELETE"), "{} {methods:?}", r.status());
+}

@@ -151,7 +151,8 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
     });
     let mut layer = CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST])
+        // DELETE: a browser aborts an upload session (`DELETE …/uploads/{upload}`, Uppy's abort).
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
