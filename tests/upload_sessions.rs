@@ -1095,3 +1095,64 @@ async fn cors_preflight_allows_delete_for_aborts() {
         .unwrap_or_default();
     assert!(methods.contains("DELETE"), "{} {methods:?}", r.status());
 }
+
+/// The demo page's "Large file" method (`tests/browser/large.js`) in Chromium against `ossvend local`
+/// alone (its embedded config's `large-files` grant): 25 MiB in 5 MiB parts through the native API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_large_file_method_uploads_25_mib_in_chromium() {
+    let browser_dir = repo_root().join("tests/browser");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && browser_dir
+                .join("node_modules/playwright-core/package.json")
+                .exists(),
+        "missing /usr/bin/chromium or tests/browser/node_modules (scripts/test-deps)"
+    );
+    let ls = LocalServer::start(None, &[]);
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(browser_dir.join("large.js"))
+        .args(["--ossvend", ls.server.base.as_str()])
+        .current_dir(&browser_dir);
+    let r = tokio::task::spawn_blocking(move || run_client(cmd, Duration::from_secs(240)))
+        .await
+        .unwrap();
+    let context = || format!("{}\nlogs:\n{}", r.output, ls.server.logs.text());
+    assert!(r.succeeded(), "{}", context());
+    let line = r
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("LARGE "))
+        .unwrap_or_else(|| panic!("{}", context()));
+    let runs: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(runs[0]["status"], "ok", "{}", context());
+    assert_eq!(
+        runs[0]["steps"],
+        8,
+        "open, one parts request, 5 PUTs, complete: {}",
+        context()
+    );
+    let key = runs[0]["key"].as_str().unwrap();
+    assert!(key.starts_with("large/") && key.ends_with(".bin"), "{key}");
+    let got = http()
+        .get(ls.server.url(&format!("/_local/objects/{BUCKET}/{key}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        got.as_ref() == pattern(3, 25 << 20).as_slice(),
+        "{} bytes at the sink",
+        got.len()
+    );
+    assert_eq!(
+        (runs[1]["status"].as_str(), runs[1]["code"].as_str()),
+        (Some("error"), Some("multipart_not_enabled")),
+        "{}",
+        context()
+    );
+    println!(
+        "upload_sessions: demo page 'Large file' in Chromium: 25 MiB in 5 parts, bytes identical; refused on a grant without sessions: OK"
+    );
+}

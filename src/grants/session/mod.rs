@@ -156,6 +156,7 @@ pub fn plan(
     req: &OpenRequest,
     now: DateTime<Utc>,
 ) -> Result<Session, ApiError> {
+    multipart_enabled(grant)?;
     if req.size == 0 {
         return Err(invalid("size must be at least 1 byte"));
     }
