@@ -200,7 +200,14 @@ pub async fn companion_sign_part(
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
     let s = session_of(&state, &caller, &upload_id, q.key.as_deref())?;
+    // One part number: a range would sign URLs Uppy never asked for.
     let numbers = session::parse_numbers(&part_number, s.part_count())?;
+    if numbers.len() != 1 {
+        return Err(ApiError::bad_request(
+            "invalid_upload_request",
+            "one part number per request",
+        ));
+    }
     let material = state
         .issuer
         .signing_material(&caller.grant, &caller.resolved)
