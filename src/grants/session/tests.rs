@@ -120,3 +120,77 @@ fn completion_needs_exactly_the_declared_parts() {
     let v = refused(&[(1, 5 * mib), (2, 5 * mib), (3, 2 * mib + 5)], 12 * mib);
     assert_eq!((v.status.as_u16(), v.code), (413, "upload_too_large"));
 }
+
+#[test]
+fn handles_bind_grant_caller_and_expiry() {
+    use std::collections::BTreeMap;
+
+    use crate::auth::SubjectNamespace;
+    use crate::config::AuthMethod;
+    use crate::policy::template::Placeholders;
+
+    let grant = crate::grants::tests::grant(
+        "multipart = true\nactions = [\"oss:PutObject\", \"oss:ListParts\", \"oss:AbortMultipartUpload\"]",
+    );
+    let other = crate::grants::tests::grant("");
+    let caller = |subject: &str| Principal {
+        subject: Some(subject.into()),
+        claims: BTreeMap::new(),
+        method: AuthMethod::ApiKey,
+        namespace: Some(SubjectNamespace::ApiKey),
+    };
+    let (alice, bob) = (caller("alice"), caller("bob"));
+    let placeholders = Placeholders::default();
+    let target = Target {
+        prefix: "uploads/",
+        principal: &alice,
+        placeholders: &placeholders,
+    };
+    let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let req = OpenRequest {
+        filename: Some("a.bin".into()),
+        content_type: None,
+        size: 1000,
+        part_size: None,
+    };
+    let mut s = plan(&grant, &target, &req, now).unwrap();
+    assert_eq!((s.sub.as_str(), s.part_count()), ("api_key.alice", 1));
+    s.upload_id = "U".into();
+    let tickets = Tickets::new(Some(vec![9; 32]), std::time::Duration::from_secs(60));
+    let handle = tickets.seal(SEAL_DOMAIN, &serde_json::to_vec(&s).unwrap());
+    assert_eq!(unseal(&tickets, &handle, &grant, &alice, now).unwrap(), s);
+    let code = |r: Result<Session, ApiError>| r.unwrap_err().code;
+    assert_eq!(
+        code(unseal(&tickets, &handle, &grant, &bob, now)),
+        "upload_not_yours"
+    );
+    assert_eq!(
+        code(unseal(&tickets, &handle, &grant, &Principal::anonymous(), now)),
+        "upload_not_yours"
+    );
+    let later = now + TimeDelta::from_std(SESSION_TTL).unwrap();
+    assert_eq!(
+        code(unseal(&tickets, &handle, &grant, &alice, later)),
+        "unknown_upload"
+    );
+    let other_key = Tickets::new(Some(vec![8; 32]), std::time::Duration::from_secs(60));
+    assert_eq!(
+        code(unseal(&other_key, &handle, &grant, &alice, now)),
+        "unknown_upload"
+    );
+    // The same grant name without multipart refuses first; another grant's handle is unknown.
+    assert_eq!(
+        code(unseal(&tickets, &handle, &other, &alice, now)),
+        "multipart_not_enabled"
+    );
+    let mut renamed = grant.clone();
+    renamed.name = "h".into();
+    assert_eq!(
+        code(unseal(&tickets, &handle, &renamed, &alice, now)),
+        "unknown_upload"
+    );
+    assert_eq!(
+        code(plan(&other, &target, &req, now).map(|_| s.clone())),
+        "multipart_not_enabled"
+    );
+}
