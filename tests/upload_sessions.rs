@@ -1152,7 +1152,38 @@ async fn demo_page_large_file_method_uploads_25_mib_in_chromium() {
         "{}",
         context()
     );
+    let refusals: Value = serde_json::from_str(
+        r.output
+            .lines()
+            .find_map(|l| l.strip_prefix("REFUSALS "))
+            .unwrap_or_else(|| panic!("{}", context())),
+    )
+    .unwrap();
+    let expected = serde_json::json!({
+        "otherNumber": "403 SignatureDoesNotMatch",
+        "otherUpload": "403 SignatureDoesNotMatch",
+        "otherKey": "403 SignatureDoesNotMatch",
+        "wrongMd5": "400 InvalidDigest",
+        "parts": ["200 OK", "200 OK", "200 OK"],
+        "complete": "422 upload_parts_invalid",
+        "abortAfter": "404 NoSuchUpload",
+    });
+    assert_eq!(refusals, expected, "{}", context());
+    let listing = http()
+        .get(ls.server.url("/_local/objects?format=json"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        listing["objects"].as_array().map(Vec::len),
+        Some(1),
+        "only the 25 MiB file is stored: {listing}"
+    );
     println!(
-        "upload_sessions: demo page 'Large file' in Chromium: 25 MiB in 5 parts, bytes identical; refused on a grant without sessions: OK"
+        "upload_sessions: demo page 'Large file' in Chromium: 25 MiB in 5 parts, bytes identical; from the page: \
+         3 rebound part URLs + a wrong md5 refused by the sink, a wrong part size refused at completion and aborted: OK"
     );
 }
