@@ -21,6 +21,7 @@ pub mod grants;
 pub mod identity;
 #[cfg(feature = "local")]
 pub mod local;
+pub mod oss;
 pub mod policy;
 pub mod prom;
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct AppState {
     pub callbacks: crate::callbacks::Verifier,
     /// Where verified uploads are delivered; `None` without `[webhooks]` url and secret.
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// ossvend's own OSS calls (upload sessions).
+    pub oss: crate::oss::OssClient,
 }
 
 /// The `[identity]` section's fingerprint (its secrets show redacted): what
@@ -148,7 +150,12 @@ impl AppState {
                     .or_else(|| t.parse::<std::net::IpAddr>().ok().map(Into::into))
             })
             .collect();
+        let oss = match previous {
+            Some(p) => p.oss.clone(),
+            None => crate::oss::OssClient::new(crate::oss::OssSettings::default())?,
+        };
         Ok(Arc::new(AppState {
+            oss,
             grants,
             issuer,
             auth,

@@ -1,4 +1,4 @@
-// ossvend upload demo: three ways to get a file from the browser into OSS.
+// ossvend upload demo: four ways to get a file from the browser into OSS.
 // Plain browser JavaScript, no dependencies, no build step.
 'use strict';
 
@@ -127,6 +127,37 @@ async function ossvendGet(path, params = {}) {
   return body;
 }
 
+// POST/DELETE to an ossvend route with an optional JSON body; errors as in ossvendGet.
+async function ossvendSend(method, path, json) {
+  const line = step(`${method} ${path.replace(/uploads\/[^/]+/, 'uploads/…')}`);
+  let resp;
+  try {
+    resp = await fetch(path, {
+      method,
+      cache: 'no-store',
+      headers: json ? { Accept: 'application/json', 'Content-Type': 'application/json' } : { Accept: 'application/json' },
+      body: json ? JSON.stringify(json) : undefined,
+    });
+  } catch (e) {
+    done(line, 'no answer', true);
+    throw new UploadError({ source: 'browser', code: 'network_error', message: `ossvend is unreachable: ${e.message}` });
+  }
+  const text = await resp.text();
+  let body = null;
+  try { body = JSON.parse(text); } catch { /* 204: no body */ }
+  done(line, resp.status, !resp.ok);
+  if (!resp.ok) {
+    throw new UploadError({
+      source: 'ossvend',
+      status: resp.status,
+      code: body?.code || `http_${resp.status}`,
+      message: body?.message || text.slice(0, 200) || resp.statusText,
+      requestId: body?.request_id || resp.headers.get('X-Request-Id') || '',
+    });
+  }
+  return body;
+}
+
 // XMLHttpRequest rather than fetch: fetch has no upload progress events.
 function xhrSend({ method, url, headers = {}, body }) {
   return new Promise((resolve, reject) => {
@@ -226,10 +257,37 @@ async function uploadWithPresign(grant, file) {
   return p.key;
 }
 
+// 4. Upload session (large files): ossvend opens a multipart upload, signs each part's URL, checks
+// the parts and completes. The page holds no credential and never reads an ETag.
+async function uploadWithSession(grant, file) {
+  const PART = 5 * 1024 * 1024;
+  const s = await ossvendSend('POST', grantPath(grant, 'uploads'), {
+    filename: file.name, content_type: file.type || 'application/octet-stream', size: file.size, part_size: PART,
+  });
+  const base = `${grantPath(grant, 'uploads')}/${encodeURIComponent(s.upload)}`;
+  try {
+    for (let first = 1; first <= s.part_count; first += 1000) {
+      const last = Math.min(first + 999, s.part_count);
+      const { parts } = await ossvendGet(`${base}/parts`, { numbers: `${first}-${last}` });
+      for (const p of parts) {
+        const body = file.slice((p.number - 1) * s.part_size, p.number * s.part_size, '');
+        await sendToOss({ method: 'PUT', url: p.url, headers: p.headers, body });
+        showProgress(Math.min(p.number * s.part_size, file.size), file.size);
+      }
+    }
+    const result = await ossvendSend('POST', `${base}/complete`);
+    return result.key;
+  } catch (e) {
+    await ossvendSend('DELETE', base).catch(() => {});
+    throw e;
+  }
+}
+
 const METHODS = {
   sts: { label: 'STS credentials', run: uploadWithSts },
   post: { label: 'a PostObject form', run: uploadWithPost },
   presign: { label: 'a presigned PUT', run: uploadWithPresign },
+  session: { label: 'an upload session (large file)', run: uploadWithSession },
 };
 
 // ---------------------------------------------------------------- UI

@@ -120,6 +120,34 @@ impl Tickets {
         mac
     }
 
+    /// `base64url(payload).base64url(HMAC(key, "ossvend-<domain>." + base64url(payload)))`:
+    /// another value sealed with the ticket key (upload-session handles), its own
+    /// domain keeping it from ever verifying as a ticket or vice versa.
+    pub fn seal(&self, domain: &str, payload: &[u8]) -> String {
+        let body = URL_SAFE_NO_PAD.encode(payload);
+        let tag = URL_SAFE_NO_PAD.encode(self.domain_mac(domain, &body));
+        format!("{body}.{tag}")
+    }
+
+    /// The payload of a [`Tickets::seal`]ed value, if its MAC verifies (constant time).
+    pub fn open(&self, domain: &str, sealed: &str) -> Option<Vec<u8>> {
+        let (body, tag) = sealed.split_once('.')?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose_secret()).ok()?;
+        mac.update(format!("ossvend-{domain}.").as_bytes());
+        mac.update(body.as_bytes());
+        mac.verify_slice(&tag).ok()?;
+        URL_SAFE_NO_PAD.decode(body).ok()
+    }
+
+    fn domain_mac(&self, domain: &str, body: &str) -> Vec<u8> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.key.expose_secret()).expect("HMAC takes a key of any length");
+        mac.update(format!("ossvend-{domain}.").as_bytes());
+        mac.update(body.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
     /// A ticket for `subject` (of `namespace`) on `grant`, and when it expires
     /// (`now + ttl`, whole seconds).
     pub fn mint(
@@ -228,6 +256,27 @@ mod tests {
             &claims(),
             t0(),
         )
+    }
+
+    #[test]
+    fn sealed_values_open_only_in_their_domain_and_untampered() {
+        let t = tickets();
+        let sealed = t.seal("upload-v1", br#"{"v":1}"#);
+        assert_eq!(t.open("upload-v1", &sealed).as_deref(), Some(&br#"{"v":1}"#[..]));
+        assert_eq!(t.open("other-v1", &sealed), None, "another domain");
+        let other_key = Tickets::new(Some(vec![7; 32]), Duration::from_secs(300));
+        assert_eq!(other_key.open("upload-v1", &sealed), None, "another key");
+        for i in 0..sealed.len() {
+            let mut chars: Vec<char> = sealed.chars().collect();
+            chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+            let changed: String = chars.into_iter().collect();
+            assert_eq!(t.open("upload-v1", &changed), None, "changed at {i}");
+        }
+        // A ticket is not a sealed upload, nor the other way round.
+        let (ticket, _) = alice_ticket(&t);
+        assert_eq!(t.open("upload-v1", &ticket), None);
+        assert!(t.verify(&sealed, "avatars", t0()).is_err());
+        assert_eq!(t.open("upload-v1", "no-dot"), None);
     }
 
     #[test]

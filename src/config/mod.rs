@@ -733,6 +733,11 @@ pub struct GrantConfig {
     /// template is a config error until one is chosen.
     #[serde(default)]
     pub subjects: Option<SubjectsMode>,
+    /// Upload sessions (multipart uploads run by the server, `/v1/grants/{grant}/uploads`).
+    /// Off by default; the grant's policy must allow oss:PutObject, oss:ListParts and
+    /// oss:AbortMultipartUpload.
+    #[serde(default)]
+    pub multipart: bool,
     /// Overrides `[rate_limit]` for this grant.
     #[serde(default)]
     pub per_subject_per_minute: Option<u32>,

@@ -416,9 +416,48 @@ fn check_grants(config: &Config, p: &mut Problems) {
         }
         check_grant_auth(i, g, config, p);
         check_grant_upload(i, g, config, p);
-        if let Err(e) = render_grant_policy(g) {
-            p.add(at("policy"), e.to_string());
+        match render_grant_policy(g) {
+            Err(e) => p.add(at("policy"), e.to_string()),
+            Ok(policy) if g.multipart => check_multipart_actions(&at("multipart"), &policy, p),
+            Ok(_) => {}
         }
+    }
+}
+
+/// The OSS actions an upload session needs from the grant's credential: the
+/// server itself initiates, lists, completes and aborts with it.
+pub const MULTIPART_ACTIONS: [&str; 3] = ["oss:PutObject", "oss:ListParts", "oss:AbortMultipartUpload"];
+
+/// `multipart = true` needs [`MULTIPART_ACTIONS`] allowed by the grant's policy
+/// (an `Allow` statement naming each, `oss:*` or `*`).
+fn check_multipart_actions(path: &str, policy: &str, p: &mut Problems) {
+    let doc: serde_json::Value = serde_json::from_str(policy).unwrap_or_default();
+    let statements = match &doc["Statement"] {
+        serde_json::Value::Array(a) => a.clone(),
+        other => vec![other.clone()],
+    };
+    let allowed: Vec<String> = statements
+        .iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .flat_map(|s| match &s["Action"] {
+            serde_json::Value::String(a) => vec![a.clone()],
+            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let missing: Vec<&str> = MULTIPART_ACTIONS
+        .into_iter()
+        .filter(|need| !allowed.iter().any(|a| a == need || a == "oss:*" || a == "*"))
+        .collect();
+    if !missing.is_empty() {
+        p.add(
+            path,
+            format!(
+                "upload sessions need the grant's policy to allow {}; missing: {} (add them to actions)",
+                MULTIPART_ACTIONS.join(", "),
+                missing.join(", ")
+            ),
+        );
     }
 }
 
@@ -1049,6 +1088,32 @@ prefix = "uploads/"
             .filter(|p| p.path.starts_with("server."))
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn upload_sessions_need_the_multipart_actions_in_the_policy() {
+        let problems = |extra: &str| -> Vec<String> {
+            let env = BTreeMap::new();
+            let config = super::super::parse(&format!("{MINIMAL}{extra}"), &env).unwrap();
+            validate(&config, &env)
+                .into_iter()
+                .filter(|p| p.path == "grants[0].multipart")
+                .map(|p| p.to_string())
+                .collect()
+        };
+        assert!(problems("").is_empty(), "off by default");
+        let missing = problems("multipart = true\nactions = [\"oss:PutObject\"]\n");
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(
+            missing[0].contains("missing: oss:ListParts, oss:AbortMultipartUpload"),
+            "{missing:?}"
+        );
+        let all = "multipart = true\nactions = [\"oss:PutObject\", \"oss:ListParts\", \"oss:AbortMultipartUpload\"]\n";
+        assert!(problems(all).is_empty(), "{:?}", problems(all));
+        let explicit = r#"multipart = true
+policy = '{"Version":"1","Statement":[{"Effect":"Allow","Action":"oss:*","Resource":"acs:oss:*:*:examplebucket/uploads/*"}]}'
+"#;
+        assert!(problems(explicit).is_empty(), "{:?}", problems(explicit));
     }
 
     #[test]

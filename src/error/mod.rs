@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::oss::OssCallError;
 use crate::sts::{StsError, StsErrorKind};
 
 #[derive(Debug, Clone)]
@@ -18,6 +19,9 @@ pub struct ApiError {
     pub message: String,
     pub sts_code: Option<String>,
     pub sts_request_id: Option<String>,
+    /// OSS's own error code and request id, when an OSS call of the server failed.
+    pub oss_code: Option<String>,
+    pub oss_request_id: Option<String>,
     /// Challenge for 401 responses.
     pub www_authenticate: Option<String>,
     /// Seconds, for 429 responses and 503s caused by STS trouble.
@@ -32,6 +36,8 @@ impl ApiError {
             message: message.into(),
             sts_code: None,
             sts_request_id: None,
+            oss_code: None,
+            oss_request_id: None,
             www_authenticate: None,
             retry_after: None,
         }
@@ -92,9 +98,57 @@ impl From<StsError> for ApiError {
             message: message.into(),
             sts_code: e.sts_code().map(str::to_owned),
             sts_request_id: e.sts_request_id().map(str::to_owned),
+            oss_code: None,
+            oss_request_id: None,
             www_authenticate: None,
             retry_after,
         }
+    }
+}
+
+/// A failed OSS call of the server (upload sessions): OSS's code and request id
+/// are passed on; OSS's message is not (it may name internal detail).
+impl From<OssCallError> for ApiError {
+    fn from(e: OssCallError) -> Self {
+        let (status, code, message) = match (&e, e.oss_code()) {
+            (_, Some("NoSuchUpload")) => (
+                StatusCode::NOT_FOUND,
+                "unknown_upload",
+                "OSS no longer knows this upload (completed, aborted or expired)",
+            ),
+            (_, Some("FileAlreadyExists")) => (
+                StatusCode::CONFLICT,
+                "object_exists",
+                "the object already exists and is not overwritten",
+            ),
+            (OssCallError::Service { status: 403, .. }, _) => (
+                StatusCode::BAD_GATEWAY,
+                "oss_denied",
+                "OSS refused the server's request (the grant's credential or policy; oss_code says which)",
+            ),
+            (OssCallError::Service { status, .. }, _) if *status < 500 => (
+                StatusCode::BAD_GATEWAY,
+                "oss_rejected_request",
+                "OSS rejected the server's request (oss_code says why)",
+            ),
+            (OssCallError::Sign(_), _) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the OSS request could not be signed",
+            ),
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "oss_unavailable",
+                "OSS is unavailable (5xx, timeout or unreachable after retries); retry shortly",
+            ),
+        };
+        let mut api = ApiError::new(status, code, message);
+        api.oss_code = e.oss_code().map(str::to_owned);
+        api.oss_request_id = e.oss_request_id().map(str::to_owned);
+        if code == "oss_unavailable" {
+            api.retry_after = Some(1);
+        }
+        api
     }
 }
 
@@ -116,6 +170,12 @@ pub(crate) struct Body<'a> {
     /// STS's `RequestId`, when STS answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     sts_request_id: Option<&'a str>,
+    /// OSS's own error code, when an OSS call of the server failed (upload sessions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oss_code: Option<&'a str>,
+    /// OSS's `RequestId`, when OSS answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oss_request_id: Option<&'a str>,
     /// The HTTP status again (read by the OSS mobile SDKs' auth-server providers).
     #[serde(rename = "StatusCode")]
     #[schema(example = 503)]
@@ -139,6 +199,8 @@ impl ApiError {
             request_id,
             sts_code: self.sts_code.as_deref(),
             sts_request_id: self.sts_request_id.as_deref(),
+            oss_code: self.oss_code.as_deref(),
+            oss_request_id: self.oss_request_id.as_deref(),
             status_code: self.status.as_u16(),
             error_code: self.code,
             error_message: &self.message,
@@ -181,6 +243,39 @@ mod tests {
             message: String::new(),
             request_id: Some("r-1".into()),
         }
+    }
+
+    #[test]
+    fn oss_failures_name_the_oss_code_and_never_its_message() {
+        let service = |status, code: &str| OssCallError::Service {
+            status,
+            code: code.into(),
+            message: "internal detail".into(),
+            request_id: Some("oss-r-1".into()),
+        };
+        let cases = [
+            (service(404, "NoSuchUpload"), 404, "unknown_upload"),
+            (service(409, "FileAlreadyExists"), 409, "object_exists"),
+            (service(403, "AccessDenied"), 502, "oss_denied"),
+            (service(400, "InvalidPart"), 502, "oss_rejected_request"),
+            (service(503, "ServiceUnavailable"), 503, "oss_unavailable"),
+            (
+                OssCallError::Transport("timed out".into()),
+                503,
+                "oss_unavailable",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from(e.clone());
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{e:?}");
+            assert_eq!(api.oss_code.as_deref(), e.oss_code());
+            assert!(!api.message.contains("internal detail"));
+        }
+        let api = ApiError::from(service(403, "AccessDenied"));
+        let resp = api.render("id");
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+        let api = ApiError::from(OssCallError::Transport("x".into()));
+        assert_eq!(api.render("id").headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The configured upload rights and what each one issues. Routes call into
 //! here; this module knows nothing about HTTP.
 
+pub mod session;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -269,6 +270,8 @@ pub struct UploadSettings {
     pub s3_path_style: bool,
     /// `[grants.callback]`: forms and presigned URLs carry an OSS upload callback.
     pub callback: Option<crate::config::CallbackConfig>,
+    /// Upload sessions are served (`multipart = true`).
+    pub multipart: bool,
 }
 
 impl UploadSettings {
@@ -289,6 +292,7 @@ impl UploadSettings {
             s3_path_style: g.path_style.unwrap_or_else(|| is_ip_or_localhost(&s3_endpoint)),
             s3_endpoint,
             callback: g.callback.clone(),
+            multipart: g.multipart,
         }
     }
 }

@@ -29,6 +29,11 @@ pub struct UploadRequest {
     #[schema(example = "image/png")]
     #[param(example = "image/png")]
     pub content_type: Option<String>,
+    /// presign only: the body's `Content-MD5` (base64 of its MD5 digest), signed into the URL, so OSS
+    /// refuses any other body.
+    #[schema(example = "1B2M2Y8AsgTpgAmY7PhCfg==")]
+    #[param(example = "1B2M2Y8AsgTpgAmY7PhCfg==")]
+    pub md5: Option<String>,
 }
 
 /// The credential that signs, and when it stops working. It holds the
@@ -57,7 +62,7 @@ impl SigningMaterial {
         }
     }
 
-    fn creds(&self) -> SigningCredentials<'_> {
+    pub(crate) fn creds(&self) -> SigningCredentials<'_> {
         match self {
             SigningMaterial::Sts(c) => SigningCredentials {
                 access_key_id: &c.access_key_id,
@@ -101,7 +106,11 @@ pub struct Presigned {
 }
 
 /// Validity: the configured time, never past the signing credential, never over 7 days.
-fn validity(grant: &Grant, material: &SigningMaterial, now: DateTime<Utc>) -> Result<u64, ApiError> {
+pub(super) fn validity(
+    grant: &Grant,
+    material: &SigningMaterial,
+    now: DateTime<Utc>,
+) -> Result<u64, ApiError> {
     let mut secs = grant.upload.upload_expires.as_secs().min(604_800);
     if let Some(exp) = material.expires() {
         let left = (exp - now).num_seconds();
@@ -117,7 +126,7 @@ fn validity(grant: &Grant, material: &SigningMaterial, now: DateTime<Utc>) -> Re
     Ok(secs.max(1))
 }
 
-fn check_content_type(grant: &Grant, ct: Option<&str>, required: bool) -> Result<(), ApiError> {
+pub(super) fn check_content_type(grant: &Grant, ct: Option<&str>, required: bool) -> Result<(), ApiError> {
     let allowed = &grant.upload.content_types;
     match ct {
         Some(ct) if !allowed.is_empty() && !allowed.iter().any(|a| a == ct) => Err(ApiError::bad_request(
@@ -238,7 +247,7 @@ fn check_extension(grant: &Grant, ext: &str, ct: Option<&str>) -> Result<(), Api
     ))
 }
 
-fn new_key(
+pub(super) fn new_key(
     grant: &Grant,
     target: &Target<'_>,
     filename: Option<&str>,
@@ -275,7 +284,7 @@ fn new_key(
     })
 }
 
-fn endpoint<'a>(base: &'a str, path_style: bool) -> Endpoint<'a> {
+pub(super) fn endpoint<'a>(base: &'a str, path_style: bool) -> Endpoint<'a> {
     Endpoint {
         base,
         style: if path_style {
@@ -286,7 +295,7 @@ fn endpoint<'a>(base: &'a str, path_style: bool) -> Endpoint<'a> {
     }
 }
 
-fn sign_error(e: SignError) -> ApiError {
+pub(super) fn sign_error(e: SignError) -> ApiError {
     ApiError::internal(format!("signing failed: {e}"))
 }
 
@@ -425,7 +434,16 @@ pub fn presign(
     check_content_type(grant, ct, true)?;
     let secs = validity(grant, material, now)?;
     let key = new_key(grant, target, req.filename.as_deref(), ct, now)?;
-    let headers: Vec<(&str, &str)> = ct.map(|c| vec![("Content-Type", c)]).unwrap_or_default();
+    let mut headers: Vec<(&str, &str)> = ct.map(|c| vec![("Content-Type", c)]).unwrap_or_default();
+    if let Some(md5) = req.md5.as_deref() {
+        super::session::check_md5(md5)?;
+        headers.push(("Content-MD5", md5));
+    }
+    // The client's filename shapes the key: never let it replace an existing object
+    // (an OSS header; the S3-compatible endpoint is not sent it).
+    if req.filename.is_some() && grant.upload.presign_scheme != PresignScheme::S3V4 {
+        headers.push(("x-oss-forbid-overwrite", "true"));
+    }
     let callback = callback_fields(grant, target)?;
     // Signed query parameters: the URL does not work without them or with others.
     let query: Vec<(&str, &str)> = callback
@@ -509,6 +527,7 @@ mod tests {
         UploadRequest {
             filename: Some(filename.into()),
             content_type: content_type.map(str::to_owned),
+            md5: None,
         }
     }
 

@@ -108,6 +108,11 @@ const ERRORS: &[(&str, u16, &str)] = &[
          aborted or completed.",
     ),
     (
+        "FileAlreadyExists",
+        409,
+        "The object you specified already exists and can not be overwritten.",
+    ),
+    (
         "MethodNotAllowed",
         405,
         "The specified method is not allowed against this resource.",

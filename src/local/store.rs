@@ -79,6 +79,22 @@ struct UploadRecord {
 struct PartRecord {
     md5: String,
     size: u64,
+    /// When the part was stored (ListParts' `LastModified`).
+    #[serde(default)]
+    stored: Option<DateTime<Utc>>,
+}
+
+/// OSS: every part of a completed upload but the last is at least 100 KiB.
+pub const MIN_PART_SIZE: u64 = 100 * 1024;
+
+/// One uploaded part, as ListParts shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    pub number: u32,
+    /// Quoted upper-case hex MD5, as UploadPart answered it.
+    pub etag: String,
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
 }
 
 /// `"<MD5 in upper-case hex>"`, as OSS writes ETags.
@@ -284,8 +300,27 @@ impl Spooled {
 // Objects
 // ---------------------------------------------------------------------------
 
+/// `x-oss-forbid-overwrite: true` on an existing object: 409 FileAlreadyExists.
+fn refuse_existing(data_dir: &Path, bucket: &str, key: &str) -> Result<(), OssError> {
+    let exists = read_sidecar(&meta_path(data_dir, bucket, key))?
+        .is_some_and(|s| s.meta.bucket == bucket && s.meta.key == key);
+    if exists {
+        return Err(OssError::new("FileAlreadyExists"));
+    }
+    Ok(())
+}
+
+/// Whether an object exists (for `x-oss-forbid-overwrite` on InitiateMultipartUpload).
+pub fn check_not_exists(data_dir: &Path, bucket: &str, key: &str) -> Result<(), OssError> {
+    check_location(bucket, key)?;
+    let _guard = lock();
+    refuse_existing(data_dir, bucket, key)
+}
+
 /// Moves a spooled body to `objects/<bucket>/<key>` and writes its sidecar.
-/// `etag` overrides the plain-MD5 ETag (multipart objects).
+/// `etag` overrides the plain-MD5 ETag (multipart objects); `forbid_overwrite`
+/// refuses an existing object (checked under the store lock, so two writers
+/// cannot both win).
 #[allow(clippy::too_many_arguments)]
 pub fn commit(
     data_dir: &Path,
@@ -295,6 +330,7 @@ pub fn commit(
     content_type: &str,
     auth: &str,
     etag: Option<String>,
+    forbid_overwrite: bool,
     now: DateTime<Utc>,
 ) -> Result<ObjectMeta, OssError> {
     check_location(bucket, key)?;
@@ -319,6 +355,9 @@ pub fn commit(
     let target = object_path(data_dir, bucket, key);
     fs::create_dir_all(data_dir.join("meta")).map_err(internal)?;
     let _guard = lock();
+    if forbid_overwrite {
+        refuse_existing(data_dir, bucket, key)?;
+    }
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(|e| placement_error(e, key))?;
     }
@@ -342,7 +381,7 @@ pub fn put_bytes(
 ) -> Result<ObjectMeta, OssError> {
     check_location(bucket, key)?;
     let body = Spooled::from_bytes(data_dir, data).map_err(internal)?;
-    commit(data_dir, bucket, key, body, content_type, auth, None, now)
+    commit(data_dir, bucket, key, body, content_type, auth, None, false, now)
 }
 
 fn read_sidecar(path: &Path) -> Result<Option<Sidecar>, OssError> {
@@ -502,10 +541,12 @@ pub fn put_part(
     key: &str,
     number: u32,
     body: Spooled,
+    now: DateTime<Utc>,
 ) -> Result<String, OssError> {
     let record = PartRecord {
         md5: body.md5_hex.clone(),
         size: body.size,
+        stored: Some(now),
     };
     let temp = TempFile::with_json(data_dir, &record).map_err(internal)?;
     let _guard = lock();
@@ -548,15 +589,40 @@ fn numeric_order(a: &str, b: &str) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then(a.cmp(b))
 }
 
+/// ListParts: every stored part of an upload, by number.
+pub fn list_parts(
+    data_dir: &Path,
+    upload_id: &str,
+    bucket: &str,
+    key: &str,
+) -> Result<Vec<PartInfo>, OssError> {
+    let _guard = lock();
+    let (dir, record) = open_upload(data_dir, upload_id, bucket, key)?;
+    let parts = read_parts(&dir)?;
+    Ok(parts
+        .into_iter()
+        .map(|(number, p)| PartInfo {
+            number,
+            etag: etag_of(&p.md5),
+            size: p.size,
+            last_modified: p.stored.unwrap_or(record.initiated),
+        })
+        .collect())
+}
+
 /// CompleteMultipartUpload. `chosen` is the request's (part number as decimal
 /// digits, ETag) list, or `None` for `x-oss-complete-all: yes`. The object's
-/// ETag is `"<MD5 of the parts' MD5s>-<count>"`, as OSS computes it.
+/// ETag is `"<MD5 of the parts' MD5s>-<count>"`, as OSS computes it. A part but
+/// the last under [`MIN_PART_SIZE`] is EntityTooSmall; `forbid_overwrite` refuses
+/// an existing object (FileAlreadyExists); either way the upload stays.
+#[allow(clippy::too_many_arguments)]
 pub fn complete(
     data_dir: &Path,
     upload_id: &str,
     bucket: &str,
     key: &str,
     chosen: Option<Vec<(String, String)>>,
+    forbid_overwrite: bool,
     now: DateTime<Utc>,
 ) -> Result<ObjectMeta, OssError> {
     let (dir, record, parts) = {
@@ -605,6 +671,20 @@ pub fn complete(
         }
     }
 
+    let but_last = picked.split_last().map_or(&[][..], |(_, rest)| rest);
+    if let Some((n, part)) = but_last.iter().find(|(_, p)| p.size < MIN_PART_SIZE) {
+        return Err(OssError::msg(
+            "EntityTooSmall",
+            format!(
+                "Part {n} is {} bytes; every part but the last must be at least {MIN_PART_SIZE} bytes.",
+                part.size
+            ),
+        ));
+    }
+    if forbid_overwrite {
+        check_not_exists(data_dir, bucket, key)?;
+    }
+
     let mut spool = Spool::create(data_dir).map_err(internal)?;
     let mut digests = Vec::with_capacity(16 * picked.len());
     let mut buf = vec![0u8; 1 << 20];
@@ -633,6 +713,7 @@ pub fn complete(
         &record.content_type,
         "multipart",
         Some(etag),
+        forbid_overwrite,
         now,
     )?;
     let _guard = lock();
@@ -914,56 +995,80 @@ mod tests {
     fn multipart_assembles_in_order_with_oss_etag() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
+        // Part 1 is exactly the 100 KiB minimum; the last part may be smaller.
+        let mut first = b"hello ".to_vec();
+        first.resize(MIN_PART_SIZE as usize, b'.');
         let id = create_upload(dir, "b", "big.bin", "application/x-test", at(1)).unwrap();
-        let e1 = put_part(
-            dir,
-            &id,
-            "b",
-            "big.bin",
-            1,
-            Spooled::from_bytes(dir, b"hello ").unwrap(),
-        )
-        .unwrap();
-        let e2 = put_part(
-            dir,
-            &id,
-            "b",
-            "big.bin",
-            2,
-            Spooled::from_bytes(dir, b"world").unwrap(),
-        )
-        .unwrap();
+        let part = |n: u32, data: &[u8]| {
+            put_part(
+                dir,
+                &id,
+                "b",
+                "big.bin",
+                n,
+                Spooled::from_bytes(dir, data).unwrap(),
+                at(1),
+            )
+        };
+        let e1 = part(1, &first).unwrap();
+        let e2 = part(2, b"world").unwrap();
+        let small = part(3, b"tiny").unwrap();
         assert_eq!(
-            put_part(dir, &id, "b", "other", 3, Spooled::from_bytes(dir, b"x").unwrap())
-                .unwrap_err()
-                .code,
+            put_part(
+                dir,
+                &id,
+                "b",
+                "other",
+                3,
+                Spooled::from_bytes(dir, b"x").unwrap(),
+                at(1)
+            )
+            .unwrap_err()
+            .code,
             "NoSuchUpload"
+        );
+        let listed = list_parts(dir, &id, "b", "big.bin").unwrap();
+        assert_eq!(
+            listed.iter().map(|p| (p.number, p.size)).collect::<Vec<_>>(),
+            [(1, MIN_PART_SIZE), (2, 5), (3, 4)]
+        );
+        assert_eq!(
+            (listed[0].etag.as_str(), listed[0].last_modified),
+            (e1.as_str(), at(1))
         );
         let err = |chosen: Vec<(&str, &str)>| {
             let chosen = chosen
                 .into_iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect();
-            complete(dir, &id, "b", "big.bin", Some(chosen), at(2))
+            complete(dir, &id, "b", "big.bin", Some(chosen), false, at(2))
                 .unwrap_err()
                 .code
         };
         assert_eq!(err(vec![]), "MalformedXML");
         assert_eq!(err(vec![("2", &e2), ("1", &e1)]), "InvalidPartOrder");
         assert_eq!(err(vec![("1", &e1), ("01", &e1)]), "InvalidPartOrder");
-        assert_eq!(err(vec![("1", &e1), ("3", &e1)]), "InvalidPart");
+        assert_eq!(err(vec![("1", &e1), ("4", &e1)]), "InvalidPart");
         assert_eq!(err(vec![("1", &e2)]), "InvalidPart");
         assert_eq!(
             err(vec![("1", &e1), ("99999999999999999999999", &e1)]),
             "InvalidPart"
         );
+        // Part 2 (5 bytes) is not last here.
+        assert_eq!(err(vec![("1", &e1), ("2", &e2), ("3", &small)]), "EntityTooSmall");
+        put_bytes(dir, "b", "big.bin", b"original", "text/plain", "v4-query", at(1)).unwrap();
         let chosen = vec![
             ("1".to_string(), e1.to_lowercase()),
             ("002".to_string(), e2.clone()),
         ];
-        let meta = complete(dir, &id, "b", "big.bin", Some(chosen), at(2)).unwrap();
+        let refused = complete(dir, &id, "b", "big.bin", Some(chosen.clone()), true, at(2));
+        assert_eq!(refused.unwrap_err().code, "FileAlreadyExists");
+        assert_eq!(read_object(dir, "b", "big.bin").unwrap().unwrap().1, b"original");
+        let meta = complete(dir, &id, "b", "big.bin", Some(chosen), false, at(2)).unwrap();
         let (_, data) = read_object(dir, "b", "big.bin").unwrap().unwrap();
-        assert_eq!(data, b"hello world");
+        let mut whole = first.clone();
+        whole.extend_from_slice(b"world");
+        assert_eq!(data, whole);
         assert_eq!(
             (meta.auth.as_str(), meta.content_type.as_str()),
             ("multipart", "application/x-test")
@@ -974,39 +1079,56 @@ mod tests {
             meta.etag,
             format!("\"{}-2\"", hex::encode_upper(Md5::digest(&digests)))
         );
-        assert_eq!(meta.md5, hex::encode(Md5::digest(b"hello world")));
+        assert_eq!(meta.md5, hex::encode(Md5::digest(&whole)));
         // Completed uploads are gone.
         assert_eq!(abort(dir, &id, "b", "big.bin").unwrap_err().code, "NoSuchUpload");
+        assert_eq!(
+            list_parts(dir, &id, "b", "big.bin").unwrap_err().code,
+            "NoSuchUpload"
+        );
         assert_eq!(
             abort(dir, "../../x", "b", "big.bin").unwrap_err().code,
             "NoSuchUpload"
         );
+        assert_eq!(
+            check_not_exists(dir, "b", "big.bin").unwrap_err().code,
+            "FileAlreadyExists"
+        );
+        check_not_exists(dir, "b", "new.bin").unwrap();
 
         let id = create_upload(dir, "b", "all.bin", "x/y", at(3)).unwrap();
         assert_eq!(
-            complete(dir, &id, "b", "all.bin", None, at(3)).unwrap_err().code,
+            complete(dir, &id, "b", "all.bin", None, false, at(3))
+                .unwrap_err()
+                .code,
             "MalformedXML"
         );
-        put_part(
-            dir,
-            &id,
-            "b",
-            "all.bin",
-            2,
-            Spooled::from_bytes(dir, b"B").unwrap(),
-        )
-        .unwrap();
-        put_part(
-            dir,
-            &id,
-            "b",
-            "all.bin",
-            1,
-            Spooled::from_bytes(dir, b"A").unwrap(),
-        )
-        .unwrap();
-        complete(dir, &id, "b", "all.bin", None, at(3)).unwrap();
-        assert_eq!(read_object(dir, "b", "all.bin").unwrap().unwrap().1, b"AB");
+        let put = |n: u32, data: &[u8]| {
+            put_part(
+                dir,
+                &id,
+                "b",
+                "all.bin",
+                n,
+                Spooled::from_bytes(dir, data).unwrap(),
+                at(3),
+            )
+            .unwrap()
+        };
+        put(2, b"B");
+        put(1, b"A");
+        assert_eq!(
+            complete(dir, &id, "b", "all.bin", None, false, at(3))
+                .unwrap_err()
+                .code,
+            "EntityTooSmall"
+        );
+        let mut a = b"A".to_vec();
+        a.resize(MIN_PART_SIZE as usize, b'a');
+        put(1, &a);
+        complete(dir, &id, "b", "all.bin", None, false, at(3)).unwrap();
+        a.push(b'B');
+        assert_eq!(read_object(dir, "b", "all.bin").unwrap().unwrap().1, a);
 
         let id = create_upload(dir, "b", "gone.bin", "x/y", at(3)).unwrap();
         abort(dir, &id, "b", "gone.bin").unwrap();

@@ -83,7 +83,7 @@ fn request_ctx(parts: &Parts) -> Result<RequestCtx, Response> {
 
 /// What was issued, for the audit record.
 pub(crate) struct Issued<'a> {
-    /// `credentials`, `post-policy`, `presign` or `ticket`.
+    /// `credentials`, `post-policy`, `presign`, `ticket` or `upload-session` (opened).
     pub kind: &'static str,
     /// The AccessKey id behind it (recorded as its prefix), `None` for a ticket.
     pub access_key_id: Option<&'a str>,

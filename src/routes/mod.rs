@@ -5,6 +5,7 @@
 mod admin;
 mod authorized;
 mod callbacks;
+mod companion;
 mod credentials;
 mod health;
 mod middleware;
@@ -12,6 +13,7 @@ mod openapi;
 mod responses;
 mod tickets;
 mod upload;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -44,6 +46,18 @@ fn api(metrics_here: bool) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(upload::presign_get, upload::presign_post))
         .routes(routes!(upload::legacy_presign))
         .routes(routes!(credentials::explain))
+        .routes(routes!(uploads::session_open))
+        .routes(routes!(uploads::session_parts))
+        .routes(routes!(uploads::session_complete))
+        .routes(routes!(uploads::session_abort))
+        .routes(routes!(companion::companion_params))
+        .routes(routes!(companion::companion_create))
+        .routes(routes!(companion::companion_sign_part))
+        .routes(routes!(
+            companion::companion_list_parts,
+            companion::companion_abort
+        ))
+        .routes(routes!(companion::companion_complete))
         .routes(routes!(tickets::mint))
         .routes(routes!(callbacks::oss_callback))
         .routes(routes!(health::healthz))
@@ -139,7 +153,8 @@ fn cors_layer(cfg: &CorsConfig) -> Option<CorsLayer> {
     });
     let mut layer = CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST])
+        // DELETE: a browser aborts an upload session (`DELETE …/uploads/{upload}`, Uppy's abort).
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

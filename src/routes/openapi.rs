@@ -58,6 +58,7 @@ described below.";
     tags(
         (name = "credentials", description = "Temporary STS credentials for a grant"),
         (name = "uploads", description = "Locally signed single uploads: PostObject forms and presigned PUT URLs"),
+        (name = "upload sessions", description = "Large files: multipart uploads the server opens, signs part by part, checks and completes"),
         (name = "auth", description = "Tickets and the per-caller dry run"),
         (name = "callbacks", description = "OSS upload callbacks, verified and delivered to the application as signed webhooks"),
         (name = "operations", description = "Health, readiness, metrics and this document"),

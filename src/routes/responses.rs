@@ -96,6 +96,14 @@ error_responses! {
     Unavailable = ("`sts_throttled`, `sts_unavailable` or `identity_unavailable` (no valid signing credential), or `auth_unavailable` (the JWT issuer's keys could not be fetched)", ("Retry-After", true, "With `sts_throttled` and `sts_unavailable`: seconds until ossvend calls STS again for this grant"));
     AuthUnavailable = ("`auth_unavailable`: the JWT issuer's keys could not be fetched");
     Timeout = ("`timeout`: the request took longer than `server.request_timeout`");
+    SessionBadRequest = ("`invalid_upload_request` (size, part size, part numbers), `invalid_md5` (not base64 of 16 bytes), `content_type_required`, `content_type_not_allowed`, `invalid_content_type`, or `bad_request` (unparsable JSON or query)");
+    SessionForbidden = ("`multipart_not_enabled` (the grant has no `multipart = true`), `upload_not_yours` (another caller's session), or as on every grant route `auth_method_not_allowed`, `grant_not_allowed`, `wrong_grant`, `invalid_principal`");
+    SessionNotFound = ("`unknown_upload` (a session handle this server did not seal, expired, another grant's, or one OSS no longer knows) or `unknown_grant`");
+    SessionConflict = ("`object_exists`: the key already holds an object (`x-oss-forbid-overwrite`); it is left intact");
+    SessionTooLarge = ("`upload_too_large`: the declared size, or the uploaded parts' total, is over `max_size_bytes` (at completion the upload is aborted); or `payload_too_large` (the request body)");
+    SessionUnprocessable = ("`upload_parts_invalid`: the uploaded parts do not make the declared file (a part missing, one of another size than `part_size`); the upload is aborted. Or `extension_mismatch` when opening");
+    SessionBadGateway = ("`oss_denied` (OSS refused the server's call: `oss_code` says why), `oss_rejected_request`, or `sts_denied`, `sts_rejected_request`, `sts_short_lived` (no credential to call OSS with)");
+    SessionUnavailable = ("`oss_unavailable` (OSS 5xx, timeout or unreachable after bounded retries), or `sts_throttled`, `sts_unavailable`, `identity_unavailable`, `auth_unavailable`", RETRY_AFTER);
 }
 
 /// `(status, shared response)` rows as references into the components.
@@ -157,6 +165,28 @@ impl IntoResponses for UploadQueryErrors {
             (400, name::<BadUploadQuery>()),
             (422, name::<ExtensionMismatch>()),
             (500, name::<SigningFailed>()),
+        ])
+    }
+}
+
+/// What the upload-session routes answer when they fail.
+pub(crate) enum SessionErrors {}
+
+impl IntoResponses for SessionErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        refs(&[
+            (400, name::<SessionBadRequest>()),
+            (401, name::<Unauthenticated>()),
+            (403, name::<SessionForbidden>()),
+            (404, name::<SessionNotFound>()),
+            (409, name::<SessionConflict>()),
+            (413, name::<SessionTooLarge>()),
+            (422, name::<SessionUnprocessable>()),
+            (429, name::<RateLimited>()),
+            (500, name::<SigningFailed>()),
+            (502, name::<SessionBadGateway>()),
+            (503, name::<SessionUnavailable>()),
+            (504, name::<Timeout>()),
         ])
     }
 }

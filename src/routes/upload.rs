@@ -21,7 +21,7 @@ use crate::sign::format_iso8601_extended;
 use crate::state::AppState;
 
 /// Form fields as a JSON object that keeps their order (file goes after them).
-struct Ordered<'a>(&'a [(String, String)]);
+pub(super) struct Ordered<'a>(pub(super) &'a [(String, String)]);
 
 impl Serialize for Ordered<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -963,13 +963,12 @@ async fn uploads_to_the_local_sink_call_back_and_each_makes_one_webhook() {
         .json()
         .await
         .unwrap();
-    let put = client
-        .put(presign["url"].as_str().unwrap())
-        .header("content-type", "image/png")
-        .body(png.clone())
-        .send()
-        .await
-        .unwrap();
+    // Exactly the headers that were signed (Content-Type, x-oss-forbid-overwrite).
+    let mut put = client.put(presign["url"].as_str().unwrap());
+    for (name, value) in presign["headers"].as_object().unwrap() {
+        put = put.header(name.as_str(), value.as_str().unwrap());
+    }
+    let put = put.body(png.clone()).send().await.unwrap();
     let status = put.status().as_u16();
     let put_etag = put.headers()["etag"]
         .to_str()
@@ -1075,13 +1074,11 @@ async fn uploads_to_the_local_sink_call_back_and_each_makes_one_webhook() {
         .json()
         .await
         .unwrap();
-    let put = client
-        .put(presign["url"].as_str().unwrap())
-        .header("content-type", "image/png")
-        .body(png.clone())
-        .send()
-        .await
-        .unwrap();
+    let mut put = client.put(presign["url"].as_str().unwrap());
+    for (name, value) in presign["headers"].as_object().unwrap() {
+        put = put.header(name.as_str(), value.as_str().unwrap());
+    }
+    let put = put.body(png.clone()).send().await.unwrap();
     assert_eq!(put.status().as_u16(), 203);
     assert!(put.text().await.unwrap().contains("<Code>CallbackFailed</Code>"));
     assert!(

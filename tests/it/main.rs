@@ -25,3 +25,4 @@ mod server;
 mod sign_cli;
 mod sts_outage;
 mod upload;
+mod upload_sessions;

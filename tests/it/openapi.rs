@@ -147,6 +147,7 @@ async fn every_documented_operation_is_served() {
         let resp = match method.as_str() {
             "get" => server.get(&url).await,
             "post" => server.post_json(&url, &[], &serde_json::json!({})).await,
+            "delete" => server.request("DELETE", &url, &[], Body::empty()).await,
             other => panic!("unexpected method {other} for {path}"),
         };
         let status = resp.status;
@@ -219,6 +220,7 @@ fn codes_in_source() -> BTreeSet<(u16, String)> {
             "FORBIDDEN" => 403,
             "NOT_FOUND" | "not_found" => 404,
             "METHOD_NOT_ALLOWED" => 405,
+            "CONFLICT" => 409,
             "PAYLOAD_TOO_LARGE" => 413,
             "UNPROCESSABLE_ENTITY" => 422,
             "TOO_MANY_REQUESTS" => 429,

@@ -153,7 +153,11 @@ async fn presigned_put_v4_and_v1_upload_and_are_bound_to_their_content_type() {
         let prefix = if grant == "web" { "uploads/" } else { "v1/" };
         assert!(key.starts_with(prefix) && key.ends_with(".png"), "{key}");
         assert_eq!(p["method"], "PUT");
-        assert_eq!(p["headers"], json!({ "Content-Type": "image/png" }));
+        // A client-given filename shapes the key: the URL may never overwrite (issue 17).
+        assert_eq!(
+            p["headers"],
+            json!({ "Content-Type": "image/png", "x-oss-forbid-overwrite": "true" })
+        );
         assert_eq!(p["scheme"], if grant == "web" { "oss-v4" } else { "oss-v1" });
         let url = p["url"].as_str().unwrap();
         assert!(

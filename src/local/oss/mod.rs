@@ -12,13 +12,17 @@
 //! POST   /<b>  multipart/form-data        PostObject               oss:PutObject
 //! POST   /<b>/<k>?uploads                 InitiateMultipartUpload  oss:PutObject
 //! PUT    /<b>/<k>?partNumber=N&uploadId=U UploadPart               oss:PutObject
+//! GET    /<b>/<k>?uploadId=U              ListParts                oss:ListParts
 //! POST   /<b>/<k>?uploadId=U              CompleteMultipartUpload  oss:PutObject
 //! DELETE /<b>/<k>?uploadId=U              AbortMultipartUpload     oss:AbortMultipartUpload
 //! GET|HEAD /<b>/<k>                       GetObject                oss:GetObject
 //! DELETE /<b>/<k>                         DeleteObject             oss:DeleteObject
 //! OPTIONS *                               CORS preflight (always allowed)
 //! ```
-//! Anything else is authenticated, then answered 501 NotImplemented. ali-oss
+//! `x-oss-forbid-overwrite: true` on PutObject, InitiateMultipartUpload or
+//! CompleteMultipartUpload refuses an existing key (409 FileAlreadyExists). A
+//! wrong `Content-MD5` is 400 InvalidDigest, as OSS documents it (OSS has no
+//! S3-style BadDigest). Anything else is authenticated, then answered 501 NotImplemented. ali-oss
 //! with an IP endpoint sends `Host: <bucket>.oss-<region>.aliyuncs.com` and may
 //! leave the bucket out of the path: when the Host names a bucket and the path's
 //! first segment is not that bucket, the whole path is the key.
@@ -927,7 +931,11 @@ mod tests {
         let s = session(
             "STS.mp",
             now + TimeDelta::hours(1),
-            Some(upload_policy("uploads/")),
+            Some(serde_json::json!({"Version": "1", "Statement": [{
+                "Effect": "Allow",
+                "Action": ["oss:PutObject", "oss:ListParts", "oss:AbortMultipartUpload"],
+                "Resource": [format!("acs:oss:*:*:{BUCKET}/uploads/*")]
+            }]})),
         );
         state.sessions.insert(s.clone());
         let app = router(state);
@@ -965,20 +973,59 @@ mod tests {
             .unwrap()
             .to_string();
 
+        let mut first = b"hello ".to_vec();
+        first.resize(store::MIN_PART_SIZE as usize, b'.');
         let mut etags = Vec::new();
-        for (n, data) in [(1, b"hello ".to_vec()), (2, b"world".to_vec())] {
+        for (n, data) in [(1, first.clone()), (2, b"world".to_vec())] {
             let number = n.to_string();
             let q = [("partNumber", number.as_str()), ("uploadId", upload_id.as_str())];
-            let r = send(
-                &app,
-                "PUT",
-                &format!("{uri}?partNumber={n}&uploadId={upload_id}"),
-                &signed("PUT", &q, &[]),
-                data,
-            )
-            .await;
+            let md5 = crate::sign::b64(&Md5::digest(&data));
+            let put_with_md5 = |md5: String| {
+                let (app, data, q) = (app.clone(), data.clone(), q);
+                let uri = format!("{uri}?partNumber={n}&uploadId={upload_id}");
+                let headers = signed("PUT", &q, &[("Content-MD5", &md5)]);
+                async move { send(&app, "PUT", &uri, &headers, data).await }
+            };
+            // Content-MD5 not base64 of 16 bytes, or of other bytes: OSS answers InvalidDigest to both.
+            for bad in ["not-md5".to_string(), crate::sign::b64(&Md5::digest(b"other"))] {
+                assert_eq!(outcome(&put_with_md5(bad).await), "400 InvalidDigest");
+            }
+            let r = put_with_md5(md5).await;
             assert_eq!(outcome(&r), "200 OK");
             etags.push(r.1["etag"].to_str().unwrap().to_string());
+        }
+        // ListParts pages by part-number-marker / max-parts.
+        let list = |query: &'static str| {
+            let mut q = vec![("uploadId", upload_id.as_str())];
+            let extra: Vec<(&str, &str)> = url::form_urlencoded::parse(query.as_bytes())
+                .map(|(a, b)| (a.into_owned().leak() as &str, b.into_owned().leak() as &str))
+                .collect();
+            q.extend(extra);
+            let headers = signed("GET", &q, &[]);
+            let uri = format!("{uri}?uploadId={upload_id}&{query}");
+            let app = app.clone();
+            async move { send(&app, "GET", &uri, &headers, vec![]).await }
+        };
+        let r = list("max-parts=1").await;
+        assert_eq!(outcome(&r), "200 OK");
+        let xml = String::from_utf8(r.2).unwrap();
+        assert!(xml.contains("<IsTruncated>true</IsTruncated>"), "{xml}");
+        assert!(
+            xml.contains("<NextPartNumberMarker>1</NextPartNumberMarker>"),
+            "{xml}"
+        );
+        assert!(xml.contains("<PartNumber>1</PartNumber>") && !xml.contains("<PartNumber>2<"));
+        assert!(xml.contains(&format!("<Size>{}</Size>", first.len())), "{xml}");
+        let r = list("part-number-marker=1").await;
+        let xml = String::from_utf8(r.2).unwrap();
+        assert!(xml.contains("<IsTruncated>false</IsTruncated>"), "{xml}");
+        assert!(xml.contains("<PartNumber>2</PartNumber><LastModified>"), "{xml}");
+        assert!(
+            xml.contains("<Size>5</Size>") && !xml.contains("<PartNumber>1<"),
+            "{xml}"
+        );
+        for bad in ["max-parts=0", "max-parts=1001", "part-number-marker=x"] {
+            assert_eq!(outcome(&list(bad).await), "400 InvalidArgument", "{bad}");
         }
         // Out-of-range part numbers never reach the store.
         for bad in ["0", "10001", "99999999999999999999999999", "x"] {
@@ -1007,20 +1054,38 @@ mod tests {
         let body = complete_xml(&[(2, &etags[1]), (1, &etags[0])]);
         let r = send(&app, "POST", &complete_uri, &signed("POST", &q, &[]), body).await;
         assert_eq!(outcome(&r), "400 InvalidPartOrder");
-        let body = complete_xml(&[(1, &etags[0]), (2, &etags[1])]);
+        let body = complete_xml(&[(1, &etags[1]), (2, &etags[1])]);
         let r = send(&app, "POST", &complete_uri, &signed("POST", &q, &[]), body).await;
+        assert_eq!(outcome(&r), "400 InvalidPart");
+        let forbid = [("x-oss-forbid-overwrite", "true")];
+        let body = complete_xml(&[(1, &etags[0]), (2, &etags[1])]);
+        let r = send(&app, "POST", &complete_uri, &signed("POST", &q, &forbid), body).await;
         assert_eq!(outcome(&r), "200 OK");
         let xml = String::from_utf8(r.2).unwrap();
         assert!(xml.contains("<CompleteMultipartUploadResult><Location>http://"));
         assert!(r.1["etag"].to_str().unwrap().ends_with("-2\""));
         let (meta, data) = store::read_object(tmp.path(), BUCKET, key).unwrap().unwrap();
-        assert_eq!(
-            (meta.auth.as_str(), data.as_slice()),
-            ("multipart", &b"hello world"[..])
-        );
+        first.extend_from_slice(b"world");
+        assert_eq!((meta.auth.as_str(), &data), ("multipart", &first));
         // The upload is gone now.
         let r = send(&app, "DELETE", &complete_uri, &signed("DELETE", &q, &[]), vec![]).await;
         assert_eq!(outcome(&r), "404 NoSuchUpload");
+        // x-oss-forbid-overwrite: true on an existing key: Initiate and PutObject answer 409.
+        let r = send(
+            &app,
+            "POST",
+            &format!("{uri}?uploads"),
+            &signed("POST", &[("uploads", "")], &forbid),
+            vec![],
+        )
+        .await;
+        assert_eq!(outcome(&r), "409 FileAlreadyExists");
+        let r = send(&app, "PUT", &uri, &signed("PUT", &[], &forbid), b"new".to_vec()).await;
+        assert_eq!(outcome(&r), "409 FileAlreadyExists");
+        let (_, data) = store::read_object(tmp.path(), BUCKET, key).unwrap().unwrap();
+        assert_eq!(data, first, "the original is intact");
+        let r = send(&app, "PUT", &uri, &signed("PUT", &[], &[]), b"new".to_vec()).await;
+        assert_eq!(outcome(&r), "200 OK", "without the header PutObject overwrites");
     }
 
     #[tokio::test]

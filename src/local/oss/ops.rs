@@ -64,6 +64,7 @@ pub(super) async fn operate(
         ("POST", ["uploads"]) => initiate_upload(state, req, now).await,
         ("PUT", ["partNumber", "uploadId"]) => upload_part(state, req, now).await,
         ("POST", ["uploadId"]) => complete_upload(state, req, now).await,
+        ("GET", ["uploadId"]) => list_parts(state, req, now).await,
         ("DELETE", ["uploadId"]) => abort_upload(state, req, now).await,
         ("GET" | "HEAD", []) => get_object(state, req, now).await,
         ("DELETE", []) => delete_object(state, req, now).await,
@@ -125,6 +126,12 @@ pub(super) fn authorized_write(
         })
         .map_err(|e| e.tag(Some(ok.scheme), Some(&ak)))?;
     Ok((ok.scheme, ak))
+}
+
+/// `x-oss-forbid-overwrite: true` (OSS reads the value case-insensitively; anything else is false).
+pub(super) fn forbid_overwrite(req: &Incoming) -> bool {
+    req.header("x-oss-forbid-overwrite")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// The data dir, bucket and key of `req`, owned, for a [`blocking`] store call.
@@ -225,6 +232,7 @@ pub(super) async fn put_object(
     let body = take_spooled(state, req).await.map_err(tag)?;
     let md5 = hex::decode(&body.md5_hex).unwrap_or_default();
     let (dir, bucket, key) = owned_target(state, req);
+    let forbid = forbid_overwrite(req);
     let meta = blocking(move || {
         store::commit(
             &dir,
@@ -234,6 +242,7 @@ pub(super) async fn put_object(
             &content_type,
             scheme.as_str(),
             None,
+            forbid,
             now,
         )
     })
@@ -260,9 +269,15 @@ pub(super) async fn initiate_upload(
     let content_type = content_type_or_default(req);
     let (dir, bucket, key) = owned_target(state, req);
     let (b, k) = (bucket.clone(), key.clone());
-    let upload_id = blocking(move || store::create_upload(&dir, &b, &k, &content_type, now))
-        .await
-        .map_err(|e| e.tag(Some(scheme), Some(&ak)))?;
+    let forbid = forbid_overwrite(req);
+    let upload_id = blocking(move || {
+        if forbid {
+            store::check_not_exists(&dir, &b, &k)?;
+        }
+        store::create_upload(&dir, &b, &k, &content_type, now)
+    })
+    .await
+    .map_err(|e| e.tag(Some(scheme), Some(&ak)))?;
     let shown_key = if req.query_value("encoding-type") == Some("url") {
         pct(&key)
     } else {
@@ -292,7 +307,7 @@ pub(super) async fn upload_part(
     let upload_id = req.query_value("uploadId").unwrap_or("").to_string();
     let body = take_spooled(state, req).await.map_err(tag)?;
     let (dir, bucket, key) = owned_target(state, req);
-    let etag = blocking(move || store::put_part(&dir, &upload_id, &bucket, &key, number, body))
+    let etag = blocking(move || store::put_part(&dir, &upload_id, &bucket, &key, number, body, now))
         .await
         .map_err(tag)?;
     Ok(Reply::new(200, Some(scheme), Some(&ak)).header("ETag", etag))
@@ -316,7 +331,8 @@ pub(super) async fn complete_upload(
     let url_encoded = req.query_value("encoding-type") == Some("url");
     let (dir, bucket, key) = owned_target(state, req);
     let (b, k) = (bucket.clone(), key.clone());
-    let meta = blocking(move || store::complete(&dir, &upload_id, &b, &k, chosen, now))
+    let forbid = forbid_overwrite(req);
+    let meta = blocking(move || store::complete(&dir, &upload_id, &b, &k, chosen, forbid, now))
         .await
         .map_err(tag)?;
     let location = format!("http://{}/{bucket}/{}", host_of(req), pct_path(&key));
@@ -335,6 +351,75 @@ pub(super) async fn complete_upload(
     Ok(Reply::new(200, Some(scheme), Some(&ak))
         .xml(xml)
         .header("ETag", meta.etag.clone()))
+}
+
+/// ListParts: `max-parts` (1..=1000, default 1000) after `part-number-marker`.
+pub(super) async fn list_parts(
+    state: &Arc<LocalState>,
+    req: &mut Incoming,
+    now: DateTime<Utc>,
+) -> Result<Reply, OssError> {
+    let (scheme, ak) = authorized(state, req, now, "oss:ListParts")?;
+    let tag = |e: OssError| e.tag(Some(scheme), Some(&ak));
+    let max_parts = paging_number(req, "max-parts", 1000)
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| tag(OssError::msg("InvalidArgument", "max-parts must be 1..1000.")))?;
+    let marker = paging_number(req, "part-number-marker", 0).ok_or_else(|| {
+        tag(OssError::msg(
+            "InvalidArgument",
+            "part-number-marker must be a number.",
+        ))
+    })?;
+    let upload_id = req.query_value("uploadId").unwrap_or("").to_string();
+    let (dir, bucket, key) = owned_target(state, req);
+    let (b, k, u) = (bucket.clone(), key.clone(), upload_id.clone());
+    let parts = blocking(move || store::list_parts(&dir, &u, &b, &k))
+        .await
+        .map_err(tag)?;
+    let after: Vec<&store::PartInfo> = parts.iter().filter(|p| u64::from(p.number) > marker).collect();
+    let page = &after[..after.len().min(max_parts as usize)];
+    let truncated = after.len() > page.len();
+    let next = page.last().map_or(marker, |p| u64::from(p.number));
+    let url_encoded = req.query_value("encoding-type") == Some("url");
+    let shown_key = if url_encoded { pct(&key) } else { key };
+    let el = |name: &str, value: &str| format!("<{name}>{}</{name}>", quick_xml::escape::escape(value));
+    let mut inner = String::new();
+    if url_encoded {
+        inner.push_str(&el("EncodingType", "url"));
+    }
+    for (name, value) in [
+        ("Bucket", bucket.as_str()),
+        ("Key", &shown_key),
+        ("UploadId", &upload_id),
+        ("PartNumberMarker", &marker.to_string()),
+        ("NextPartNumberMarker", &next.to_string()),
+        ("MaxParts", &max_parts.to_string()),
+        ("IsTruncated", if truncated { "true" } else { "false" }),
+    ] {
+        inner.push_str(&el(name, value));
+    }
+    for p in page {
+        inner.push_str("<Part>");
+        inner.push_str(&el("PartNumber", &p.number.to_string()));
+        // OSS writes whole seconds with `.000` (oss2 parses exactly that shape).
+        let stored = p.last_modified.format("%Y-%m-%dT%H:%M:%S.000Z").to_string();
+        inner.push_str(&el("LastModified", &stored));
+        inner.push_str(&el("ETag", &p.etag));
+        inner.push_str(&el("Size", &p.size.to_string()));
+        inner.push_str("</Part>");
+    }
+    let xml =
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListPartsResult>{inner}</ListPartsResult>");
+    Ok(Reply::new(200, Some(scheme), Some(&ak)).xml(xml))
+}
+
+/// A decimal query parameter, `default` when absent; `None` when not a number.
+fn paging_number(req: &Incoming, name: &str, default: u64) -> Option<u64> {
+    match req.query_value(name) {
+        None => Some(default),
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v.parse().ok(),
+        Some(_) => None,
+    }
 }
 
 pub(super) async fn abort_upload(
@@ -447,7 +532,7 @@ pub(super) async fn post_object(
     }
     let dir: PathBuf = state.data_dir.clone();
     let (b, k, ct) = (bucket.clone(), upload.key.clone(), upload.content_type.clone());
-    let meta = blocking(move || store::commit(&dir, &b, &k, spooled, &ct, scheme.as_str(), None, now))
+    let meta = blocking(move || store::commit(&dir, &b, &k, spooled, &ct, scheme.as_str(), None, false, now))
         .await
         .map_err(tag)?;
 
