@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use super::{CALLER_AK, CALLER_SECRET};
 
 /// Lines a child process writes (collected by a background thread), or an in-process `TestApp` logs.
 #[derive(Clone, Default)]
-pub struct Captured(Arc<Mutex<String>>);
+pub struct Captured(Arc<Mutex<String>>, Arc<AtomicUsize>);
 
 /// Where an in-process subscriber writes (see `TestApp`).
 impl std::io::Write for Captured {
@@ -35,6 +36,8 @@ impl Captured {
         first_match: Option<(&'static str, mpsc::Sender<String>)>,
     ) {
         let buf = self.0.clone();
+        let open = self.1.clone();
+        open.fetch_add(1, Ordering::SeqCst);
         std::thread::spawn(move || {
             let mut first = first_match;
             for line in BufReader::new(r).lines().map_while(Result::ok) {
@@ -54,7 +57,16 @@ impl Captured {
                 b.push_str(&line);
                 b.push('\n');
             }
+            open.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+    /// Waits (at most `timeout`) until every reader has seen its pipe close: after
+    /// the child exits, its last lines may still be on their way to the buffer.
+    pub fn wait_closed(&self, timeout: Duration) {
+        let start = Instant::now();
+        while self.1.load(Ordering::SeqCst) > 0 && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     /// Waits until `needle` appears in the output.
     pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
@@ -177,6 +189,7 @@ impl Server {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                self.logs.wait_closed(Duration::from_secs(10));
                 return s;
             }
             assert!(
