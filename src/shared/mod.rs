@@ -136,7 +136,21 @@ impl Fleet {
             settings = settings.set_password(env.get(v).map(String::as_str).unwrap_or_default());
         }
         info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| format!("shared.url: {}", redis_error(&e)))?;
+        let client = match &cfg.ca_file {
+            // The bundle replaces the public roots: a private CA's server is
+            // checked against that CA (hostname included), nothing else.
+            Some(path) => {
+                let pem = crate::config::validate::read_ca_file(path)
+                    .map_err(|e| format!("shared.ca_file: {e}"))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(info, certs)
+            }
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| format!("shared.url: {}", redis_error(&e)))?;
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             .set_response_timeout(Some(cfg.command_timeout))
@@ -406,6 +420,7 @@ mod tests {
             replicas: 2,
             command_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_millis(100),
+            ca_file: None,
         }
     }
 
