@@ -13,8 +13,8 @@ const SHARED_KEY: &str = "fleet-test-encryption-key-not-secret-0001";
 const WRONG_KEY: &str = "fleet-test-encryption-key-WRONG-not-secret";
 const TICKET_KEY: &str = "fleet-test-ticket-key-not-secret-00000001";
 
-/// A `redis-server` of its own, killed on drop.
-struct Redis {
+/// A `redis-server` of its own, killed on drop (also used by callbacks.rs).
+pub(crate) struct Redis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
@@ -31,7 +31,7 @@ fn free_port() -> u16 {
 }
 
 impl Redis {
-    fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
@@ -87,7 +87,7 @@ impl Redis {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
@@ -105,7 +105,7 @@ impl Redis {
     }
 
     /// Every key and its value (strings; other types as their type name).
-    fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub(crate) fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut c = self.conn();
         let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
         keys.into_iter()
