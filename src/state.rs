@@ -131,8 +131,8 @@ impl AppState {
         }
         // An unchanged [webhooks] keeps its pending events and redelivery task.
         let webhooks = match previous.and_then(|p| p.webhooks.clone()) {
-            Some(w) if w.same_config(&config.webhooks, env) => Some(w),
-            _ => crate::webhooks::Webhooks::from_config(&config.webhooks, env)?,
+            Some(w) if w.same_config(&config.webhooks, env, fleet.as_ref()) => Some(w),
+            _ => crate::webhooks::Webhooks::from_config(&config.webhooks, env, fleet.clone())?,
         };
         let callbacks = crate::callbacks::Verifier::new(
             crate::callbacks::KeyHosts {

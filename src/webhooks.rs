@@ -11,6 +11,13 @@
 //! is never dropped: it is counted, logged to the audit trail, kept pending (in
 //! `data_dir`'s journal when set, so a restart keeps it), redelivered with
 //! back-off by a background task, and listed at `GET /admin/webhooks/pending`.
+//!
+//! In fleet mode (`[shared]`) pending events live in Redis instead, sealed like
+//! the L2 cache (one hash; field = HMAC of the event id, value = AES-256-GCM of
+//! the record, so neither subject nor object key shows): any replica lists
+//! them and redelivers them (one at a time per event: a flight lock), so a pod
+//! that dies takes nothing with it. While Redis does not answer, an event is
+//! kept by the replica that has it (memory or `data_dir`), as without `[shared]`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, Write as _};
@@ -26,6 +33,10 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use crate::config::WebhooksConfig;
+use crate::shared::Fleet;
+
+/// The fleet-wide map (`Fleet::map_*`) of pending events.
+const FLEET_MAP: &str = "webhooks-pending";
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// The journal's file name in `data_dir`.
@@ -99,6 +110,8 @@ pub struct Webhooks {
     http: reqwest::Client,
     pending: Mutex<BTreeMap<String, Pending>>,
     journal: Option<(PathBuf, Mutex<std::fs::File>)>,
+    /// Fleet mode: pending events are kept in Redis while it answers.
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// The Standard Webhooks secret: `whsec_` and the base64 of 24 to 64 bytes.
@@ -122,6 +135,7 @@ impl Webhooks {
     pub fn from_config(
         cfg: &WebhooksConfig,
         env: &BTreeMap<String, String>,
+        fleet: Option<Arc<Fleet>>,
     ) -> Result<Option<Arc<Self>>, String> {
         let (Some(url), Some(var)) = (&cfg.url, &cfg.secret_env) else {
             return Ok(None);
@@ -156,6 +170,7 @@ impl Webhooks {
             http,
             pending: Mutex::new(pending),
             journal,
+            fleet,
         });
         spawn_redelivery(Arc::downgrade(&hooks));
         Ok(Some(hooks))
@@ -167,7 +182,12 @@ impl Webhooks {
     }
 
     /// Whether a reload may keep this instance (and its pending set and task).
-    pub fn same_config(&self, cfg: &WebhooksConfig, env: &BTreeMap<String, String>) -> bool {
+    pub fn same_config(
+        &self,
+        cfg: &WebhooksConfig,
+        env: &BTreeMap<String, String>,
+        fleet: Option<&Arc<Fleet>>,
+    ) -> bool {
         let secret = cfg
             .secret_env
             .as_ref()
@@ -178,6 +198,11 @@ impl Webhooks {
             && cfg.timeout == self.timeout
             && cfg.retry_max_interval == self.retry_max
             && cfg.data_dir.as_ref().map(|d| d.join(JOURNAL)) == self.journal.as_ref().map(|(p, _)| p.clone())
+            && match (fleet, &self.fleet) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
     }
 
     /// The three Standard Webhooks headers for `body` sent at `at`.
@@ -205,12 +230,12 @@ impl Webhooks {
             Ok(reply) => {
                 crate::prom::webhook_delivery("delivered");
                 // OSS may call twice for one object: a pending copy is settled too.
-                self.settle(&id);
+                self.settle(&id).await;
                 Outcome::Delivered(reply)
             }
             Err(why) => {
                 crate::prom::webhook_delivery("failed");
-                self.keep(id, body, why.clone());
+                self.keep(id, body, why.clone()).await;
                 Outcome::Pending(why)
             }
         }
@@ -241,10 +266,36 @@ impl Webhooks {
             .flatten())
     }
 
-    fn keep(&self, id: String, body: String, why: String) {
+    /// Records a failed attempt: in Redis when in fleet mode and it answers,
+    /// else in this replica's set (and journal).
+    async fn keep(&self, id: String, body: String, why: String) {
+        if let Some(fleet) = &self.fleet
+            && let Ok(known) = fleet.map_get(FLEET_MAP, &id).await
+        {
+            let known = known.and_then(|v| serde_json::from_slice::<Pending>(&v).ok());
+            let entry = self.failed(known, id, body, why);
+            let value = serde_json::to_vec(&entry).unwrap_or_default();
+            if fleet.map_put(FLEET_MAP, &entry.id, &value).await.is_ok() {
+                // Redis holds it now: a copy kept here would be sent twice.
+                self.settle_local(&entry.id);
+                return;
+            }
+            return self.keep_local(entry);
+        }
+        let known = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        let entry = self.failed(known, id, body, why);
+        self.keep_local(entry);
+    }
+
+    /// `known` (or a new record) after one more failed attempt.
+    fn failed(&self, known: Option<Pending>, id: String, body: String, why: String) -> Pending {
         let now = Utc::now();
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = pending.entry(id.clone()).or_insert_with(|| Pending {
+        let mut entry = known.unwrap_or_else(|| Pending {
             id,
             body,
             attempts: 0,
@@ -255,6 +306,12 @@ impl Webhooks {
         entry.attempts += 1;
         entry.last_error = why;
         entry.next_attempt_at = now + self.backoff(entry.attempts);
+        entry
+    }
+
+    fn keep_local(&self, entry: Pending) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.insert(entry.id.clone(), entry.clone());
         let line = Entry::Pending(entry.clone());
         let n = pending.len();
         drop(pending);
@@ -262,7 +319,16 @@ impl Webhooks {
         crate::prom::webhooks_pending(n);
     }
 
-    fn settle(&self, id: &str) {
+    /// Delivered: removed here and, in fleet mode, from Redis (if Redis does
+    /// not answer, its copy is redelivered later with the same webhook-id).
+    async fn settle(&self, id: &str) {
+        self.settle_local(id);
+        if let Some(fleet) = &self.fleet {
+            let _ = fleet.map_remove(FLEET_MAP, id).await;
+        }
+    }
+
+    fn settle_local(&self, id: &str) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.remove(id).is_some() {
             let n = pending.len();
@@ -289,37 +355,78 @@ impl Webhooks {
         }
     }
 
-    /// The pending events, oldest first.
-    pub fn pending(&self) -> Vec<Pending> {
-        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<Pending> = pending.values().cloned().collect();
+    /// The pending events, oldest first: this replica's and, in fleet mode,
+    /// the fleet's (while Redis answers).
+    pub async fn pending(&self) -> Vec<Pending> {
+        let mut all = self.pending_local();
+        all.extend(self.pending_fleet().await);
+        let mut by_id = BTreeMap::new();
+        for p in all {
+            by_id.entry(p.id.clone()).or_insert(p);
+        }
+        let mut out: Vec<Pending> = by_id.into_values().collect();
         out.sort_by_key(|p| p.first_failed_at);
         out
     }
 
-    /// One redelivery round: every due event is tried once.
+    fn pending_local(&self) -> Vec<Pending> {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.values().cloned().collect()
+    }
+
+    async fn pending_fleet(&self) -> Vec<Pending> {
+        let Some(fleet) = &self.fleet else {
+            return Vec::new();
+        };
+        let values = fleet.map_all(FLEET_MAP).await.unwrap_or_default();
+        values
+            .iter()
+            .filter_map(|v| serde_json::from_slice::<Pending>(v).ok())
+            .collect()
+    }
+
+    /// One redelivery round: every due event is tried once; a fleet event
+    /// only by the replica that takes its lock.
     pub async fn redeliver_due(&self) {
         let now = Utc::now();
-        let due: Vec<Pending> = {
-            let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending
-                .values()
-                .filter(|p| p.next_attempt_at <= now)
-                .cloned()
-                .collect()
-        };
-        for p in due {
-            match self.send(&p.id, &p.body).await {
-                Ok(_) => {
-                    crate::prom::webhook_delivery("redelivered");
-                    info!(target: "ossvend::audit", webhook_id = %p.id, attempts = p.attempts + 1, "webhook redelivered");
-                    self.settle(&p.id);
-                }
-                Err(why) => {
-                    crate::prom::webhook_delivery("failed");
-                    warn!(target: "ossvend::audit", webhook_id = %p.id, attempts = p.attempts + 1, error = %why, "webhook still pending");
-                    self.keep(p.id, p.body, why);
-                }
+        for p in self
+            .pending_local()
+            .into_iter()
+            .filter(|p| p.next_attempt_at <= now)
+        {
+            self.redeliver(p).await;
+        }
+        let Some(fleet) = &self.fleet else { return };
+        for p in self
+            .pending_fleet()
+            .await
+            .into_iter()
+            .filter(|p| p.next_attempt_at <= now)
+        {
+            let Ok(Some(lock)) = fleet.try_lock(&format!("webhook\0{}", p.id)).await else {
+                continue;
+            };
+            // Another replica may have sent it since the listing: look again under the lock.
+            let now_due = fleet.map_get(FLEET_MAP, &p.id).await.ok().flatten();
+            let now_due = now_due.and_then(|v| serde_json::from_slice::<Pending>(&v).ok());
+            if let Some(p) = now_due.filter(|p| p.next_attempt_at <= Utc::now()) {
+                self.redeliver(p).await;
+            }
+            fleet.unlock(lock).await;
+        }
+    }
+
+    async fn redeliver(&self, p: Pending) {
+        match self.send(&p.id, &p.body).await {
+            Ok(_) => {
+                crate::prom::webhook_delivery("redelivered");
+                info!(target: "ossvend::audit", webhook_id = %p.id, attempts = p.attempts + 1, "webhook redelivered");
+                self.settle(&p.id).await;
+            }
+            Err(why) => {
+                crate::prom::webhook_delivery("failed");
+                warn!(target: "ossvend::audit", webhook_id = %p.id, attempts = p.attempts + 1, error = %why, "webhook still pending");
+                self.keep(p.id, p.body, why).await;
             }
         }
     }
@@ -425,7 +532,7 @@ mod tests {
             "S".to_string(),
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
         )]);
-        let hooks = Webhooks::from_config(&cfg, &env).unwrap().unwrap();
+        let hooks = Webhooks::from_config(&cfg, &env, None).unwrap().unwrap();
         let at = DateTime::from_timestamp(1_614_265_330, 0).unwrap();
         let [id, ts, sig] = hooks.headers("msg_p5jXN8AQM9LWM0D4loKWxJek", r#"{"test": 2432232314}"#, at);
         assert_eq!(

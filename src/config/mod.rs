@@ -1086,6 +1086,12 @@ pub struct SharedConfig {
     pub command_timeout: Duration,
     #[serde(default = "default_shared_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// PEM bundle of the CAs a `rediss://` server's certificate must chain to
+    /// (a private CA: self-hosted Redis/Valkey, some Tair setups). Set, it
+    /// replaces the public (webpki) roots for this connection; unset, only
+    /// the public roots are trusted.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What a replica does while Redis cannot be reached.

@@ -6,6 +6,9 @@
 //! secret — or lies inside a multi-line string that such a key starts — the
 //! excerpt is replaced by the key alone; a type error on such a key loses its
 //! value; and any value of a secret-named key is scrubbed from every message.
+//! Whatever the key, the userinfo of a URL (`scheme://user:pass@host`) never
+//! shows: it becomes `scheme://***@host` in every message (a Redis URL's
+//! password sits under `url`, which names no secret).
 
 use std::ops::Range;
 use std::sync::LazyLock;
@@ -34,6 +37,16 @@ static KEY_RE: LazyLock<Regex> = LazyLock::new(|| {
     )
     .expect("valid regex")
 });
+
+/// `scheme://userinfo@`: everything from `://` to the last `@` of the token
+/// (a password may itself hold `@` or `/`), stopping at whitespace and quotes.
+static USERINFO_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"([A-Za-z][A-Za-z0-9+.-]*://)[^\s"'`<>]*@"#).expect("valid regex"));
+
+/// `text` with the userinfo of every URL replaced by `***`.
+pub fn scrub_userinfo(text: &str) -> String {
+    USERINFO_RE.replace_all(text, "${1}***@").into_owned()
+}
 
 /// What a line of the document may reveal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +120,10 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 /// A TOML syntax error on `text`: toml's own rendering, unless a line it covers
 /// may reveal a secret; then the position, the key and the message only.
 pub fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    scrub_userinfo(&syntax_excerpt(text, e))
+}
+
+fn syntax_excerpt(text: &str, e: &toml::de::Error) -> String {
     let Some(span) = e.span() else {
         return e.to_string();
     };
@@ -189,7 +206,7 @@ pub fn value_error(e: &toml::de::Error, secrets: &[String]) -> String {
     for s in secrets {
         text = text.replace(s.as_str(), REDACTED);
     }
-    text
+    scrub_userinfo(&text)
 }
 
 #[cfg(test)]
@@ -265,6 +282,36 @@ mod tests {
         // Ordinary lines keep toml's excerpt.
         let e = syntax("[server]\nlisten = \"127.0.0.1:8000\" x\n");
         assert!(e.contains("listen = \"127.0.0.1:8000\" x"), "{e}");
+    }
+
+    #[test]
+    fn url_userinfo_never_shows_whatever_the_key() {
+        assert_eq!(
+            scrub_userinfo("url = \"rediss://ossvend:hunter2@r-bp1.redis.rds.aliyuncs.com:6380/0\""),
+            "url = \"rediss://***@r-bp1.redis.rds.aliyuncs.com:6380/0\""
+        );
+        // `@` and `/` inside the password, two URLs on a line, none at all.
+        assert_eq!(
+            scrub_userinfo("a = 'redis://:p@ss/w@h:1' b = \"https://u:x@h/p\" c = 'x@y'"),
+            "a = 'redis://***@h:1' b = \"https://***@h/p\" c = 'x@y'"
+        );
+        assert_eq!(scrub_userinfo("redis://h:6379/0"), "redis://h:6379/0");
+        // A syntax error on a line with a URL under a harmless key.
+        let e = syntax("[shared]\nurl = \"redis://ossvend:hunter2-pw@10.0.0.5:6379\" x\n");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("redis://***@10.0.0.5:6379"), "{e}");
+        let e = syntax("[sts]\nendpoint = \"https://u:hunter2-pw@sts.example\nx = 1\n");
+        assert!(!e.contains("hunter2"), "{e}");
+        // A type error quoting the value.
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Doc {
+            port: u16,
+        }
+        let doc: toml::Table = toml::from_str("port = \"redis://u:hunter2-pw@h\"").unwrap();
+        let e = toml::Value::Table(doc).try_into::<Doc>().unwrap_err();
+        let shown = value_error(&e, &[]);
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

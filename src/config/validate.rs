@@ -70,6 +70,23 @@ pub fn check_after_identity(config: &Config, env: &BTreeMap<String, String>, p: 
     check_webhooks(config, p);
 }
 
+/// `shared.ca_file`'s PEM text, if it is readable and every PEM certificate
+/// in it parses (at least one). The error names the file, never its content.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| format!("{} is not a PEM certificate bundle", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(pem)
+}
+
 /// The shortest encryption key `[shared]` accepts (bytes of the variable's raw value).
 pub const MIN_SHARED_KEY_BYTES: usize = 32;
 
@@ -140,6 +157,14 @@ fn check_shared(config: &Config, env: &BTreeMap<String, String>, p: &mut Problem
     }
     if s.connect_timeout.is_zero() || s.connect_timeout > Duration::from_secs(30) {
         p.add("shared.connect_timeout", "must be between 1 ms and 30 s");
+    }
+    if let Some(path) = &s.ca_file {
+        if !s.url.starts_with("rediss://") {
+            p.add("shared.ca_file", "is only used with a rediss:// url");
+        }
+        if let Err(e) = read_ca_file(path) {
+            p.add("shared.ca_file", e);
+        }
     }
     if config.auth.tickets.secret_env.is_none() {
         p.add(
@@ -1265,5 +1290,52 @@ policy = '{"Version":"1","Statement":[{"Effect":"Allow","Action":"oss:*","Resour
         let more = format!("{ok}password_env = \"PW\"\nreplicas = 0\ncommand_timeout = \"0s\"\n");
         let p = shared_problems(&more, true, &[KEY]);
         assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn a_ca_file_must_be_a_readable_pem_bundle_for_a_tls_url() {
+        const KEY: (&str, &str) = ("K", "fake-fleet-key-of-at-least-32-bytes!!");
+        let dir = tempfile::tempdir().unwrap();
+        // A self-signed certificate (any will do: only the PEM shape is checked here).
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIBVzCB/qADAgECAhQtYXRlc3QtY2EtZm9yLW9zc3ZlbmQwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
+        let files = [
+            ("ca.pem", cert.to_string()),
+            ("empty.pem", "# no certificate here\n".to_string()),
+            (
+                "key.pem",
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_string(),
+            ),
+        ];
+        for (name, text) in &files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let cfg = |url: &str, file: &str| {
+            let path = dir.path().join(file);
+            format!(
+                "url = \"{url}\"\nencryption_key_env = \"K\"\nca_file = \"{}\"\n",
+                path.display()
+            )
+        };
+        let tls = "rediss://r-bp1.redis.rds.aliyuncs.com:6380";
+        assert_eq!(
+            shared_problems(&cfg(tls, "ca.pem"), true, &[KEY]),
+            Vec::<String>::new()
+        );
+        for (file, says) in [
+            ("missing.pem", "cannot read"),
+            ("empty.pem", "holds no PEM certificate"),
+            ("key.pem", "holds no PEM certificate"),
+        ] {
+            let p = shared_problems(&cfg(tls, file), true, &[KEY]);
+            assert!(
+                p.len() == 1 && p[0].starts_with("shared.ca_file:") && p[0].contains(says),
+                "{p:?}"
+            );
+        }
+        let p = shared_problems(&cfg("redis://127.0.0.1:6390", "ca.pem"), true, &[KEY]);
+        assert!(
+            p.len() == 1 && p[0].contains("only used with a rediss:// url"),
+            "{p:?}"
+        );
     }
 }

@@ -116,7 +116,10 @@ async fn pending_webhooks(State(live): State<Arc<Live>>, headers: HeaderMap) -> 
     if let Err(e) = check_token(&state, &headers) {
         return e.into_response();
     }
-    let pending = state.webhooks.as_ref().map(|w| w.pending()).unwrap_or_default();
+    let pending = match &state.webhooks {
+        Some(w) => w.pending().await,
+        None => Vec::new(),
+    };
     (
         StatusCode::OK,
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],

@@ -136,7 +136,21 @@ impl Fleet {
             settings = settings.set_password(env.get(v).map(String::as_str).unwrap_or_default());
         }
         info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| format!("shared.url: {}", redis_error(&e)))?;
+        let client = match &cfg.ca_file {
+            // The bundle replaces the public roots: a private CA's server is
+            // checked against that CA (hostname included), nothing else.
+            Some(path) => {
+                let pem = crate::config::validate::read_ca_file(path)
+                    .map_err(|e| format!("shared.ca_file: {e}"))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(info, certs)
+            }
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| format!("shared.url: {}", redis_error(&e)))?;
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             .set_response_timeout(Some(cfg.command_timeout))
@@ -337,6 +351,58 @@ impl Fleet {
         Ok(if taken == 1 { Ok(wait) } else { Err(wait) })
     }
 
+    /// A sealed member of the fleet-wide map `kind` (one Redis hash): the
+    /// field is an HMAC of `member`, the value is sealed with the field as
+    /// associated data (a value moved to another field does not open). No
+    /// TTL: what the map holds (pending webhooks) must outlive any replica.
+    pub async fn map_put(&self, kind: &str, member: &str, value: &[u8]) -> Result<(), Unavailable> {
+        let field = self.name(kind, member);
+        let sealed = self.sealer.seal(&field, value);
+        let mut c = self.conn.clone();
+        let mut hset = redis::cmd("HSET");
+        hset.arg(self.name(kind, "")).arg(&field).arg(sealed);
+        self.run("hset", hset.query_async::<()>(&mut c)).await
+    }
+
+    /// The opened value of `member` in the map `kind`, if any (one that does
+    /// not open is a miss, counted).
+    pub async fn map_get(&self, kind: &str, member: &str) -> Result<Option<Vec<u8>>, Unavailable> {
+        let field = self.name(kind, member);
+        let mut c = self.conn.clone();
+        let mut hget = redis::cmd("HGET");
+        hget.arg(self.name(kind, "")).arg(&field);
+        let raw: Option<Vec<u8>> = self.run("hget", hget.query_async(&mut c)).await?;
+        Ok(raw.and_then(|raw| self.open_field(&field, &raw)))
+    }
+
+    /// Every value of the map `kind` that opens with this replica's key.
+    pub async fn map_all(&self, kind: &str) -> Result<Vec<Vec<u8>>, Unavailable> {
+        let mut c = self.conn.clone();
+        let mut hgetall = redis::cmd("HGETALL");
+        hgetall.arg(self.name(kind, ""));
+        let all: Vec<(String, Vec<u8>)> = self.run("hgetall", hgetall.query_async(&mut c)).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(field, raw)| self.open_field(&field, &raw))
+            .collect())
+    }
+
+    /// Removes `member` from the map `kind`; true if it was there.
+    pub async fn map_remove(&self, kind: &str, member: &str) -> Result<bool, Unavailable> {
+        let mut c = self.conn.clone();
+        let mut hdel = redis::cmd("HDEL");
+        hdel.arg(self.name(kind, "")).arg(self.name(kind, member));
+        Ok(self.run("hdel", hdel.query_async::<u32>(&mut c)).await? > 0)
+    }
+
+    fn open_field(&self, field: &str, raw: &[u8]) -> Option<Vec<u8>> {
+        let opened = self.sealer.open(field, raw);
+        if opened.is_none() {
+            self.undecryptable(field);
+        }
+        opened
+    }
+
     /// Keeps `lock` alive while its holder works; stops when dropped.
     pub fn keep_alive(self: &Arc<Self>, lock: &Lock) -> KeepAlive {
         let (fleet, lock) = (
@@ -406,6 +472,7 @@ mod tests {
             replicas: 2,
             command_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_millis(100),
+            ca_file: None,
         }
     }
 

@@ -1011,6 +1011,7 @@ mod tests {
                 replicas: 3,
                 command_timeout: Duration::from_millis(100),
                 connect_timeout: Duration::from_millis(100),
+                ca_file: None,
             };
             let env = std::collections::BTreeMap::from([("K".to_string(), "k".repeat(32))]);
             let fleet = Fleet::connect(&cfg, Duration::from_secs(1), "id".into(), &env)

@@ -347,6 +347,15 @@ fn env_map() -> std::collections::BTreeMap<String, String> {
             CALLER_SECRET.to_string(),
         ),
         ("OSSVEND_WEBHOOK_SECRET".to_string(), WEBHOOK_SECRET.to_string()),
+        // Fleet mode (obviously fake, 32+ bytes).
+        (
+            "OSSVEND_SHARED_KEY".to_string(),
+            "callbacks-test-shared-key-not-secret-0001".to_string(),
+        ),
+        (
+            "OSSVEND_TICKET_KEY".to_string(),
+            "callbacks-test-ticket-key-not-secret-0001".to_string(),
+        ),
     ])
 }
 
@@ -754,7 +763,7 @@ async fn an_event_the_application_missed_is_kept_across_a_restart_and_redelivere
         (503, Some("webhook_pending")),
         "{reply}"
     );
-    let pending = state.webhooks.as_ref().unwrap().pending();
+    let pending = state.webhooks.as_ref().unwrap().pending().await;
     assert_eq!(pending.len(), 1);
     let id = pending[0].id.clone();
     let journal = std::fs::read_to_string(dir.path().join(ossvend::webhooks::JOURNAL)).unwrap();
@@ -799,17 +808,22 @@ async fn an_event_the_application_missed_is_kept_across_a_restart_and_redelivere
     let state = state_for(&config, &base).await;
     let hooks = state.webhooks.clone().unwrap();
     assert_eq!(
-        hooks.pending().iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        hooks
+            .pending()
+            .await
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
         [id.as_str()]
     );
 
     app.down.store(false, Ordering::SeqCst);
     let start = std::time::Instant::now();
     // Back-off starts at 5 s; a generous liveness bound.
-    while !hooks.pending().is_empty() && start.elapsed() < std::time::Duration::from_secs(60) {
+    while !hooks.pending().await.is_empty() && start.elapsed() < std::time::Duration::from_secs(60) {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    assert!(hooks.pending().is_empty(), "not redelivered");
+    assert!(hooks.pending().await.is_empty(), "not redelivered");
     let seen = app.seen();
     assert_eq!(seen.len(), 1, "exactly one delivery");
     assert_eq!(seen[0].0["webhook-id"], id);
@@ -822,7 +836,103 @@ async fn an_event_the_application_missed_is_kept_across_a_restart_and_redelivere
     drop(hooks);
     drop(state);
     let state = state_for(&config, &base).await;
-    assert!(state.webhooks.as_ref().unwrap().pending().is_empty());
+    assert!(state.webhooks.as_ref().unwrap().pending().await.is_empty());
+}
+
+/// Fleet mode: an event pending on replica A is kept in Redis (sealed: no
+/// object key, subject or webhook id in plain text), so when A goes (its state
+/// dropped, no `data_dir`: its memory was all it had) replica B lists it at
+/// `/admin/webhooks/pending` and redelivers it: one delivery, same webhook-id.
+#[tokio::test]
+async fn fleet_mode_a_pending_event_outlives_its_replica_and_another_redelivers_it() {
+    let app = App::default();
+    let base = start_app(app.clone()).await;
+    let redis = crate::fleet::Redis::start();
+    let admin_token = "admin-token-not-a-secret";
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(admin_token.as_bytes()));
+    let config = callback_config(
+        &base,
+        &format!(
+            "\n[admin]\ntoken_sha256 = \"{digest}\"\n\n[auth.tickets]\nsecret_env = \"OSSVEND_TICKET_KEY\"\n\n\
+             [shared]\nurl = \"{}\"\nencryption_key_env = \"OSSVEND_SHARED_KEY\"\ncommand_timeout = \"3s\"\n",
+            redis.url()
+        ),
+    );
+    let a = state_for(&config, &base).await;
+    let b = state_for(&config, &base).await;
+    let router = ossvend::app(a.clone());
+    let (key, callback, vars) = issue_presign(&router).await;
+    let body = oss_fill(&callback, &vars, &key, 7, "0123456789ABCDEF0123456789ABCDEF");
+    let signed = python_sign(&json!([{"path": "/v1/callbacks/oss", "query": null, "body": body}]));
+    *app.key_pem.lock().unwrap() = signed["public_pem"].as_str().unwrap().to_string();
+
+    app.down.store(true, Ordering::SeqCst);
+    let (status, reply) = call(
+        &router,
+        "POST",
+        "/v1/callbacks/oss",
+        &[
+            ("content-type", "application/json".into()),
+            ("authorization", signed["signatures"][0].as_str().unwrap().into()),
+            ("x-oss-pub-key-url", B64.encode(format!("{base}/key.pem"))),
+        ],
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (503, Some("webhook_pending")),
+        "{reply}"
+    );
+    let pending = a.webhooks.as_ref().unwrap().pending().await;
+    assert_eq!(pending.len(), 1);
+    let id = pending[0].id.clone();
+
+    // Redis holds one sealed record: nothing readable in names or values.
+    let dump = redis.dump();
+    assert!(!dump.is_empty());
+    for (k, v) in &dump {
+        for word in [key.as_str(), id.as_str(), "photos", "upload.completed"] {
+            assert!(!String::from_utf8_lossy(k).contains(word), "{word} in a key");
+            assert!(!String::from_utf8_lossy(v).contains(word), "{word} in a value");
+        }
+    }
+
+    // A goes away; its redelivery task with it (nothing else holds its sender).
+    let a_hooks = Arc::downgrade(a.webhooks.as_ref().unwrap());
+    drop(router);
+    drop(a);
+    assert!(
+        a_hooks.upgrade().is_none(),
+        "replica A's webhook sender still lives"
+    );
+
+    // B lists the fleet's pending event on its admin listener.
+    let live = ossvend::reload::Live::new(b.clone(), ossvend::app, base.clone().into(), env_map());
+    let admin = ossvend::routes::admin_app(live);
+    let bearer = [("authorization", format!("Bearer {admin_token}"))];
+    let (status, listed) = call(&admin, "GET", "/admin/webhooks/pending", &bearer, vec![]).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["pending"][0]["id"], id.as_str(), "{listed}");
+    drop(admin);
+
+    app.down.store(false, Ordering::SeqCst);
+    let hooks = b.webhooks.clone().unwrap();
+    let start = std::time::Instant::now();
+    // Back-off starts at 5 s; a generous liveness bound.
+    while !hooks.pending().await.is_empty() && start.elapsed() < std::time::Duration::from_secs(60) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(hooks.pending().await.is_empty(), "not redelivered by B");
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1, "exactly one delivery");
+    assert_eq!(seen[0].0["webhook-id"], id);
+    assert!(
+        redis
+            .dump()
+            .iter()
+            .all(|(k, _)| !String::from_utf8_lossy(k).contains("webhooks-pending"))
+    );
 }
 
 /// A grant with a callback needs `[webhooks]`; S3-compatible signing cannot
@@ -1087,7 +1197,7 @@ async fn uploads_to_the_local_sink_call_back_and_each_makes_one_webhook() {
             .iter()
             .any(|m| m.key == presign["key"].as_str().unwrap())
     );
-    let pending = state.webhooks.as_ref().unwrap().pending();
+    let pending = state.webhooks.as_ref().unwrap().pending().await;
     assert_eq!(pending.len(), 1);
     assert!(pending[0].body.contains(presign["key"].as_str().unwrap()));
 }
@@ -1183,7 +1293,7 @@ async fn the_webhook_gets_what_is_left_of_osss_window() {
         outcomes,
         [(503, Some("webhook_pending".to_string())), (200, None)]
     );
-    let pending = state.webhooks.as_ref().unwrap().pending();
+    let pending = state.webhooks.as_ref().unwrap().pending().await;
     assert_eq!(pending.len(), 1);
     assert!(pending[0].body.contains("\"size\":1"), "{}", pending[0].body);
 }

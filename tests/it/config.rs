@@ -762,3 +762,31 @@ allowed_origin_patterns = ["https://*.example.com", "http://*.localhost:3000", "
         );
     }
 }
+
+/// A Redis URL's password (under `url`, a key naming no secret) never shows in
+/// `check-config`'s excerpt of a file that fails to parse, nor in a type error.
+#[test]
+fn url_passwords_never_show_in_parse_errors() {
+    for bad in [
+        // Syntax error on the URL's line: toml quotes the line.
+        "\n[shared]\nurl = \"rediss://ossvend:hunter2-fake-pw@r-bp1.redis.rds.aliyuncs.com:6380\" x\n",
+        // Unterminated string: toml quotes the line too.
+        "\n[shared]\nurl = \"redis://:hunter2-fake-pw@10.0.0.5:6379\n",
+        // Type error quoting the value, under another key.
+        "\n[server.extra]\nx = 1\n",
+    ] {
+        let cfg = if bad.contains("server.extra") {
+            ISSUE_EXAMPLE.replace(
+                "listen = \"127.0.0.1:8000\"",
+                "listen = \"127.0.0.1:8000\"\nrequest_timeout = \"https://u:hunter2-fake-pw@h\"",
+            )
+        } else {
+            format!("{ISSUE_EXAMPLE}{bad}")
+        };
+        let out = run(&cfg, &["check-config"], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("://***@"), "{err}");
+    }
+}

@@ -13,11 +13,13 @@ const SHARED_KEY: &str = "fleet-test-encryption-key-not-secret-0001";
 const WRONG_KEY: &str = "fleet-test-encryption-key-WRONG-not-secret";
 const TICKET_KEY: &str = "fleet-test-ticket-key-not-secret-00000001";
 
-/// A `redis-server` of its own, killed on drop.
-struct Redis {
+/// A `redis-server` of its own, killed on drop (also used by callbacks.rs).
+pub(crate) struct Redis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// TLS only (`--port 0`): the directory of make_tls_certs.py's files.
+    tls: Option<std::path::PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -29,28 +31,45 @@ fn free_port() -> u16 {
 }
 
 impl Redis {
-    fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            tls: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// TLS only, no plain-text port, on the certificates in `certs`.
+    fn start_tls(certs: &std::path::Path) -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            tls: Some(certs.to_path_buf()),
         };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(certs) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(certs.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(certs.join("server-key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -68,8 +87,9 @@ impl Redis {
         }
     }
 
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    pub(crate) fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// SIGKILL: no goodbye to the clients.
@@ -85,7 +105,7 @@ impl Redis {
     }
 
     /// Every key and its value (strings; other types as their type name).
-    fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub(crate) fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut c = self.conn();
         let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
         keys.into_iter()
@@ -677,4 +697,78 @@ async fn a_dead_flight_holder_blocks_the_others_at_most_the_sts_timeout() {
         2,
         "the hung call and one call after the holder died: {calls:?}"
     );
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 signed by it and an
+/// unrelated CA (tests/fakes/make_tls_certs.py, Python `cryptography`).
+fn tls_certs() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(venv_python())
+        .arg(repo_root().join("tests/fakes/make_tls_certs.py"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+/// `rediss://` for real: redis-server with TLS only (no plain-text port) and a
+/// private CA. Two replicas given the CA in `shared.ca_file` share one cold
+/// storm (one AssumeRole); a replica trusting only the public roots, and one
+/// trusting another CA, cannot connect, say so in /readyz and serve from their
+/// fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_with_a_private_ca_is_shared_and_without_it_falls_back() {
+    let _heavy = serial().await; // three replicas and Redis; call counts read from STS
+    let certs = tls_certs();
+    let (sts, redis) = (FakeSts::start(), Redis::start_tls(certs.path()));
+    let base = fleet_config(&sts, &redis, 1, "");
+    assert!(base.contains("url = \"rediss://127.0.0.1:"), "{base}");
+    let with_ca = |file: &str| {
+        let ca = certs.path().join(file);
+        base.replace(
+            "[shared]\n",
+            &format!("[shared]\nca_file = \"{}\"\n", ca.display()),
+        )
+    };
+    let trusted = [
+        replica(&with_ca("ca.pem"), SHARED_KEY),
+        replica(&with_ca("ca.pem"), SHARED_KEY),
+    ];
+    let public_roots = replica(&base, SHARED_KEY);
+    let other_ca = replica(&with_ca("other-ca.pem"), SHARED_KEY);
+    for r in &trusted {
+        assert_eq!(shared_status(r).await, "connected", "{}", r.logs.text());
+    }
+    for r in [&public_roots, &other_ca] {
+        assert_eq!(shared_status(r).await, "fallback", "{}", r.logs.text());
+    }
+
+    let reqs = (0..200)
+        .map(|i| {
+            let url = trusted[i % 2].url("/v1/grants/browser-upload/credentials");
+            (url, None)
+        })
+        .collect();
+    let answers = all_at_once(reqs).await;
+    for (s, body) in &answers {
+        assert_eq!(*s, 200, "{body}");
+        assert_eq!(body["AccessKeyId"], answers[0].1["AccessKeyId"]);
+    }
+    assert_eq!(
+        sts.call_count().await,
+        1,
+        "two replicas over rediss:// share one flight"
+    );
+
+    // The untrusting replicas serve from their own cache: one call each.
+    for r in [&public_roots, &other_ca] {
+        let (s, body) = get(&http(), r.url("/v1/grants/browser-upload/credentials"), None).await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(shared_status(r).await, "fallback");
+        let logs = r.logs.text();
+        assert!(logs.contains("running on the fallback"), "{logs}");
+        assert!(!logs.contains(SHARED_KEY));
+    }
+    assert_eq!(sts.call_count().await, 3);
 }
