@@ -91,7 +91,11 @@ enum Entry {
 }
 
 pub struct Webhooks {
+    /// Empty in local echo mode.
     url: String,
+    /// `ossvend local` without `[webhooks] url`: no application to tell; the
+    /// event itself is the answer (OSS hands it to the uploader).
+    echo: bool,
     secret: Vec<u8>,
     vars_key: Vec<u8>,
     timeout: Duration,
@@ -123,6 +127,9 @@ impl Webhooks {
         cfg: &WebhooksConfig,
         env: &BTreeMap<String, String>,
     ) -> Result<Option<Arc<Self>>, String> {
+        if cfg.local_echo && cfg.url.is_none() {
+            return Ok(Some(Self::local_echo(cfg)));
+        }
         let (Some(url), Some(var)) = (&cfg.url, &cfg.secret_env) else {
             return Ok(None);
         };
@@ -149,6 +156,7 @@ impl Webhooks {
         crate::prom::webhooks_pending(pending.len());
         let hooks = Arc::new(Webhooks {
             url: url.clone(),
+            echo: false,
             vars_key: crate::callbacks::vars_key(&secret),
             secret,
             timeout: cfg.timeout,
@@ -159,6 +167,29 @@ impl Webhooks {
         });
         spawn_redelivery(Arc::downgrade(&hooks));
         Ok(Some(hooks))
+    }
+
+    /// Local mode with no application: events are answered, never sent. The
+    /// variables' key is random per process (local mode is one process).
+    fn local_echo(cfg: &WebhooksConfig) -> Arc<Self> {
+        let secret: [u8; 32] = rand::random();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Arc::new(Webhooks {
+            url: String::new(),
+            echo: true,
+            vars_key: crate::callbacks::vars_key(&secret),
+            secret: secret.to_vec(),
+            timeout: cfg.timeout,
+            retry_max: cfg.retry_max_interval,
+            http: reqwest::Client::new(),
+            pending: Mutex::new(BTreeMap::new()),
+            journal: None,
+        })
+    }
+
+    /// Whether verified events are answered back instead of delivered (local mode, no `[webhooks] url`).
+    pub fn is_echo(&self) -> bool {
+        self.echo
     }
 
     /// The key of ossvend's custom callback variables.
@@ -173,6 +204,9 @@ impl Webhooks {
             .as_ref()
             .and_then(|v| env.get(v))
             .and_then(|s| parse_secret(s).ok());
+        if self.echo {
+            return cfg.local_echo && cfg.url.is_none();
+        }
         cfg.url.as_deref() == Some(self.url.as_str())
             && secret.as_deref() == Some(self.secret.as_slice())
             && cfg.timeout == self.timeout
@@ -196,6 +230,9 @@ impl Webhooks {
     /// Delivers `event` now (OSS is waiting), within `budget` (what is left of
     /// OSS's window) and `timeout`; an event not taken in time is kept pending.
     pub async fn deliver(&self, event: &UploadEvent, budget: Duration) -> Outcome {
+        if self.echo {
+            return Outcome::Delivered(serde_json::to_value(event).ok());
+        }
         let id = event.id();
         let body = serde_json::to_string(event).unwrap_or_default();
         let sent = tokio::time::timeout(budget.min(self.timeout), self.send(&id, &body))
