@@ -140,6 +140,9 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// A config to use instead of the ready one.
     pub config: Option<PathBuf>,
+    /// Give grants without `[grants.callback]` one to this process's receiver
+    /// (default on; `--no-callbacks` turns it off).
+    pub callbacks: bool,
 }
 
 impl Default for Options {
@@ -149,6 +152,7 @@ impl Default for Options {
             oss_listen: None,
             data_dir: PathBuf::from(".ossvend-local"),
             config: None,
+            callbacks: true,
         }
     }
 }
@@ -242,7 +246,7 @@ pub fn local_config(
     // The sink signs its upload callbacks with a key it publishes on its own
     // listener; the receiver trusts that URL in this process only.
     cfg.webhooks.local_key_url = Some(format!("http://{oss}/"));
-    default_callbacks(&mut cfg, main);
+    default_callbacks(&mut cfg, main, opts.callbacks);
     if let Some(dir) = &cfg.server.static_dir
         && !dir.is_dir()
     {
@@ -269,8 +273,9 @@ pub fn callback_url(main: SocketAddr) -> String {
 /// `[grants.callback]` gets one to this process's receiver, and with no
 /// `[webhooks] url` (no application) the receiver answers with the verified
 /// event itself (`local_echo`), which OSS hands to the uploader.
-fn default_callbacks(cfg: &mut Config, main: SocketAddr) {
-    for g in &mut cfg.grants {
+/// With `add` off (`--no-callbacks`) only the grants' own callbacks remain.
+fn default_callbacks(cfg: &mut Config, main: SocketAddr, add: bool) {
+    for g in cfg.grants.iter_mut().filter(|_| add) {
         let s3 = g.presign_scheme == PresignScheme::S3V4 || g.post_version == PostVersion::S3V4;
         if g.callback.is_none() && !s3 {
             g.callback = Some(config::CallbackConfig {
@@ -293,7 +298,7 @@ pub fn callbacks_summary(cfg: &Config) -> String {
         .map(|g| g.name.as_str())
         .collect();
     if with.is_empty() {
-        return "upload callbacks: off (no grant has one)".into();
+        return "upload callbacks: off (no grant has one; --no-callbacks)".into();
     }
     let to = match &cfg.webhooks.url {
         Some(url) => format!("delivered as signed webhooks to {url}"),
@@ -458,6 +463,13 @@ mod tests {
         // No application: the receiver answers with the event.
         assert!(cfg.webhooks.local_echo && cfg.webhooks.url.is_none());
         assert!(callbacks_summary(&cfg).contains("answered to the uploader"));
+        let off = Options {
+            callbacks: false,
+            ..Options::default()
+        };
+        let cfg = local_config(&off, main, oss, &env_with_root()).unwrap();
+        assert!(cfg.grants.iter().all(|g| g.callback.is_none()));
+        assert!(callbacks_summary(&cfg).starts_with("upload callbacks: off"));
 
         let dir = tempfile_dir();
         let path = dir.join("own.toml");

@@ -1477,7 +1477,7 @@ async fn the_readme_curl_examples_answer_as_shown() {
 /// runs) the sink calls back after a presigned PUT and, with no `[webhooks] url`,
 /// the upload's answer is the verified event itself (real size, MD5 ETag, type);
 /// the start-up log says so in one line; callbacks a client forges straight to the
-/// receiver are refused and answered with no event.
+/// receiver are refused and answered with no event; `--no-callbacks` turns it off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_answers_uploads_with_the_verified_event_and_refuses_forgeries() {
     use base64::Engine as _;
@@ -1582,4 +1582,30 @@ async fn local_mode_answers_uploads_with_the_verified_event_and_refuses_forgerie
         );
         assert!(answer.get("event").is_none(), "{what}: {answer}");
     }
+
+    // `--no-callbacks`: the previous behaviour, a plain upload answered with no body.
+    let off = LocalServer::start(None, &["--no-callbacks"]);
+    assert!(
+        off.server
+            .logs
+            .wait_for("upload callbacks: off", Duration::from_secs(10))
+            .await,
+        "{}",
+        off.server.logs.text()
+    );
+    let p = get_json(
+        &off.server
+            .url("/v1/grants/browser-upload/presign?filename=plain.png&content_type=image/png"),
+    )
+    .await;
+    assert!(!p["url"].as_str().unwrap().contains("callback"), "{p}");
+    let put = http()
+        .put(p["url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    assert_eq!(put.text().await.unwrap(), "");
 }
