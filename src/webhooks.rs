@@ -449,6 +449,42 @@ mod tests {
         assert!(parse_secret("whsec_***").is_err());
     }
 
+    /// `ossvend local` with no `[webhooks] url`: the event is the answer, nothing
+    /// is sent or kept; `serve`'s config (no `local_echo`) builds no sender at all.
+    #[tokio::test]
+    async fn local_echo_answers_with_the_event_and_keeps_nothing() {
+        let cfg = WebhooksConfig {
+            local_echo: true,
+            ..WebhooksConfig::default()
+        };
+        let env = BTreeMap::new();
+        let hooks = Webhooks::from_config(&cfg, &env).unwrap().unwrap();
+        assert!(hooks.is_echo() && hooks.same_config(&cfg, &env));
+        assert_eq!(hooks.vars_key().len(), 32);
+        let event = UploadEvent {
+            event: "upload.completed".into(),
+            grant: "g".into(),
+            subject: "anonymous".into(),
+            bucket: "b".into(),
+            key: "uploads/a.png".into(),
+            size: 3,
+            etag: "ABC".into(),
+            content_type: "image/png".into(),
+            request_id: "r".into(),
+            time: "2026-12-04T21:00:00Z".into(),
+        };
+        match hooks.deliver(&event, Duration::from_secs(1)).await {
+            Outcome::Delivered(Some(v)) => assert_eq!(v, serde_json::to_value(&event).unwrap()),
+            other => panic!("{other:?}"),
+        }
+        assert!(hooks.pending().is_empty());
+        assert!(
+            Webhooks::from_config(&WebhooksConfig::default(), &env)
+                .unwrap()
+                .is_none()
+        );
+    }
+
     /// The Standard Webhooks libraries' own example (the same in svix's and
     /// standardwebhooks' test suites).
     #[tokio::test]
