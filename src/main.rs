@@ -44,6 +44,10 @@ enum Command {
         /// A config to use instead of the built-in config/ossvend.local.toml.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Do not give grants without [grants.callback] an upload callback to this
+        /// process (on by default: uploads are answered with the verified event).
+        #[arg(long)]
+        no_callbacks: bool,
     },
     /// Validate a config file and print every problem found.
     CheckConfig {
@@ -99,12 +103,14 @@ fn main() -> ExitCode {
             oss_listen,
             data_dir,
             config,
+            no_callbacks,
         } => run_local(
             LocalArgs {
                 listen,
                 oss_listen,
                 data_dir,
                 config,
+                callbacks: !no_callbacks,
             },
             &env,
         ),
@@ -127,6 +133,7 @@ fn main() -> ExitCode {
                     oss_listen: None,
                     data_dir: PathBuf::from(DEFAULT_LOCAL_DATA_DIR),
                     config: None,
+                    callbacks: true,
                 },
                 &env,
             )
@@ -183,6 +190,7 @@ struct LocalArgs {
     oss_listen: Option<String>,
     data_dir: PathBuf,
     config: Option<PathBuf>,
+    callbacks: bool,
 }
 
 #[cfg(feature = "local")]
@@ -203,6 +211,7 @@ fn run_local(args: LocalArgs, env: &BTreeMap<String, String>) -> ExitCode {
         oss_listen: args.oss_listen,
         data_dir: args.data_dir,
         config: args.config,
+        callbacks: args.callbacks,
     };
     let _log = ossvend::telemetry::init(ossvend::local::log_format(&opts, env));
     let rt = match tokio::runtime::Runtime::new() {

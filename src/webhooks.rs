@@ -102,7 +102,11 @@ enum Entry {
 }
 
 pub struct Webhooks {
+    /// Empty in local echo mode.
     url: String,
+    /// `ossvend local` without `[webhooks] url`: no application to tell; the
+    /// event itself is the answer (OSS hands it to the uploader).
+    echo: bool,
     secret: Vec<u8>,
     vars_key: Vec<u8>,
     timeout: Duration,
@@ -137,6 +141,9 @@ impl Webhooks {
         env: &BTreeMap<String, String>,
         fleet: Option<Arc<Fleet>>,
     ) -> Result<Option<Arc<Self>>, String> {
+        if cfg.local_echo && cfg.url.is_none() {
+            return Ok(Some(Self::local_echo(cfg)));
+        }
         let (Some(url), Some(var)) = (&cfg.url, &cfg.secret_env) else {
             return Ok(None);
         };
@@ -163,6 +170,7 @@ impl Webhooks {
         crate::prom::webhooks_pending(pending.len());
         let hooks = Arc::new(Webhooks {
             url: url.clone(),
+            echo: false,
             vars_key: crate::callbacks::vars_key(&secret),
             secret,
             timeout: cfg.timeout,
@@ -174,6 +182,30 @@ impl Webhooks {
         });
         spawn_redelivery(Arc::downgrade(&hooks));
         Ok(Some(hooks))
+    }
+
+    /// Local mode with no application: events are answered, never sent. The
+    /// variables' key is random per process (local mode is one process).
+    fn local_echo(cfg: &WebhooksConfig) -> Arc<Self> {
+        let secret: [u8; 32] = rand::random();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Arc::new(Webhooks {
+            url: String::new(),
+            echo: true,
+            vars_key: crate::callbacks::vars_key(&secret),
+            secret: secret.to_vec(),
+            timeout: cfg.timeout,
+            retry_max: cfg.retry_max_interval,
+            http: reqwest::Client::new(),
+            pending: Mutex::new(BTreeMap::new()),
+            journal: None,
+            fleet: None,
+        })
+    }
+
+    /// Whether verified events are answered back instead of delivered (local mode, no `[webhooks] url`).
+    pub fn is_echo(&self) -> bool {
+        self.echo
     }
 
     /// The key of ossvend's custom callback variables.
@@ -193,6 +225,9 @@ impl Webhooks {
             .as_ref()
             .and_then(|v| env.get(v))
             .and_then(|s| parse_secret(s).ok());
+        if self.echo {
+            return cfg.local_echo && cfg.url.is_none();
+        }
         cfg.url.as_deref() == Some(self.url.as_str())
             && secret.as_deref() == Some(self.secret.as_slice())
             && cfg.timeout == self.timeout
@@ -221,6 +256,9 @@ impl Webhooks {
     /// Delivers `event` now (OSS is waiting), within `budget` (what is left of
     /// OSS's window) and `timeout`; an event not taken in time is kept pending.
     pub async fn deliver(&self, event: &UploadEvent, budget: Duration) -> Outcome {
+        if self.echo {
+            return Outcome::Delivered(serde_json::to_value(event).ok());
+        }
         let id = event.id();
         let body = serde_json::to_string(event).unwrap_or_default();
         let sent = tokio::time::timeout(budget.min(self.timeout), self.send(&id, &body))
@@ -517,6 +555,42 @@ mod tests {
         assert!(parse_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(parse_secret("whsec_c2hvcnQ=").is_err());
         assert!(parse_secret("whsec_***").is_err());
+    }
+
+    /// `ossvend local` with no `[webhooks] url`: the event is the answer, nothing
+    /// is sent or kept; `serve`'s config (no `local_echo`) builds no sender at all.
+    #[tokio::test]
+    async fn local_echo_answers_with_the_event_and_keeps_nothing() {
+        let cfg = WebhooksConfig {
+            local_echo: true,
+            ..WebhooksConfig::default()
+        };
+        let env = BTreeMap::new();
+        let hooks = Webhooks::from_config(&cfg, &env, None).unwrap().unwrap();
+        assert!(hooks.is_echo() && hooks.same_config(&cfg, &env, None));
+        assert_eq!(hooks.vars_key().len(), 32);
+        let event = UploadEvent {
+            event: "upload.completed".into(),
+            grant: "g".into(),
+            subject: "anonymous".into(),
+            bucket: "b".into(),
+            key: "uploads/a.png".into(),
+            size: 3,
+            etag: "ABC".into(),
+            content_type: "image/png".into(),
+            request_id: "r".into(),
+            time: "2026-12-04T21:00:00Z".into(),
+        };
+        match hooks.deliver(&event, Duration::from_secs(1)).await {
+            Outcome::Delivered(Some(v)) => assert_eq!(v, serde_json::to_value(&event).unwrap()),
+            other => panic!("{other:?}"),
+        }
+        assert!(hooks.pending().await.is_empty());
+        assert!(
+            Webhooks::from_config(&WebhooksConfig::default(), &env, None)
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// The Standard Webhooks libraries' own example (the same in svix's and

@@ -225,6 +225,7 @@ async function uploadWithSts(grant, file) {
   });
   headers.Authorization = sig.authorization;
   try {
+    // STS credentials cannot be made to carry a callback: the holder signs what it likes.
     await sendToOss({ method: 'PUT', url: objectUrl(c.OssEndpoint, c.Bucket, key), headers, body: file });
   } catch (e) {
     // What we signed, to compare with OSS's own string-to-sign (never the secret).
@@ -234,7 +235,7 @@ async function uploadWithSts(grant, file) {
     }
     throw e;
   }
-  return key;
+  return { key, xhr: null };
 }
 
 // 2. PostObject: OSS checks the signed policy (key, size range, content type) itself.
@@ -243,8 +244,8 @@ async function uploadWithPost(grant, file) {
   const form = new FormData();
   for (const [k, v] of Object.entries(p.fields)) form.append(k, v); // order as given by the server
   form.append('file', file, file.name); // OSS ignores every field after the file: it must be last
-  await sendToOss({ method: 'POST', url: p.host, body: form });
-  return p.key || p.fields.key.replace('${filename}', file.name);
+  const xhr = await sendToOss({ method: 'POST', url: p.host, body: form });
+  return { key: p.key || p.fields.key.replace('${filename}', file.name), xhr };
 }
 
 // 3. Presigned PUT: the URL is bound to one key and the signed headers.
@@ -253,8 +254,8 @@ async function uploadWithPresign(grant, file) {
   const signedType = Object.keys(p.headers).some((k) => k.toLowerCase() === 'content-type');
   // Send exactly the signed headers: an untyped Blob keeps XHR from adding its own Content-Type.
   const body = signedType ? file : file.slice(0, file.size, '');
-  await sendToOss({ method: p.method || 'PUT', url: p.url, headers: p.headers, body });
-  return p.key;
+  const xhr = await sendToOss({ method: p.method || 'PUT', url: p.url, headers: p.headers, body });
+  return { key: p.key, xhr };
 }
 
 // 4. Upload session (large files): ossvend opens a multipart upload, signs each part's URL, checks
@@ -289,6 +290,24 @@ const METHODS = {
   presign: { label: 'a presigned PUT', run: uploadWithPresign },
   session: { label: 'an upload session (large file)', run: uploadWithSession },
 };
+
+// With an upload callback, OSS answers the upload with the callback's reply
+// (200 JSON; in `ossvend local` with no application, the verified upload event),
+// or 203 CallbackFailed when the callback did not succeed (the object is stored).
+function callbackOutcome(xhr) {
+  if (!xhr) return { kind: 'none', text: 'no callback' };
+  if (xhr.status === 203) {
+    const e = ossError(xhr);
+    return { kind: 'failed', text: `${e.code}: ${e.message}` };
+  }
+  const type = xhr.getResponseHeader('Content-Type') || '';
+  if (type.startsWith('application/json') && xhr.responseText) {
+    try {
+      return { kind: 'json', text: JSON.stringify(JSON.parse(xhr.responseText)) };
+    } catch { /* not JSON after all: treated as no callback */ }
+  }
+  return { kind: 'none', text: 'no callback' };
+}
 
 // ---------------------------------------------------------------- UI
 
@@ -346,6 +365,7 @@ async function upload(method) {
   r.dataset.method = method;
   delete r.dataset.key;
   delete r.dataset.code;
+  delete r.dataset.callback;
   $('steps').replaceChildren();
   const grant = $('grant').value.trim();
   const file = $('file').files[0];
@@ -361,12 +381,16 @@ async function upload(method) {
   try {
     if (!grant) throw new UploadError({ source: 'page', code: 'no_grant', message: 'Enter a grant name.' });
     if (!file) throw new UploadError({ source: 'page', code: 'no_file', message: 'Choose a file first.' });
-    const key = await run(grant, file);
+    const { key, xhr } = await run(grant, file);
     showProgress(file.size, file.size);
     r.dataset.key = key;
+    const cb = callbackOutcome(xhr);
+    r.dataset.callback = cb.kind;
     setResult('ok',
       el('p', { className: 'headline' }, `Uploaded ${file.name} (${formatSize(file.size)}) with ${label}.`),
-      el('p', {}, 'Object key: ', el('code', { id: 'result-key', textContent: key })));
+      el('p', {}, 'Object key: ', el('code', { id: 'result-key', textContent: key })),
+      el('p', { className: cb.kind === 'failed' ? 'callback bad' : 'callback' },
+        'Callback: ', el('code', { id: 'result-callback', textContent: cb.text })));
   } catch (e) {
     const err = e instanceof UploadError
       ? e

@@ -805,6 +805,11 @@ pub struct WebhooksConfig {
     /// The local sink's key URL prefix: trusted only by `ossvend local`, never a config key.
     #[serde(skip)]
     pub local_key_url: Option<String>,
+    /// Set by `ossvend local` only when no `url` is configured (never a config
+    /// key): a verified callback is answered with the event itself, so the
+    /// uploader sees what the application would get.
+    #[serde(skip)]
+    pub local_echo: bool,
 }
 
 impl Default for WebhooksConfig {
@@ -816,6 +821,7 @@ impl Default for WebhooksConfig {
             data_dir: None,
             retry_max_interval: Duration::from_secs(600),
             local_key_url: None,
+            local_echo: false,
         }
     }
 }

@@ -140,6 +140,9 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// A config to use instead of the ready one.
     pub config: Option<PathBuf>,
+    /// Give grants without `[grants.callback]` one to this process's receiver
+    /// (default on; `--no-callbacks` turns it off).
+    pub callbacks: bool,
 }
 
 impl Default for Options {
@@ -149,6 +152,7 @@ impl Default for Options {
             oss_listen: None,
             data_dir: PathBuf::from(".ossvend-local"),
             config: None,
+            callbacks: true,
         }
     }
 }
@@ -242,6 +246,7 @@ pub fn local_config(
     // The sink signs its upload callbacks with a key it publishes on its own
     // listener; the receiver trusts that URL in this process only.
     cfg.webhooks.local_key_url = Some(format!("http://{oss}/"));
+    default_callbacks(&mut cfg, main, opts.callbacks);
     if let Some(dir) = &cfg.server.static_dir
         && !dir.is_dir()
     {
@@ -257,6 +262,52 @@ pub fn local_config(
     } else {
         Err(problems)
     }
+}
+
+/// The receiver URL the sink calls back in local mode.
+pub fn callback_url(main: SocketAddr) -> String {
+    format!("http://{main}/v1/callbacks/oss")
+}
+
+/// Local mode shows the whole loop: every OSS-API grant without its own
+/// `[grants.callback]` gets one to this process's receiver, and with no
+/// `[webhooks] url` (no application) the receiver answers with the verified
+/// event itself (`local_echo`), which OSS hands to the uploader.
+/// With `add` off (`--no-callbacks`) only the grants' own callbacks remain.
+fn default_callbacks(cfg: &mut Config, main: SocketAddr, add: bool) {
+    for g in cfg.grants.iter_mut().filter(|_| add) {
+        let s3 = g.presign_scheme == PresignScheme::S3V4 || g.post_version == PostVersion::S3V4;
+        if g.callback.is_none() && !s3 {
+            g.callback = Some(config::CallbackConfig {
+                url: callback_url(main),
+                host: None,
+                body_type: config::CallbackBodyType::Json,
+                sni: false,
+            });
+        }
+    }
+    cfg.webhooks.local_echo = cfg.webhooks.url.is_none();
+}
+
+/// One line for the start-up log: what happens after an upload in local mode.
+pub fn callbacks_summary(cfg: &Config) -> String {
+    let with: Vec<&str> = cfg
+        .grants
+        .iter()
+        .filter(|g| g.callback.is_some())
+        .map(|g| g.name.as_str())
+        .collect();
+    if with.is_empty() {
+        return "upload callbacks: off (no grant has one; --no-callbacks)".into();
+    }
+    let to = match &cfg.webhooks.url {
+        Some(url) => format!("delivered as signed webhooks to {url}"),
+        None => "answered to the uploader as the upload's response (no [webhooks] url)".into(),
+    };
+    format!(
+        "upload callbacks: the sink calls back after form and presigned uploads of {}; verified events are {to}",
+        with.join(", ")
+    )
 }
 
 /// The environment ossvend sees in local mode: the caller's, minus any cloud
@@ -310,6 +361,7 @@ pub async fn run(opts: Options, env: &BTreeMap<String, String>) -> Result<(), Ve
     let connections =
         crate::connections::Connections::new(crate::connections::ConnectionLimits::from_config(&cfg.server));
     let grants: Vec<String> = cfg.grants.iter().map(|g| g.name.clone()).collect();
+    let callbacks = callbacks_summary(&cfg);
     let status = serde_json::json!({
         "mode": "local",
         "warning": "development only: uploads go to the embedded OSS sink on this machine, not to Alibaba Cloud",
@@ -318,6 +370,7 @@ pub async fn run(opts: Options, env: &BTreeMap<String, String>) -> Result<(), Ve
         "data_dir": data_dir.display().to_string(),
         "objects": "/_local/objects",
         "grants": grants,
+        "callbacks": callbacks,
     });
     let state = AppState::build(cfg, &env).await.map_err(|e| vec![e])?;
 
@@ -349,6 +402,7 @@ pub async fn run(opts: Options, env: &BTreeMap<String, String>) -> Result<(), Ve
         "ossvend local listening on http://{main_addr}/ (uploads land in {})",
         data_dir.display()
     );
+    info!("{callbacks}");
     let served = tokio::try_join!(
         crate::server::serve(router, main_listener, &connections),
         crate::server::serve(sink, oss_listener, &connections),
@@ -395,6 +449,55 @@ mod tests {
                 g.name
             );
         }
+    }
+
+    #[test]
+    fn grants_call_back_by_default_and_a_grants_own_callback_is_kept() {
+        let main: SocketAddr = "127.0.0.1:18000".parse().unwrap();
+        let oss: SocketAddr = "127.0.0.1:18001".parse().unwrap();
+        let cfg = local_config(&Options::default(), main, oss, &env_with_root()).unwrap();
+        for g in &cfg.grants {
+            let cb = g.callback.as_ref().unwrap();
+            assert_eq!(cb.url, "http://127.0.0.1:18000/v1/callbacks/oss", "{}", g.name);
+        }
+        // No application: the receiver answers with the event.
+        assert!(cfg.webhooks.local_echo && cfg.webhooks.url.is_none());
+        assert!(callbacks_summary(&cfg).contains("answered to the uploader"));
+        let off = Options {
+            callbacks: false,
+            ..Options::default()
+        };
+        let cfg = local_config(&off, main, oss, &env_with_root()).unwrap();
+        assert!(cfg.grants.iter().all(|g| g.callback.is_none()));
+        assert!(callbacks_summary(&cfg).starts_with("upload callbacks: off"));
+
+        let dir = tempfile_dir();
+        let path = dir.join("own.toml");
+        let own = READY_CONFIG.to_string()
+            + "\n[grants.callback]\nurl = \"https://hooks.example.com/v1/callbacks/oss\"\n\
+               [webhooks]\nurl = \"https://app.example.com/hook\"\nsecret_env = \"HOOK_SECRET\"\n";
+        std::fs::write(&path, own).unwrap();
+        let opts = Options {
+            config: Some(path),
+            ..Options::default()
+        };
+        let mut env = env_with_root();
+        env.insert(
+            "HOOK_SECRET".into(),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        );
+        let cfg = local_config(&opts, main, oss, &env).unwrap();
+        let last = cfg.grants.last().unwrap();
+        assert_eq!(
+            last.callback.as_ref().unwrap().url,
+            "https://hooks.example.com/v1/callbacks/oss"
+        );
+        // An application is configured: as in `serve`, events go to it.
+        assert!(!cfg.webhooks.local_echo);
+        assert!(
+            callbacks_summary(&cfg).contains("delivered as signed webhooks to https://app.example.com/hook")
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -114,7 +114,10 @@ pub async fn oss_callback(
 
 /// The audit trail of a confirmed upload: the log line and the `audit.file` line.
 fn audit(state: &AppState, event: &UploadEvent, id: &str, outcome: &Outcome) {
+    let echo = state.webhooks.as_deref().is_some_and(|w| w.is_echo());
     let delivery = match outcome {
+        // `ossvend local` with no application: the event went back to the uploader.
+        Outcome::Delivered(_) if echo => "answered_to_uploader",
         Outcome::Delivered(_) => "delivered",
         Outcome::Pending(_) => "pending",
     };

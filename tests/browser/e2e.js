@@ -8,17 +8,21 @@
 // code on the page and store nothing.
 //
 // usage: node e2e.js --ossvend URL --oss URL [--grant NAME] [--short-grant NAME]
-//                    [--listing sink|local] [--artifacts DIR]
-//   (or OSSVEND_URL, FAKE_OSS_URL, GRANT, SHORT_GRANT, LISTING, ARTIFACTS_DIR;
+//                    [--listing sink|local] [--callbacks none|expect] [--artifacts DIR]
+//   (or OSSVEND_URL, FAKE_OSS_URL, GRANT, SHORT_GRANT, LISTING, CALLBACKS, ARTIFACTS_DIR;
 //    CHROMIUM overrides /usr/bin/chromium)
 // The grant must allow image/png only and cap PostObject uploads below 8 KiB; the
 // short grant is the same with upload_expires = "1s". --listing says where stored
 // objects are read back: /_local/objects on the OSS endpoint (the embedded sink run
 // in-process by tests/browser.rs), or `ossvend local`'s /_local/objects on the
-// ossvend origin.
+// ossvend origin. --callbacks expect: the grant has an upload callback answered
+// with the verified event (`ossvend local` with no [webhooks] url), so the page must
+// show, for the form and presigned PUT, the event with the real size, ETag (MD5 of the
+// bytes) and type, and "no callback" for STS; none (default): "no callback" for all.
 // Prints one line per case and "browser: N passed, M failed"; exits 1 on any failure.
 'use strict';
 
+const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
 const { chromium } = require('playwright-core');
@@ -30,6 +34,7 @@ function args() {
     grant: process.env.GRANT || 'browser-upload',
     'short-grant': process.env.SHORT_GRANT || 'short-lived',
     listing: process.env.LISTING || 'sink',
+    callbacks: process.env.CALLBACKS || 'none',
     artifacts: process.env.ARTIFACTS_DIR || 'test-artifacts',
   };
   const argv = process.argv.slice(2);
@@ -79,6 +84,20 @@ async function storedBytes(bucket, key) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const METHODS = ['sts', 'post', 'presign'];
+
+// What the page must show as the callback result of an upload of `bytes` to `key`
+// with `method`; returns an error text, or '' when it is right.
+function checkCallback(expectEvents, method, shown, key, bytes) {
+  const carries = expectEvents && method !== 'sts'; // STS uploads cannot be made to carry one
+  if (!carries) return shown.kind === 'none' && shown.text === 'no callback' ? '' : `expected "no callback", page shows ${shown.kind}: ${shown.text}`;
+  if (shown.kind !== 'json') return `expected the callback's JSON, page shows ${shown.kind}: ${shown.text}`;
+  let ev;
+  try { ev = JSON.parse(shown.text); } catch (e) { return `callback text is not JSON: ${shown.text}`; }
+  const md5 = crypto.createHash('md5').update(bytes).digest('hex').toUpperCase();
+  const want = { event: 'upload.completed', key, size: bytes.length, etag: md5, content_type: 'image/png' };
+  const wrong = Object.entries(want).filter(([k, v]) => ev[k] !== v).map(([k, v]) => `${k}=${JSON.stringify(ev[k])} (want ${JSON.stringify(v)})`);
+  return wrong.length ? `callback event differs: ${wrong.join(', ')}` : '';
+}
 
 async function main() {
   const opt = args();
@@ -141,6 +160,11 @@ async function main() {
         const same = got.equals(bytes);
         record(name, same, same ? `${obj.bucket}/${r.key} (${got.length} bytes, identical)` :
           `stored ${got.length} bytes differ from the ${bytes.length} uploaded`);
+        const shownCb = await page.$eval('#result', (e) => ({
+          kind: e.dataset.callback || '', text: e.querySelector('#result-callback')?.textContent || '',
+        }));
+        const cbError = checkCallback(opt.callbacks === 'expect', method, shownCb, r.key, bytes);
+        record(`callback shown after ${method}`, !cbError, cbError || `Callback: ${shownCb.text.slice(0, 160)}`);
         if (same) stored.push(r.key);
         if (method === METHODS[METHODS.length - 1] && same) {
           const shot = path.join(opt.artifacts, 'demo-upload.png');

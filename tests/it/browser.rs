@@ -95,8 +95,16 @@ fn require_browser_deps() -> PathBuf {
 }
 
 /// Runs `tests/browser/e2e.js` against the page at `ossvend` uploading to `oss`;
-/// `context` adds what the servers saw to a failure message.
-fn run_e2e(ossvend: &str, oss: &str, listing: &str, artifacts: &Path, context: &dyn Fn() -> String) {
+/// `callbacks` is what the page must show after each upload (`none`, or `expect`:
+/// the callback's event for the form and presigned PUT); `context` adds what the
+/// servers saw to a failure message.
+fn run_e2e(
+    ossvend: &str,
+    oss: &str,
+    (listing, callbacks): (&str, &str),
+    artifacts: &Path,
+    context: &dyn Fn() -> String,
+) {
     let browser_dir = require_browser_deps();
     std::fs::create_dir_all(artifacts).unwrap();
     // Output goes to files: the script is killed if it hangs, and a pipe could fill up.
@@ -115,6 +123,8 @@ fn run_e2e(ossvend: &str, oss: &str, listing: &str, artifacts: &Path, context: &
             "short-lived",
             "--listing",
             listing,
+            "--callbacks",
+            callbacks,
             "--artifacts",
         ])
         .arg(artifacts)
@@ -152,6 +162,13 @@ fn run_e2e(ossvend: &str, oss: &str, listing: &str, artifacts: &Path, context: &
         "no summary line {}",
         context()
     );
+    for method in ["sts", "post", "presign"] {
+        assert!(
+            output.contains(&format!("ok   callback shown after {method}")),
+            "the page's callback result after {method} was not checked {}",
+            context()
+        );
+    }
     assert!(
         artifacts.join("demo-upload.png").exists(),
         "no screenshot was taken"
@@ -173,7 +190,8 @@ fn demo_page_uploads_with_all_three_methods_in_chromium() {
     run_e2e(
         &server.base,
         &oss.endpoint,
-        "sink",
+        // `serve` adds no callback of its own: the page shows "no callback".
+        ("sink", "none"),
         &target_dir().join("test-artifacts"),
         &context,
     );
@@ -197,7 +215,9 @@ fn demo_page_uploads_against_ossvend_local_alone() {
     run_e2e(
         &local.server.base,
         &local.oss,
-        "local",
+        // Local mode calls back by default and, with no [webhooks] url, answers the
+        // upload with the verified event: the page shows it for the form and the PUT.
+        ("local", "expect"),
         &target_dir().join("test-artifacts/local"),
         &context,
     );

@@ -10,7 +10,9 @@
 //!   signed with `ossvend::sign`, or made by ossvend's own `/presign` and
 //!   `/post-policy` routes;
 //! - the basics: the demo page, `/_local/status`, the loopback-only rule, and the STS
-//!   emulator refusing keys it did not issue.
+//!   emulator refusing keys it did not issue;
+//! - upload callbacks on by default: an upload answered with the verified event,
+//!   the start-up line, forged callbacks refused.
 //!
 //! Missing clients fail the tests (`scripts/test-deps` installs them); nothing is skipped.
 
@@ -1467,4 +1469,143 @@ async fn the_readme_curl_examples_answer_as_shown() {
         checked += 1;
     }
     assert_eq!(checked, 3, "the README's three curl examples");
+}
+
+// ---------------------------------------------------------------- upload callbacks (issue 18)
+
+/// Issue 18, local mode: with the ready config (what the README's first command
+/// runs) the sink calls back after a presigned PUT and, with no `[webhooks] url`,
+/// the upload's answer is the verified event itself (real size, MD5 ETag, type);
+/// the start-up log says so in one line; callbacks a client forges straight to the
+/// receiver are refused and answered with no event; `--no-callbacks` turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_answers_uploads_with_the_verified_event_and_refuses_forgeries() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let ls = LocalServer::start(None, &[]);
+    let line = "upload callbacks: the sink calls back after form and presigned uploads of browser-upload";
+    assert!(
+        ls.server.logs.wait_for(line, Duration::from_secs(10)).await,
+        "no start-up line about callbacks:\n{}",
+        ls.server.logs.text()
+    );
+    assert!(
+        ls.server
+            .logs
+            .text()
+            .contains("answered to the uploader as the upload's response (no [webhooks] url)"),
+        "{}",
+        ls.server.logs.text()
+    );
+
+    let png = pattern(18, 3000);
+    let p = get_json(
+        &ls.server
+            .url("/v1/grants/browser-upload/presign?filename=cb.png&content_type=image/png"),
+    )
+    .await;
+    let url = p["url"].as_str().unwrap();
+    let put = http()
+        .put(url)
+        .header("content-type", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200, "{}", ls.server.logs.text());
+    let event: Value = put.json().await.unwrap();
+    let key = p["key"].as_str().unwrap();
+    assert_eq!(event["event"], "upload.completed", "{event}");
+    assert_eq!(
+        (event["key"].as_str(), event["size"].as_u64()),
+        (Some(key), Some(3000))
+    );
+    assert_eq!(
+        (event["etag"].as_str(), event["content_type"].as_str()),
+        (Some(md5_hex(&png).to_uppercase().as_str()), Some("image/png"))
+    );
+    assert_eq!(
+        (event["grant"].as_str(), event["bucket"].as_str()),
+        (Some("browser-upload"), Some(BUCKET))
+    );
+    assert_eq!(stored(&ls, key).await.as_deref(), Some(png.as_slice()));
+
+    // The body the sink would send for another object, with ossvend's own variables
+    // (from the URL), posted by a client: no OSS signature, a wrong one, or a key URL
+    // of its own choosing. Each is refused; none is answered with an event.
+    let vars: Value = url_query(url)
+        .iter()
+        .find(|(k, _)| k == "callback-var")
+        .map(|(_, v)| serde_json::from_slice(&b64.decode(v).unwrap()).unwrap())
+        .unwrap();
+    let body = serde_json::json!({
+        "bucket": BUCKET, "object": "uploads/forged.png", "etag": "0123456789ABCDEF0123456789ABCDEF",
+        "size": 1, "mimeType": "image/png", "grant": vars["x:grant"], "subject": vars["x:subject"],
+        "request_id": vars["x:request_id"], "prefix": vars["x:prefix"], "sig": vars["x:sig"],
+    })
+    .to_string();
+    let sink_key = b64.encode(format!("{}/_ossvend/callback_pub_key_v1.pem", ls.oss));
+    let own_key = b64.encode("http://127.0.0.1:9/attacker.pem");
+    let garbage = b64.encode([7u8; 128]);
+    for (what, auth, key_url, code) in [
+        ("unsigned", None, None, "callback_unsigned"),
+        (
+            "signature not the sink's",
+            Some(&garbage),
+            Some(&sink_key),
+            "callback_signature_invalid",
+        ),
+        (
+            "key URL of its own",
+            Some(&garbage),
+            Some(&own_key),
+            "callback_key_url_refused",
+        ),
+    ] {
+        let mut req = http()
+            .post(ls.server.url("/v1/callbacks/oss"))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a.as_str());
+        }
+        if let Some(k) = key_url {
+            req = req.header("x-oss-pub-key-url", k.as_str());
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (403, Some(code)),
+            "{what}: {answer}"
+        );
+        assert!(answer.get("event").is_none(), "{what}: {answer}");
+    }
+
+    // `--no-callbacks`: the previous behaviour, a plain upload answered with no body.
+    let off = LocalServer::start(None, &["--no-callbacks"]);
+    assert!(
+        off.server
+            .logs
+            .wait_for("upload callbacks: off", Duration::from_secs(10))
+            .await,
+        "{}",
+        off.server.logs.text()
+    );
+    let p = get_json(
+        &off.server
+            .url("/v1/grants/browser-upload/presign?filename=plain.png&content_type=image/png"),
+    )
+    .await;
+    assert!(!p["url"].as_str().unwrap().contains("callback"), "{p}");
+    let put = http()
+        .put(p["url"].as_str().unwrap())
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    assert_eq!(put.text().await.unwrap(), "");
 }
