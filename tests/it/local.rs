@@ -1504,14 +1504,13 @@ async fn local_mode_answers_uploads_with_the_verified_event_and_refuses_forgerie
             .url("/v1/grants/browser-upload/presign?filename=cb.png&content_type=image/png"),
     )
     .await;
+    // Exactly the headers that were signed (Content-Type, x-oss-forbid-overwrite).
     let url = p["url"].as_str().unwrap();
-    let put = http()
-        .put(url)
-        .header("content-type", "image/png")
-        .body(png.clone())
-        .send()
-        .await
-        .unwrap();
+    let mut put = http().put(url);
+    for (name, value) in p["headers"].as_object().unwrap() {
+        put = put.header(name.as_str(), value.as_str().unwrap());
+    }
+    let put = put.body(png.clone()).send().await.unwrap();
     assert_eq!(put.status().as_u16(), 200, "{}", ls.server.logs.text());
     let event: Value = put.json().await.unwrap();
     let key = p["key"].as_str().unwrap();
@@ -1599,13 +1598,11 @@ async fn local_mode_answers_uploads_with_the_verified_event_and_refuses_forgerie
     )
     .await;
     assert!(!p["url"].as_str().unwrap().contains("callback"), "{p}");
-    let put = http()
-        .put(p["url"].as_str().unwrap())
-        .header("content-type", "image/png")
-        .body(png)
-        .send()
-        .await
-        .unwrap();
+    let mut put = http().put(p["url"].as_str().unwrap());
+    for (name, value) in p["headers"].as_object().unwrap() {
+        put = put.header(name.as_str(), value.as_str().unwrap());
+    }
+    let put = put.body(png).send().await.unwrap();
     assert_eq!(put.status().as_u16(), 200);
     assert_eq!(put.text().await.unwrap(), "");
 }
