@@ -277,7 +277,7 @@ async function uploadWithSession(grant, file) {
       }
     }
     const result = await ossvendSend('POST', `${base}/complete`);
-    return result.key;
+    return { key: result.key, xhr: null };
   } catch (e) {
     await ossvendSend('DELETE', base).catch(() => {});
     throw e;
