@@ -49,6 +49,10 @@ pub struct UploadEvent {
     pub content_type: String,
     /// The request id of the issuance that allowed the upload.
     pub request_id: String,
+    /// The upload session's OSS upload id (`x:upload`) for an upload completed by ossvend; `null`
+    /// for a PostObject form or presigned PUT.
+    #[serde(default)]
+    pub upload: Option<String>,
     /// When ossvend received OSS's callback (RFC 3339).
     pub time: String,
 }
@@ -447,6 +451,7 @@ mod tests {
             etag: "E".into(),
             content_type: "text/plain".into(),
             request_id: "r".into(),
+            upload: None,
             time: "t".into(),
         };
         let again = UploadEvent {
