@@ -1195,7 +1195,8 @@ async fn the_webhook_gets_what_is_left_of_osss_window() {
 /// with the stored object's real size, ETag, type and `upload`, and the complete
 /// route hands back the callback's reply. A completion whose `x:upload` was
 /// swapped (the other variables as ossvend signed them) is refused by the
-/// receiver: OSS's 203 CallbackFailed, no webhook.
+/// receiver: OSS's 203 CallbackFailed, no webhook. With the application down the
+/// complete route answers 203 and the event is pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_upload_calls_back_once_with_its_upload_id_and_a_swapped_one_is_refused() {
     use ossvend::oss::{CallbackHeaders, ObjectRef, OssClient, OssSettings, OssSigning};
@@ -1379,4 +1380,36 @@ url = "{receiver}"
     assert!(String::from_utf8_lossy(&reply.body).contains("CallbackFailed"));
     assert_eq!(app.seen().len(), 1, "no webhook for the swapped x:upload");
     assert!(state.webhooks.as_ref().unwrap().pending().is_empty());
+
+    // The application down: the complete route answers 203 as OSS does, the object is
+    // stored, and the event (with its upload id) is pending for redelivery.
+    app.down.store(true, Ordering::SeqCst);
+    let third: Value = open("late").await.unwrap().json().await.unwrap();
+    upload_parts(third.clone()).await;
+    let handle = third["upload"].as_str().unwrap();
+    let late = client
+        .post(format!(
+            "{ossvend_base}/v1/grants/videos/uploads/{handle}/complete"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status().as_u16(), 203);
+    let late: Value = late.json().await.unwrap();
+    assert_eq!(late["callback"]["status"], 203, "{late}");
+    assert!(
+        late["callback"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("CallbackFailed")
+    );
+    let third_key = third["key"].as_str().unwrap();
+    assert!(sink.objects().await.iter().any(|m| m.key == third_key));
+    let pending = state.webhooks.as_ref().unwrap().pending();
+    assert_eq!(pending.len(), 1);
+    let body: Value = serde_json::from_str(&pending[0].body).unwrap();
+    assert_eq!(
+        (&body["key"], &body["upload"]),
+        (&third["key"], &third["upload_id"])
+    );
 }
