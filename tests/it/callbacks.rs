@@ -1195,8 +1195,9 @@ async fn the_webhook_gets_what_is_left_of_osss_window() {
 /// with the stored object's real size, ETag, type and `upload`, and the complete
 /// route hands back the callback's reply. A completion whose `x:upload` was
 /// swapped (the other variables as ossvend signed them) is refused by the
-/// receiver: OSS's 203 CallbackFailed, no webhook. With the application down the
-/// complete route answers 203 and the event is pending.
+/// receiver: OSS's 203 CallbackFailed, no webhook. Companion's complete (Uppy)
+/// makes one webhook too. With the application down the complete route answers
+/// 203 and the event is pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_upload_calls_back_once_with_its_upload_id_and_a_swapped_one_is_refused() {
     use ossvend::oss::{CallbackHeaders, ObjectRef, OssClient, OssSettings, OssSigning};
@@ -1380,6 +1381,62 @@ url = "{receiver}"
     assert!(String::from_utf8_lossy(&reply.body).contains("CallbackFailed"));
     assert_eq!(app.seen().len(), 1, "no webhook for the swapped x:upload");
     assert!(state.webhooks.as_ref().unwrap().pending().is_empty());
+
+    // Companion's S3 API (Uppy) over the same sessions: its complete carries the callback
+    // too; Uppy's `{location, key, bucket}` answer gains `callback`.
+    let companion = format!("{ossvend_base}/v1/grants/videos/companion/s3/multipart");
+    let created: Value = client
+        .post(&companion)
+        .json(&json!({"filename": "uppy.mp4", "type": "video/mp4"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (uppy_handle, uppy_key) = (
+        created["uploadId"].as_str().unwrap(),
+        created["key"].as_str().unwrap(),
+    );
+    let key_q: String = url::form_urlencoded::byte_serialize(uppy_key.as_bytes()).collect();
+    let mut claimed = Vec::new();
+    for (i, chunk) in data.chunks(PART).enumerate() {
+        let n = i + 1;
+        let signed: Value = client
+            .get(format!("{companion}/{uppy_handle}/{n}?key={key_q}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let put = client
+            .put(signed["url"].as_str().unwrap())
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status().as_u16(), 200);
+        claimed.push(json!({"PartNumber": n, "ETag": put.headers()["etag"].to_str().unwrap()}));
+    }
+    let uppy_done = client
+        .post(format!("{companion}/{uppy_handle}/complete?key={key_q}"))
+        .json(&json!({ "parts": claimed }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uppy_done.status().as_u16(), 200);
+    let uppy_done: Value = uppy_done.json().await.unwrap();
+    assert_eq!(uppy_done["callback"]["body"]["photo_id"], 42, "{uppy_done}");
+    assert!(uppy_done["location"].as_str().unwrap().ends_with(uppy_key));
+    let seen = app.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let uppy_event = &python_verify_webhooks(&seen).unwrap()[1];
+    assert_eq!(
+        (uppy_event["key"].as_str(), uppy_event["size"].as_u64()),
+        (Some(uppy_key), Some(data.len() as u64))
+    );
+    assert!(uppy_event["upload"].as_str().is_some_and(|u| !u.is_empty()));
 
     // The application down: the complete route answers 203 as OSS does, the object is
     // stored, and the event (with its upload id) is pending for redelivery.
