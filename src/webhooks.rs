@@ -60,6 +60,10 @@ pub struct UploadEvent {
     pub content_type: String,
     /// The request id of the issuance that allowed the upload.
     pub request_id: String,
+    /// The upload session's OSS upload id (`x:upload`) for an upload completed by ossvend; `null`
+    /// for a PostObject form or presigned PUT.
+    #[serde(default)]
+    pub upload: Option<String>,
     /// When ossvend received OSS's callback (RFC 3339).
     pub time: String,
 }
@@ -579,6 +583,7 @@ mod tests {
             etag: "ABC".into(),
             content_type: "image/png".into(),
             request_id: "r".into(),
+            upload: None,
             time: "2026-12-04T21:00:00Z".into(),
         };
         match hooks.deliver(&event, Duration::from_secs(1)).await {
@@ -628,6 +633,7 @@ mod tests {
             etag: "E".into(),
             content_type: "text/plain".into(),
             request_id: "r".into(),
+            upload: None,
             time: "t".into(),
         };
         let again = UploadEvent {

@@ -14,19 +14,27 @@ pub use verify::{CallbackRequest, HttpKeySource, KeyHosts, KeySource, Refusal, V
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The custom variables ossvend fills per issuance, in the order sent.
-pub const VAR_NAMES: [&str; 5] = ["x:grant", "x:subject", "x:request_id", "x:prefix", "x:sig"];
+/// `x:upload` is the upload id of a session's CompleteMultipartUpload, empty for a form or URL.
+pub const VAR_NAMES: [&str; 6] = [
+    "x:grant",
+    "x:subject",
+    "x:request_id",
+    "x:prefix",
+    "x:upload",
+    "x:sig",
+];
 
 /// The callback body OSS sends, as JSON: OSS writes each variable as a JSON
 /// value (strings quoted and escaped), so the template leaves them unquoted.
 pub const JSON_BODY: &str = concat!(
     r#"{"bucket":${bucket},"object":${object},"etag":${etag},"size":${size},"mimeType":${mimeType},"#,
-    r#""grant":${x:grant},"subject":${x:subject},"request_id":${x:request_id},"prefix":${x:prefix},"sig":${x:sig}}"#
+    r#""grant":${x:grant},"subject":${x:subject},"request_id":${x:request_id},"prefix":${x:prefix},"upload":${x:upload},"sig":${x:sig}}"#
 );
 
 /// The same body as a form (`callbackBodyType = application/x-www-form-urlencoded`).
 pub const FORM_BODY: &str = concat!(
     "bucket=${bucket}&object=${object}&etag=${etag}&size=${size}&mimeType=${mimeType}",
-    "&grant=${x:grant}&subject=${x:subject}&request_id=${x:request_id}&prefix=${x:prefix}&sig=${x:sig}"
+    "&grant=${x:grant}&subject=${x:subject}&request_id=${x:request_id}&prefix=${x:prefix}&upload=${x:upload}&sig=${x:sig}"
 );
 
 /// The callback parameter of one grant (from `[grants.callback]`).
@@ -73,13 +81,22 @@ pub struct Issuance {
     pub request_id: String,
     /// The prefix the upload was bound to (a per-caller prefix resolved).
     pub prefix: String,
+    /// The session's OSS upload id (CompleteMultipartUpload); empty for a form or presigned URL.
+    pub upload: String,
 }
 
-/// `x:sig`: base64url(HMAC-SHA256(key, JSON [grant, subject, request_id, prefix])).
+/// `x:sig`: base64url(HMAC-SHA256(key, JSON [grant, subject, request_id, prefix, upload])).
 /// JSON makes the joining unambiguous whatever the values contain.
 fn var_signature(key: &[u8], i: &Issuance) -> Vec<u8> {
-    let text =
-        serde_json::json!(["ossvend-callback-v1", i.grant, i.subject, i.request_id, i.prefix]).to_string();
+    let text = serde_json::json!([
+        "ossvend-callback-v1",
+        i.grant,
+        i.subject,
+        i.request_id,
+        i.prefix,
+        i.upload
+    ])
+    .to_string();
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(text.as_bytes());
     mac.finalize().into_bytes().to_vec()
@@ -95,6 +112,7 @@ pub fn custom_vars(key: &[u8], i: &Issuance) -> Vec<(&'static str, String)> {
             i.subject.clone(),
             i.request_id.clone(),
             i.prefix.clone(),
+            i.upload.clone(),
             sig,
         ])
         .collect()
@@ -189,6 +207,7 @@ impl Notification {
                 subject: get("subject")?,
                 request_id: get("request_id")?,
                 prefix: get("prefix")?,
+                upload: get("upload")?,
             },
             sig: get("sig")?,
         })
@@ -222,6 +241,7 @@ mod tests {
             subject: "api_key.alice".into(),
             request_id: "r-1".into(),
             prefix: "users/alice/".into(),
+            upload: String::new(),
         }
     }
 
@@ -273,6 +293,19 @@ mod tests {
             let mut widened = vars.clone();
             widened[3].1 = "users/".into();
             let n = Notification::parse(ct, &filled(form, "users/bob/a.png", &widened)).unwrap();
+            assert_eq!(check_vars(&key, &n), Err(BodyError::ForeignVars));
+
+            // A session's upload id is covered by x:sig: another upload's id is refused.
+            let session = Issuance {
+                upload: "U-1".into(),
+                ..issuance()
+            };
+            let mut rebound = custom_vars(&key, &session);
+            let n = Notification::parse(ct, &filled(form, "users/alice/a.png", &rebound)).unwrap();
+            assert_eq!(n.issuance.upload, "U-1");
+            check_vars(&key, &n).unwrap();
+            rebound[4].1 = "U-2".into();
+            let n = Notification::parse(ct, &filled(form, "users/alice/a.png", &rebound)).unwrap();
             assert_eq!(check_vars(&key, &n), Err(BodyError::ForeignVars));
         }
         let other_key = vars_key(b"another-secret");

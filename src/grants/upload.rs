@@ -165,13 +165,23 @@ pub struct Target<'a> {
 
 /// A grant's upload callback for one issuance, as OSS takes it: the base64
 /// `callback` and `callback-var` values and the custom variables themselves.
-struct CallbackFields {
-    param: String,
-    vars_base64: String,
-    vars: Vec<(&'static str, String)>,
+pub struct CallbackFields {
+    /// `callback` (form field, query parameter or `x-oss-callback` header).
+    pub param: String,
+    /// `callback-var` (query parameter or `x-oss-callback-var` header).
+    pub vars_base64: String,
+    /// The variables one by one (a form's `x:` fields).
+    pub vars: Vec<(&'static str, String)>,
 }
 
-fn callback_fields(grant: &Grant, target: &Target<'_>) -> Result<Option<CallbackFields>, ApiError> {
+/// The grant's callback for one issuance, or `None` when it has none: the one
+/// place that builds it for forms, presigned URLs and sessions' completion.
+/// `upload` is a session's upload id (`x:upload`), `None` for a form or URL.
+pub fn callback_fields(
+    grant: &Grant,
+    target: &Target<'_>,
+    upload: Option<&str>,
+) -> Result<Option<CallbackFields>, ApiError> {
     let Some(cb) = &grant.upload.callback else {
         return Ok(None);
     };
@@ -191,6 +201,7 @@ fn callback_fields(grant: &Grant, target: &Target<'_>) -> Result<Option<Callback
             subject: target.principal.display().to_string(),
             request_id: target.request_id.to_string(),
             prefix: target.prefix.to_string(),
+            upload: upload.unwrap_or_default().to_string(),
         },
     );
     Ok(Some(CallbackFields {
@@ -381,7 +392,7 @@ pub fn post_policy(
     }
     .map_err(sign_error)?;
     let content_type = content_type_condition(grant, version, ct);
-    let callback = callback_fields(grant, target)?;
+    let callback = callback_fields(grant, target, None)?;
     // `callback` is pinned: a client cannot drop or redirect the callback.
     // (A form carries no `callback-var`: OSS takes each variable as an `x:` field.)
     let bound: Vec<(&str, &str)> = callback.iter().map(|c| ("callback", c.param.as_str())).collect();
@@ -444,7 +455,7 @@ pub fn presign(
     if req.filename.is_some() && grant.upload.presign_scheme != PresignScheme::S3V4 {
         headers.push(("x-oss-forbid-overwrite", "true"));
     }
-    let callback = callback_fields(grant, target)?;
+    let callback = callback_fields(grant, target, None)?;
     // Signed query parameters: the URL does not work without them or with others.
     let query: Vec<(&str, &str)> = callback
         .iter()

@@ -305,7 +305,7 @@ pub fn callbacks_summary(cfg: &Config) -> String {
         None => "answered to the uploader as the upload's response (no [webhooks] url)".into(),
     };
     format!(
-        "upload callbacks: the sink calls back after form and presigned uploads of {}; verified events are {to}",
+        "upload callbacks: the sink calls back after form, presigned and session uploads of {}; verified events are {to}",
         with.join(", ")
     )
 }

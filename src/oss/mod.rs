@@ -130,6 +130,40 @@ struct Call<'a> {
     body: Vec<u8>,
 }
 
+/// A 2xx answer: what completion with a callback needs besides the body.
+struct Answer {
+    status: u16,
+    etag: Option<String>,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+/// The upload callback for CompleteMultipartUpload: the base64 `callback` and
+/// `callback-var` values (see `grants::upload::callback_fields`).
+#[derive(Debug, Clone, Copy)]
+pub struct CallbackHeaders<'a> {
+    pub param: &'a str,
+    pub vars: &'a str,
+}
+
+/// What CompleteMultipartUpload did.
+#[derive(Debug)]
+pub struct Completion {
+    /// The object's ETag as OSS gives it (the XML result's, or with a callback the `ETag` header).
+    pub etag: String,
+    /// With a callback: OSS's answer, as OSS gives it to the uploader.
+    pub callback: Option<CallbackReply>,
+}
+
+/// OSS's answer to a completion with a callback: 200 and the callback server's
+/// reply, or 203 and a `CallbackFailed` error (the object is stored).
+#[derive(Debug)]
+pub struct CallbackReply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
 type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// The OSS client. Cheap to clone (reqwest's pool is shared).
@@ -194,7 +228,7 @@ impl OssClient {
             headers,
             body: Vec::new(),
         };
-        let body = self.send(creds, object, &call).await?;
+        let body = self.send(creds, object, &call).await?.body;
         xml::upload_id(&body).map_err(OssCallError::Transport)
     }
 
@@ -219,7 +253,7 @@ impl OssClient {
                 headers: Vec::new(),
                 body: Vec::new(),
             };
-            let body = self.send(creds, object, &call).await?;
+            let body = self.send(creds, object, &call).await?.body;
             let page = xml::list_parts(&body).map_err(OssCallError::Transport)?;
             parts.extend(page.parts);
             match page.next_marker {
@@ -241,6 +275,24 @@ impl OssClient {
         parts: &[(u32, String)],
         forbid_overwrite: bool,
     ) -> Result<String, OssCallError> {
+        let done = self
+            .complete_with(creds, object, upload_id, parts, forbid_overwrite, None)
+            .await?;
+        Ok(done.etag)
+    }
+
+    /// CompleteMultipartUpload, with an upload callback when `callback` is set
+    /// (`x-oss-callback`, `x-oss-callback-var`: OSS calls back once the object is
+    /// stored and answers with the callback's reply instead of the XML result).
+    pub async fn complete_with(
+        &self,
+        creds: &SigningCredentials<'_>,
+        object: &ObjectRef<'_>,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        forbid_overwrite: bool,
+        callback: Option<CallbackHeaders<'_>>,
+    ) -> Result<Completion, OssCallError> {
         let body = xml::complete_body(parts);
         let mut headers = vec![
             ("Content-Type", "application/xml".to_string()),
@@ -248,6 +300,12 @@ impl OssClient {
         ];
         if forbid_overwrite {
             headers.push(("x-oss-forbid-overwrite", "true".into()));
+        }
+        if let Some(cb) = &callback {
+            headers.push(("x-oss-callback", cb.param.to_string()));
+            if !cb.vars.is_empty() {
+                headers.push(("x-oss-callback-var", cb.vars.to_string()));
+            }
         }
         let call = Call {
             op: "CompleteMultipartUpload",
@@ -257,7 +315,20 @@ impl OssClient {
             body,
         };
         let answer = self.send(creds, object, &call).await?;
-        Ok(xml::complete_etag(&answer).unwrap_or_default())
+        if callback.is_none() {
+            let etag = xml::complete_etag(&answer.body).unwrap_or_default();
+            return Ok(Completion { etag, callback: None });
+        }
+        // With a callback the body is the callback's reply (200) or OSS's
+        // CallbackFailed error (203, the object is stored all the same).
+        Ok(Completion {
+            etag: answer.etag.unwrap_or_default(),
+            callback: Some(CallbackReply {
+                status: answer.status,
+                content_type: answer.content_type,
+                body: answer.body,
+            }),
+        })
     }
 
     /// AbortMultipartUpload.
@@ -277,13 +348,13 @@ impl OssClient {
         self.send(creds, object, &call).await.map(|_| ())
     }
 
-    /// Signs and sends `call`, retrying 5xx and transport errors; the body of a 2xx.
+    /// Signs and sends `call`, retrying 5xx and transport errors; a 2xx answer.
     async fn send(
         &self,
         creds: &SigningCredentials<'_>,
         object: &ObjectRef<'_>,
         call: &Call<'_>,
-    ) -> Result<Vec<u8>, OssCallError> {
+    ) -> Result<Answer, OssCallError> {
         let mut attempt = 0;
         loop {
             let result = self.attempt(creds, object, call).await;
@@ -326,7 +397,7 @@ impl OssClient {
         creds: &SigningCredentials<'_>,
         object: &ObjectRef<'_>,
         call: &Call<'_>,
-    ) -> Result<Vec<u8>, OssCallError> {
+    ) -> Result<Answer, OssCallError> {
         let (url, headers) = self.signed(creds, object, call)?;
         let mut request = self
             .http
@@ -343,12 +414,26 @@ impl OssClient {
             .await
             .map_err(|e| OssCallError::Transport(transport_text(&e)))?;
         let status = response.status().as_u16();
+        let header = |name: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let etag = header(reqwest::header::ETAG);
+        let content_type = header(reqwest::header::CONTENT_TYPE);
         let body = response
             .bytes()
             .await
             .map_err(|e| OssCallError::Transport(transport_text(&e)))?;
         if (200..300).contains(&status) {
-            return Ok(body.to_vec());
+            return Ok(Answer {
+                status,
+                etag,
+                content_type,
+                body: body.to_vec(),
+            });
         }
         let e = xml::error(&body);
         Err(OssCallError::Service {

@@ -88,6 +88,7 @@ pub async fn oss_callback(
         etag: n.etag,
         content_type: n.content_type,
         request_id: n.issuance.request_id,
+        upload: Some(n.issuance.upload).filter(|u| !u.is_empty()),
         time: crate::sign::format_iso8601_extended(chrono::Utc::now()),
     };
     let id = event.id();

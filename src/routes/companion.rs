@@ -305,9 +305,18 @@ pub async fn companion_complete(
     let grant = &caller.grant;
     let claimed: Vec<(u32, String)> = body.parts.into_iter().map(|p| (p.number, p.etag)).collect();
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    session::complete(grant, &material, &state.oss, &s, Some(&claimed)).await?;
+    let target = caller.target(
+        &state.auth.placeholders,
+        state.webhooks.as_deref().map(|w| w.vars_key()),
+    );
+    let done = session::complete(grant, &target, &material, &state.oss, &s, Some(&claimed)).await?;
     let location = session::object_url(grant, &s.key)?;
-    Ok(Json(json!({"location": location, "key": s.key, "bucket": grant.bucket})).into_response())
+    let mut answer = json!({"location": location, "key": s.key, "bucket": grant.bucket});
+    // Uppy reads `location`; the callback's outcome rides along for the page.
+    if let Some(reply) = &done.callback {
+        answer["callback"] = super::uploads::callback_json(reply);
+    }
+    Ok(Json(answer).into_response())
 }
 
 /// Companion's `DELETE /s3/multipart/{uploadId}`: aborts.

@@ -200,12 +200,26 @@ pub(crate) struct CompletedBody<'a> {
     parts: usize,
     /// The object's ETag as OSS reports it.
     etag: &'a str,
+    /// Only for a grant with an upload callback: OSS's answer after calling back, as OSS gives it to
+    /// an uploader: `status` 200 and the callback's reply (`body`, the application's JSON), or 203
+    /// and OSS's `CallbackFailed` error (the object is stored all the same; the route then answers 203).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    callback: Option<serde_json::Value>,
+}
+
+/// OSS's answer after a completion's callback, as JSON: `{status, body}`, the body
+/// parsed when it is JSON (the callback's reply) and text otherwise (OSS's XML error).
+pub(crate) fn callback_json(reply: &crate::oss::CallbackReply) -> serde_json::Value {
+    let body = serde_json::from_slice::<serde_json::Value>(&reply.body)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&reply.body).into_owned().into());
+    serde_json::json!({ "status": reply.status, "body": body })
 }
 
 /// Completes the upload: the server lists the parts (ListParts, every page), checks them against the
 /// session (numbers 1..n, each but the last exactly `part_size`, total = the declared size ≤
-/// `max_size_bytes`) and completes with `x-oss-forbid-overwrite: true`; on any violation it aborts the
-/// upload and answers 413/422.
+/// `max_size_bytes`) and completes with `x-oss-forbid-overwrite: true` (and the grant's upload callback,
+/// `x:upload` = the upload id); on any violation it aborts the upload and answers 413/422.
 #[utoipa::path(
     post,
     path = "/v1/grants/{grant}/uploads/{upload}/complete",
@@ -217,6 +231,7 @@ pub(crate) struct CompletedBody<'a> {
     ),
     responses(
         (status = 200, description = "The object is stored", body = CompletedBody, headers(("X-Request-Id" = String, description = "The request id"))),
+        (status = 203, description = "The object is stored but OSS's upload callback failed (`callback` holds OSS's `CallbackFailed`)", body = CompletedBody),
         super::responses::SessionErrors,
     ),
     security((), ("api_key" = []), ("jwt" = []), ("ticket" = [])),
@@ -229,14 +244,24 @@ pub async fn session_complete(
     let grant = &caller.grant;
     let s = session::unseal(&state.auth.tickets, &upload, grant, &caller.principal, Utc::now())?;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let done = session::complete(grant, &material, &state.oss, &s, None).await?;
+    let target = caller.target(
+        &state.auth.placeholders,
+        state.webhooks.as_deref().map(|w| w.vars_key()),
+    );
+    let done = session::complete(grant, &target, &material, &state.oss, &s, None).await?;
+    // As OSS answers an uploader: 203 when the object is stored but the callback failed.
+    let status = match &done.callback {
+        Some(reply) if reply.status != 200 => StatusCode::NON_AUTHORITATIVE_INFORMATION,
+        _ => StatusCode::OK,
+    };
     let body = CompletedBody {
         key: &s.key,
         size: s.size,
         parts: done.parts,
         etag: &done.etag,
+        callback: done.callback.as_ref().map(callback_json),
     };
-    Ok(no_store(Json(body).into_response()))
+    Ok(no_store((status, Json(body)).into_response()))
 }
 
 /// Aborts the upload: OSS drops the uploaded parts.

@@ -1297,3 +1297,286 @@ async fn the_webhook_gets_what_is_left_of_osss_window() {
     assert_eq!(pending.len(), 1);
     assert!(pending[0].body.contains("\"size\":1"), "{}", pending[0].body);
 }
+
+/// Issue 18 × 17: an upload session's CompleteMultipartUpload, done by ossvend,
+/// carries the grant's callback (`x-oss-callback`, `x-oss-callback-var`) with
+/// `x:upload` = the upload id; the embedded sink calls back as OSS does, ossvend
+/// verifies and sends exactly one webhook (stock `standardwebhooks` verifier)
+/// with the stored object's real size, ETag, type and `upload`, and the complete
+/// route hands back the callback's reply. A completion whose `x:upload` was
+/// swapped (the other variables as ossvend signed them) is refused by the
+/// receiver: OSS's 203 CallbackFailed, no webhook. Companion's complete (Uppy)
+/// makes one webhook too. With the application down the complete route answers
+/// 203 and the event is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_upload_calls_back_once_with_its_upload_id_and_a_swapped_one_is_refused() {
+    use ossvend::oss::{CallbackHeaders, ObjectRef, OssClient, OssSettings, OssSigning};
+    use ossvend::sign::{AddressingStyle, Endpoint, SigningCredentials};
+
+    let sts = FakeSts::start();
+    let sink = EmbeddedOss::start(&sts, Some((CALLER_AK, CALLER_SECRET)));
+    let app = App::default();
+    let base = start_app(app.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ossvend_base = format!("http://{}", listener.local_addr().unwrap());
+    let receiver = format!("{ossvend_base}/v1/callbacks/oss");
+    let videos = format!(
+        r#"
+[[grants]]
+name = "videos"
+bucket = "examplebucket"
+region = "cn-hangzhou"
+endpoint = "{}"
+prefix = "videos/"
+signing = "access_key"
+actions = ["oss:PutObject", "oss:ListParts", "oss:AbortMultipartUpload"]
+content_types = ["video/mp4"]
+max_size_bytes = 1048576
+multipart = true
+
+[grants.callback]
+url = "{receiver}"
+"#,
+        sink.endpoint
+    );
+    let config = callback_config(&base, "").replacen("\n[webhooks]", &format!("{videos}\n[webhooks]"), 1);
+    let env = env_map();
+    let mut cfg = ossvend::config::parse(&config, &env).unwrap();
+    let problems = ossvend::config::validate(&cfg, &env);
+    assert!(problems.is_empty(), "{problems:?}");
+    cfg.webhooks.local_key_url = Some(format!("{}/", sink.endpoint));
+    let state = ossvend::state::AppState::build(cfg, &env).await.unwrap();
+    serve_ossvend(listener, state.clone()).await;
+    let client = http();
+    const PART: usize = 100 * 1024;
+    let data: Vec<u8> = (0..PART + 4321).map(|i| (i * 7 % 251) as u8).collect();
+
+    // Open, upload both parts through their presigned URLs, complete.
+    let open = |name: &str| {
+        client
+            .post(format!("{ossvend_base}/v1/grants/videos/uploads"))
+            .header("x-request-id", format!("req-{name}"))
+            .json(
+                &json!({"filename": format!("{name}.mp4"), "content_type": "video/mp4",
+                          "size": data.len(), "part_size": PART}),
+            )
+            .send()
+    };
+    let base_ref = &ossvend_base;
+    let upload_parts = |session: Value| {
+        let client = client.clone();
+        let data = data.clone();
+        let ossvend_base = base_ref.clone();
+        async move {
+            let handle = session["upload"].as_str().unwrap();
+            let parts: Value = client
+                .get(format!(
+                    "{ossvend_base}/v1/grants/videos/uploads/{handle}/parts?numbers=1-2"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for (part, chunk) in parts["parts"].as_array().unwrap().iter().zip(data.chunks(PART)) {
+                let put = client.put(part["url"].as_str().unwrap()).body(chunk.to_vec());
+                assert_eq!(put.send().await.unwrap().status().as_u16(), 200);
+            }
+        }
+    };
+    let session: Value = open("clip").await.unwrap().json().await.unwrap();
+    upload_parts(session.clone()).await;
+    let handle = session["upload"].as_str().unwrap();
+    let done = client
+        .post(format!(
+            "{ossvend_base}/v1/grants/videos/uploads/{handle}/complete"
+        ))
+        .header("x-request-id", "req-clip-complete")
+        .send()
+        .await
+        .unwrap();
+    let status = done.status().as_u16();
+    let done: Value = done.json().await.unwrap();
+    assert_eq!(status, 200, "{done}\n{}", sink.log_text());
+    assert_eq!(
+        done["callback"],
+        json!({"status": 200, "body": {"recorded": true, "photo_id": 42}}),
+        "{done}"
+    );
+
+    // Exactly one verified webhook, with what the sink stored and the upload id.
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let events = python_verify_webhooks(&seen).unwrap();
+    let key = session["key"].as_str().unwrap();
+    let stored = sink.objects().await;
+    let meta = stored.iter().find(|m| m.key == key).unwrap();
+    assert_eq!(meta.size, data.len() as u64);
+    let event = &events[0];
+    assert_eq!(
+        (
+            event["key"].as_str(),
+            event["size"].as_u64(),
+            event["content_type"].as_str()
+        ),
+        (Some(key), Some(data.len() as u64), Some("video/mp4"))
+    );
+    assert_eq!(event["etag"].as_str(), Some(meta.etag.trim_matches('"')));
+    assert_eq!(
+        done["etag"].as_str().map(|e| e.trim_matches('"')),
+        event["etag"].as_str()
+    );
+    assert!(event["etag"].as_str().unwrap().ends_with("-2"), "{event}");
+    assert_eq!(event["upload"], session["upload_id"]);
+    assert_eq!(
+        (event["grant"].as_str(), event["request_id"].as_str()),
+        (Some("videos"), Some("req-clip-complete"))
+    );
+
+    // A second session completed directly at the sink (as a holder of the grant's
+    // credentials could) with variables ossvend signed for the first upload id but
+    // x:upload swapped for the second's: the receiver refuses, OSS reports 203.
+    let second: Value = open("swap").await.unwrap().json().await.unwrap();
+    upload_parts(second.clone()).await;
+    let signed_for_first = ossvend::callbacks::custom_vars(
+        state.webhooks.as_ref().unwrap().vars_key(),
+        &ossvend::callbacks::Issuance {
+            grant: "videos".into(),
+            subject: event["subject"].as_str().unwrap().into(),
+            request_id: "req-swap".into(),
+            prefix: "videos/".into(),
+            upload: session["upload_id"].as_str().unwrap().into(),
+        },
+    );
+    let mut swapped = signed_for_first.clone();
+    swapped[4].1 = second["upload_id"].as_str().unwrap().into();
+    let param = ossvend::callbacks::CallbackParam {
+        url: &receiver,
+        host: None,
+        form_body: false,
+        sni: false,
+    }
+    .to_base64();
+    let oss = OssClient::new(OssSettings::default()).unwrap();
+    let creds = SigningCredentials {
+        access_key_id: CALLER_AK,
+        access_key_secret: CALLER_SECRET,
+        security_token: None,
+    };
+    let object = ObjectRef {
+        endpoint: Endpoint {
+            base: &sink.endpoint,
+            style: AddressingStyle::Path,
+        },
+        region: "cn-hangzhou",
+        bucket: "examplebucket",
+        key: second["key"].as_str().unwrap(),
+        signing: OssSigning::V4,
+    };
+    let second_id = second["upload_id"].as_str().unwrap();
+    let listed = oss.list_parts(&creds, &object, second_id).await.unwrap();
+    let chosen: Vec<(u32, String)> = listed.iter().map(|p| (p.number, p.etag.clone())).collect();
+    let vars = ossvend::callbacks::vars_to_base64(&swapped);
+    let headers = CallbackHeaders {
+        param: &param,
+        vars: &vars,
+    };
+    let refused = oss
+        .complete_with(&creds, &object, second_id, &chosen, true, Some(headers))
+        .await
+        .unwrap();
+    let reply = refused.callback.unwrap();
+    assert_eq!(reply.status, 203, "{}", String::from_utf8_lossy(&reply.body));
+    assert!(String::from_utf8_lossy(&reply.body).contains("CallbackFailed"));
+    assert_eq!(app.seen().len(), 1, "no webhook for the swapped x:upload");
+    assert!(state.webhooks.as_ref().unwrap().pending().await.is_empty());
+
+    // Companion's S3 API (Uppy) over the same sessions: its complete carries the callback
+    // too; Uppy's `{location, key, bucket}` answer gains `callback`.
+    let companion = format!("{ossvend_base}/v1/grants/videos/companion/s3/multipart");
+    let created: Value = client
+        .post(&companion)
+        .json(&json!({"filename": "uppy.mp4", "type": "video/mp4"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (uppy_handle, uppy_key) = (
+        created["uploadId"].as_str().unwrap(),
+        created["key"].as_str().unwrap(),
+    );
+    let key_q: String = url::form_urlencoded::byte_serialize(uppy_key.as_bytes()).collect();
+    let mut claimed = Vec::new();
+    for (i, chunk) in data.chunks(PART).enumerate() {
+        let n = i + 1;
+        let signed: Value = client
+            .get(format!("{companion}/{uppy_handle}/{n}?key={key_q}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let put = client
+            .put(signed["url"].as_str().unwrap())
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status().as_u16(), 200);
+        claimed.push(json!({"PartNumber": n, "ETag": put.headers()["etag"].to_str().unwrap()}));
+    }
+    let uppy_done = client
+        .post(format!("{companion}/{uppy_handle}/complete?key={key_q}"))
+        .json(&json!({ "parts": claimed }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uppy_done.status().as_u16(), 200);
+    let uppy_done: Value = uppy_done.json().await.unwrap();
+    assert_eq!(uppy_done["callback"]["body"]["photo_id"], 42, "{uppy_done}");
+    assert!(uppy_done["location"].as_str().unwrap().ends_with(uppy_key));
+    let seen = app.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let uppy_event = &python_verify_webhooks(&seen).unwrap()[1];
+    assert_eq!(
+        (uppy_event["key"].as_str(), uppy_event["size"].as_u64()),
+        (Some(uppy_key), Some(data.len() as u64))
+    );
+    assert!(uppy_event["upload"].as_str().is_some_and(|u| !u.is_empty()));
+
+    // The application down: the complete route answers 203 as OSS does, the object is
+    // stored, and the event (with its upload id) is pending for redelivery.
+    app.down.store(true, Ordering::SeqCst);
+    let third: Value = open("late").await.unwrap().json().await.unwrap();
+    upload_parts(third.clone()).await;
+    let handle = third["upload"].as_str().unwrap();
+    let late = client
+        .post(format!(
+            "{ossvend_base}/v1/grants/videos/uploads/{handle}/complete"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status().as_u16(), 203);
+    let late: Value = late.json().await.unwrap();
+    assert_eq!(late["callback"]["status"], 203, "{late}");
+    assert!(
+        late["callback"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("CallbackFailed")
+    );
+    let third_key = third["key"].as_str().unwrap();
+    assert!(sink.objects().await.iter().any(|m| m.key == third_key));
+    let pending = state.webhooks.as_ref().unwrap().pending().await;
+    assert_eq!(pending.len(), 1);
+    let body: Value = serde_json::from_str(&pending[0].body).unwrap();
+    assert_eq!(
+        (&body["key"], &body["upload"]),
+        (&third["key"], &third["upload_id"])
+    );
+}

@@ -1483,7 +1483,8 @@ async fn local_mode_answers_uploads_with_the_verified_event_and_refuses_forgerie
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let ls = LocalServer::start(None, &[]);
-    let line = "upload callbacks: the sink calls back after form and presigned uploads of browser-upload";
+    let line =
+        "upload callbacks: the sink calls back after form, presigned and session uploads of browser-upload";
     assert!(
         ls.server.logs.wait_for(line, Duration::from_secs(10)).await,
         "no start-up line about callbacks:\n{}",

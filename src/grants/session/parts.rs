@@ -229,6 +229,8 @@ fn violation((status, code): (StatusCode, &'static str), message: String) -> Vio
 pub struct Completed {
     pub etag: String,
     pub parts: usize,
+    /// OSS's answer after the grant's upload callback, when the grant has one.
+    pub callback: Option<crate::oss::CallbackReply>,
 }
 
 /// A client's own part list (Companion's complete) must be exactly what OSS lists.
@@ -253,15 +255,19 @@ fn agrees(
 }
 
 /// ListParts, the check (and, when the client sent one, its part list against
-/// ListParts), then CompleteMultipartUpload (`x-oss-forbid-overwrite: true`); on a
-/// violation the upload is aborted and the violation answered.
+/// ListParts), then CompleteMultipartUpload (`x-oss-forbid-overwrite: true`, and
+/// the grant's upload callback built for `target` with `x:upload` = the upload
+/// id); on a violation the upload is aborted and the violation answered.
 pub async fn complete(
     grant: &Grant,
+    target: &upload::Target<'_>,
     material: &SigningMaterial,
     oss: &OssClient,
     session: &Session,
     claimed: Option<&[(u32, String)]>,
 ) -> Result<Completed, ApiError> {
+    // Built first: a grant whose callback cannot be built must not complete without it.
+    let callback = upload::callback_fields(grant, target, Some(&session.upload_id))?;
     let creds = material.creds();
     let object = object_ref(grant, &session.key);
     let parts = oss.list_parts(&creds, &object, &session.upload_id).await?;
@@ -280,12 +286,17 @@ pub async fn complete(
             ));
         }
     };
-    let etag = oss
-        .complete(&creds, &object, &session.upload_id, &chosen, true)
+    let headers = callback.as_ref().map(|c| crate::oss::CallbackHeaders {
+        param: &c.param,
+        vars: &c.vars_base64,
+    });
+    let done = oss
+        .complete_with(&creds, &object, &session.upload_id, &chosen, true, headers)
         .await?;
     Ok(Completed {
-        etag,
+        etag: done.etag,
         parts: chosen.len(),
+        callback: done.callback,
     })
 }
 

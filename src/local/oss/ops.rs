@@ -219,15 +219,7 @@ pub(super) async fn put_object(
         )));
     }
     check_md5(req).map_err(tag)?;
-    let callback = match req.query_value("callback").or(req.header("x-oss-callback")) {
-        Some(param) => {
-            let vars = req
-                .query_value("callback-var")
-                .or(req.header("x-oss-callback-var"));
-            Some(super::callback::parse(param, vars, &[]).map_err(tag)?)
-        }
-        None => None,
-    };
+    let callback = callback_of(req).map_err(tag)?;
     let content_type = content_type_or_default(req);
     let body = take_spooled(state, req).await.map_err(tag)?;
     let md5 = hex::decode(&body.md5_hex).unwrap_or_default();
@@ -321,6 +313,7 @@ pub(super) async fn complete_upload(
     let (scheme, ak) = authorized(state, req, now, "oss:PutObject")?;
     let tag = |e: OssError| e.tag(Some(scheme), Some(&ak));
     let all = req.header("x-oss-complete-all").unwrap_or("").to_lowercase() == "yes";
+    let callback = callback_of(req).map_err(tag)?;
     let body = take_memory(req);
     let chosen = if all {
         None
@@ -348,9 +341,27 @@ pub(super) async fn complete_upload(
         ("ETag", meta.etag.as_str()),
     ]);
     let xml = xml_doc("CompleteMultipartUploadResult", &children);
-    Ok(Reply::new(200, Some(scheme), Some(&ak))
-        .xml(xml)
-        .header("ETag", meta.etag.clone()))
+    let reply = Reply::new(200, Some(scheme), Some(&ak)).header("ETag", meta.etag.clone());
+    // With a callback, OSS answers with the callback's reply instead of the XML result.
+    Ok(match callback {
+        Some(cb) => {
+            let sink = format!("http://{}", host_of(req));
+            reply.callback(cb.perform(&state.callbacks, &meta, &sink).await)
+        }
+        None => reply.xml(xml),
+    })
+}
+
+/// The upload callback of a PutObject or CompleteMultipartUpload: the
+/// `callback`/`callback-var` query parameters or `x-oss-callback`/`x-oss-callback-var` headers.
+fn callback_of(req: &Incoming) -> Result<Option<super::callback::Prepared>, OssError> {
+    let Some(param) = req.query_value("callback").or(req.header("x-oss-callback")) else {
+        return Ok(None);
+    };
+    let vars = req
+        .query_value("callback-var")
+        .or(req.header("x-oss-callback-var"));
+    super::callback::parse(param, vars, &[]).map(Some)
 }
 
 /// ListParts: `max-parts` (1..=1000, default 1000) after `part-number-marker`.
