@@ -120,7 +120,7 @@ impl Authorized {
         })
     }
 
-    pub fn target<'a>(
+    fn target<'a>(
         &'a self,
         placeholders: &'a crate::policy::template::Placeholders,
         callback_key: Option<&'a [u8]>,
@@ -132,6 +132,15 @@ impl Authorized {
             request_id: &self.ctx.request_id,
             callback_key,
         }
+    }
+
+    /// [`Self::target`] with this state's placeholders and the key of ossvend's
+    /// callback variables (`[webhooks]`), as every issuing route needs it.
+    pub fn issuance_target<'a>(&'a self, state: &'a AppState) -> crate::grants::upload::Target<'a> {
+        self.target(
+            &state.auth.placeholders,
+            state.webhooks.as_deref().map(|w| w.vars_key()),
+        )
     }
 
     /// The audit record of an issuance to this caller.

@@ -75,10 +75,7 @@ pub async fn companion_params(
         md5: None,
     };
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let target = caller.target(
-        &state.auth.placeholders,
-        state.webhooks.as_deref().map(|w| w.vars_key()),
-    );
+    let target = caller.issuance_target(&state);
     let p = upload::post_policy(grant, &target, &material, now, &req)?;
     let key = p.key.clone().unwrap_or_default();
     caller.audit(
@@ -128,10 +125,7 @@ pub async fn companion_create(
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
     let grant = &caller.grant;
-    let target = caller.target(
-        &state.auth.placeholders,
-        state.webhooks.as_deref().map(|w| w.vars_key()),
-    );
+    let target = caller.issuance_target(&state);
     let ct = body.content_type.as_deref();
     let planned = session::plan_undeclared(grant, &target, body.filename.as_deref(), ct, now)?;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
@@ -305,10 +299,7 @@ pub async fn companion_complete(
     let grant = &caller.grant;
     let claimed: Vec<(u32, String)> = body.parts.into_iter().map(|p| (p.number, p.etag)).collect();
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let target = caller.target(
-        &state.auth.placeholders,
-        state.webhooks.as_deref().map(|w| w.vars_key()),
-    );
+    let target = caller.issuance_target(&state);
     let done = session::complete(grant, &target, &material, &state.oss, &s, Some(&claimed)).await?;
     let location = session::object_url(grant, &s.key)?;
     let mut answer = json!({"location": location, "key": s.key, "bucket": grant.bucket});

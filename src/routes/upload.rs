@@ -46,10 +46,7 @@ async fn make_post_policy(
 ) -> Result<PostPolicy, ApiError> {
     let grant = &caller.grant;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let target = caller.target(
-        &state.auth.placeholders,
-        state.webhooks.as_deref().map(|w| w.vars_key()),
-    );
+    let target = caller.issuance_target(state);
     let p = upload::post_policy(grant, &target, &material, Utc::now(), req)?;
     caller.audit(
         state,
@@ -223,10 +220,7 @@ async fn make_presigned(
 ) -> Result<Presigned, ApiError> {
     let grant = &caller.grant;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let target = caller.target(
-        &state.auth.placeholders,
-        state.webhooks.as_deref().map(|w| w.vars_key()),
-    );
+    let target = caller.issuance_target(state);
     let p = upload::presign(grant, &target, &material, Utc::now(), req)?;
     caller.audit(
         state,

@@ -79,10 +79,7 @@ pub async fn session_open(
     let now = Utc::now();
     let grant = &caller.grant;
     // Refuse what the server can check before an STS or OSS call.
-    let target = caller.target(
-        &state.auth.placeholders,
-        state.webhooks.as_deref().map(|w| w.vars_key()),
-    );
+    let target = caller.issuance_target(&state);
     let planned = session::plan(grant, &target, &req, now)?;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
     let opened = session::open(grant, &material, &state.oss, &state.auth.tickets, planned).await?;
@@ -244,10 +241,7 @@ pub async fn session_complete(
     let grant = &caller.grant;
     let s = session::unseal(&state.auth.tickets, &upload, grant, &caller.principal, Utc::now())?;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let target = caller.target(
-        &state.auth.placeholders,
-        state.webhooks.as_deref().map(|w| w.vars_key()),
-    );
+    let target = caller.issuance_target(&state);
     let done = session::complete(grant, &target, &material, &state.oss, &s, None).await?;
     // As OSS answers an uploader: 203 when the object is stored but the callback failed.
     let status = match &done.callback {
