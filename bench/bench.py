@@ -16,7 +16,8 @@ Environment:
                         apart) before measuring (default 0: don't wait)
   BENCH_RESULTS         where to write the results (default bench/results/<date>.md;
                         "-" = don't write)
-  BENCH_SKIP            comma-separated parts to skip: hello,ossvend,reference,storm,memory,sign,fleet
+  BENCH_SKIP            comma-separated parts to skip: hello,ossvend,reference,storm,memory,sign,fleet,
+                        companion
 Stdlib only (Python 3.11+, like the fake STS).
 """
 
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -491,6 +493,59 @@ def part_memory(sts: FakeSts) -> None:
     stop(srv.proc)
 
 
+def post_json(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def part_companion() -> None:
+    """Issue 17: Uppy Companion's S3 signing routes against ossvend's, same run, same core.
+
+    ossvend runs as `ossvend local` (its ready config's `large-files` grant, multipart on):
+    opening an upload session calls InitiateMultipartUpload, which the embedded OSS sink in
+    the same process answers; it is idle while the routes measured here only sign. Companion
+    signs with fake S3 keys and calls nothing: its sign-part route takes any uploadId.
+    """
+    port, oss_port = free_port(), free_port()
+    argv = [str(ROOT / "target/release/ossvend"), "local", "--listen", f"127.0.0.1:{port}",
+            "--oss-listen", f"127.0.0.1:{oss_port}", "--data-dir", str(WORK / "local"), "--no-callbacks"]
+    srv, logf = spawn("ossvend-local", pinned(SERVER_CPU, argv), base_env())
+    wait_port(port, srv, "ossvend local", logf)
+    g = f"http://127.0.0.1:{port}/v1/grants/large-files"
+    native = post_json(f"{g}/uploads", {"filename": "big.bin", "content_type": "application/octet-stream",
+                                        "size": 100 * 2**20, "part_size": 5 * 2**20})
+    compat = post_json(f"{g}/companion/s3/multipart", {"filename": "big.bin", "type": "application/octet-stream"})
+    key = urllib.parse.quote(compat["key"], safe="")
+    routes = {
+        "ov_part_native": f"{g}/uploads/{native['upload']}/parts?numbers=3",
+        "ov_part_companion": f"{g}/companion/s3/multipart/{compat['uploadId']}/3?key={key}",
+        "ov_params": f"{g}/companion/s3/params?filename=a.png&type=image/png",
+    }
+    for name, url in routes.items():
+        if get(url) != 200:
+            raise SystemExit(f"ossvend local: {url} did not answer 200")
+        R[name] = wrk(url, srv.pid)
+    stop(srv)
+
+    port = free_port()
+    env = base_env(PORT=str(port), NODE_ENV="production")
+    p, logf = spawn("companion", pinned(SERVER_CPU, ["node", "server.js"]), env, cwd=BENCH / "companion")
+    wait_port(port, p, "companion", logf)
+    c = f"http://127.0.0.1:{port}/s3"
+    routes = {
+        # A made-up uploadId: Companion signs it without asking S3 (nothing to ask here).
+        "cp_part": f"{c}/multipart/made-up-upload-id/3?key=uploads%2Fbig.bin",
+        "cp_params": f"{c}/params?filename=a.png&type=image/png",
+    }
+    for name, url in routes.items():
+        if get(url) != 200:
+            raise SystemExit(f"companion: {url} did not answer 200")
+        R[name] = wrk(url, p.pid)
+    stop(p)
+
+
 SIGNERS = [
     ("oss_v1_header", "OSS V1 header"),
     ("oss_v1_presign", "OSS V1 presigned URL"),
@@ -652,6 +707,19 @@ def table() -> str:
                       ("post", "ossvend PostObject form (`/post-policy`, V4)")):
         if key in R:
             tp(name, key, "", f"{ratio(R[key]['rps'], hr)} hello")
+    def vs_companion(key, base):
+        return f"{ratio(R[key]['rps'], R[base]['rps'])} Companion" if key in R and base in R else ""
+
+    tp("Companion 6.2.2: one part URL (`GET /s3/multipart/{id}/{n}?key=`, S3 SigV4)", "cp_part", "",
+       "1.00× Companion")
+    tp("ossvend local, Companion route: one part URL (`/companion/s3/multipart/{id}/{n}`, OSS V4)",
+       "ov_part_companion", "", vs_companion("ov_part_companion", "cp_part"))
+    tp("ossvend local, native route: one part URL (`/uploads/{upload}/parts?numbers=n`, OSS V4)",
+       "ov_part_native", "", vs_companion("ov_part_native", "cp_part"))
+    tp("Companion 6.2.2: presigned POST form (`GET /s3/params`)", "cp_params", "no size limit in its policy",
+       "1.00× Companion")
+    tp("ossvend local: PostObject form (`/companion/s3/params`, V4)", "ov_params",
+       "policy binds the key and `content-length-range`", vs_companion("ov_params", "cp_params"))
     if "storm_grant" in R:
         s = R["storm_grant"]
         rows.append(f"| cold storm: {s['n']} concurrent first requests, one grant | — | {f_ms(s['p50'])} "
@@ -779,6 +847,8 @@ def main() -> int:
             part_memory(sts)
         if "fleet" not in SKIP and shutil.which("redis-server"):
             part_fleet(sts)
+        if "companion" not in SKIP:
+            part_companion()
     finally:
         for p in list(CHILDREN):
             stop(p)
@@ -829,6 +899,13 @@ def main() -> int:
                 "storms sent to the replicas in turn; the per-user storm under the fleet budget "
                 f"(`sts.max_calls_per_second` = {STS_BUDGET} for the fleet, burst 1); \"in any second\" is the "
                 "most calls the fake STS received in any one-second window.",
+                "- Companion rows (issue 17): Uppy Companion 6.2.2 (`bench/companion/server.js`: its own "
+                "`companion.app(options)`, defaults otherwise, obviously fake S3 keys, so it signs locally and "
+                "calls nothing; its sign-part route takes a made-up uploadId) against `ossvend local` (its ready "
+                "config's `large-files` grant; one upload session opened first, through the native API and "
+                "through the Companion route, whose InitiateMultipartUpload the embedded OSS sink in the same "
+                "process answers; the sink is idle while the signing routes are measured). Each signs one part "
+                "(part 3) per request. Both servers on the server core, one after the other.",
                 "- Signing: `cargo bench --bench sign` (benches/sign.rs), median of criterion's samples with its "
                 "confidence interval, inputs like the routes' (1,100-character STS token).",
                 ""]
