@@ -277,7 +277,7 @@ async function uploadWithSession(grant, file) {
       }
     }
     const result = await ossvendSend('POST', `${base}/complete`);
-    return { key: result.key, xhr: null };
+    return { key: result.key, xhr: null, callback: result.callback };
   } catch (e) {
     await ossvendSend('DELETE', base).catch(() => {});
     throw e;
@@ -307,6 +307,13 @@ function callbackOutcome(xhr) {
     } catch { /* not JSON after all: treated as no callback */ }
   }
   return { kind: 'none', text: 'no callback' };
+}
+
+// An upload session's completion: ossvend relays OSS's answer as `callback: {status, body}`.
+function sessionCallbackOutcome(c) {
+  if (!c) return { kind: 'none', text: 'no callback' };
+  if (c.status === 203) return { kind: 'failed', text: `CallbackFailed: ${typeof c.body === 'string' ? c.body : JSON.stringify(c.body)}` };
+  return { kind: 'json', text: JSON.stringify(c.body) };
 }
 
 // ---------------------------------------------------------------- UI
@@ -381,10 +388,10 @@ async function upload(method) {
   try {
     if (!grant) throw new UploadError({ source: 'page', code: 'no_grant', message: 'Enter a grant name.' });
     if (!file) throw new UploadError({ source: 'page', code: 'no_file', message: 'Choose a file first.' });
-    const { key, xhr } = await run(grant, file);
+    const { key, xhr, callback } = await run(grant, file);
     showProgress(file.size, file.size);
     r.dataset.key = key;
-    const cb = callbackOutcome(xhr);
+    const cb = method === 'session' ? sessionCallbackOutcome(callback) : callbackOutcome(xhr);
     r.dataset.callback = cb.kind;
     setResult('ok',
       el('p', { className: 'headline' }, `Uploaded ${file.name} (${formatSize(file.size)}) with ${label}.`),

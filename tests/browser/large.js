@@ -91,7 +91,11 @@ async function main() {
       );
       const r = await page.$eval('#result', (e) => ({ ...e.dataset }));
       const steps = await page.$$eval('#steps li', (lis) => lis.map((l) => l.textContent));
-      out.push({ grant, status: r.status, key: r.key || null, code: r.code || null, steps: steps.length });
+      const callbackText = await page.$eval('#result-callback', (e) => e.textContent).catch(() => null);
+      out.push({
+        grant, status: r.status, key: r.key || null, code: r.code || null, steps: steps.length,
+        callback: r.callback || null, callback_text: callbackText,
+      });
       log.push(...steps.map((s) => `[step ${grant}] ${s}`));
     }
     // Refusals with plain fetch from the page (anonymous grant: the other-caller case is tested in Rust).

@@ -1131,6 +1131,18 @@ async fn demo_page_large_file_method_uploads_25_mib_in_chromium() {
     );
     let key = runs[0]["key"].as_str().unwrap();
     assert!(key.starts_with("large/") && key.ends_with(".bin"), "{key}");
+    // Local mode calls back on completion too: the page shows the verified event.
+    assert_eq!(runs[0]["callback"], "json", "{}", context());
+    let event: Value = serde_json::from_str(runs[0]["callback_text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (
+            event["event"].as_str(),
+            event["key"].as_str(),
+            event["size"].as_u64()
+        ),
+        (Some("upload.completed"), Some(key), Some(25 * 1024 * 1024)),
+        "{event}"
+    );
     let got = http()
         .get(ls.server.url(&format!("/_local/objects/{BUCKET}/{key}")))
         .send()
