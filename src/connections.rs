@@ -863,7 +863,7 @@ mod tests {
     #[tokio::test]
     async fn http2_prior_knowledge_is_still_served() {
         let r = start(100).await;
-        let _ = rustls::crypto::ring::default_provider().install_default(); // as sts::client does
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .http2_prior_knowledge()
             .build()

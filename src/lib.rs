@@ -36,6 +36,7 @@ pub mod signcli;
 pub mod state;
 pub mod sts;
 pub mod telemetry;
+pub mod tls;
 pub mod webhooks;
 
 pub use routes::app;

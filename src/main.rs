@@ -269,7 +269,7 @@ fn credential_process(url: &str, api_key_file: Option<&Path>) -> ExitCode {
             .clear()
             .extend_pairs(kept)
             .append_pair("format", "credential-process");
-        ossvend::sts::client::install_crypto_provider();
+        ossvend::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(15))
             .build()

@@ -101,7 +101,7 @@ impl AppState {
             ),
             None => {
                 // rediss:// builds its TLS client config with the process's provider (ring).
-                crate::sts::client::install_crypto_provider();
+                crate::tls::install_crypto_provider();
                 let fleet = match &config.shared {
                     Some(s) => Some(Fleet::connect(s, config.sts.timeout, identity_tag(&config), env).await?),
                     None => None,

@@ -155,7 +155,7 @@ impl Webhooks {
             .get(var)
             .ok_or_else(|| format!("webhooks.secret_env: environment variable {var} is not set"))
             .and_then(|s| parse_secret(s).map_err(|e| format!("webhooks.secret_env ({var}): {e}")))?;
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
@@ -192,7 +192,7 @@ impl Webhooks {
     /// variables' key is random per process (local mode is one process).
     fn local_echo(cfg: &WebhooksConfig) -> Arc<Self> {
         let secret: [u8; 32] = rand::random();
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         Arc::new(Webhooks {
             url: String::new(),
             echo: true,

@@ -221,7 +221,7 @@ impl JwtVerifier {
         if cfg.subject_claim.is_empty() {
             return Err("auth.jwt.subject_claim: must not be empty".into());
         }
-        crate::sts::client::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(FETCH_TIMEOUT)

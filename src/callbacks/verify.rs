@@ -90,7 +90,7 @@ pub struct HttpKeySource {
 
 impl HttpKeySource {
     pub fn new() -> Result<Self, String> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(3))

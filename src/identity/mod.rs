@@ -341,7 +341,7 @@ pub(crate) fn parse_credentials_json(
 /// A small HTTP client for local credential endpoints (IMDS, credentials URI):
 /// short timeouts, no proxy, no redirects.
 pub(crate) fn local_http_client(connect: Duration, total: Duration) -> Result<reqwest::Client, String> {
-    crate::sts::client::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(connect)
         .timeout(total)

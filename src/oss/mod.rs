@@ -188,7 +188,7 @@ const MAX_LIST_PAGES: usize = 11;
 impl OssClient {
     pub fn new(settings: OssSettings) -> Result<Self, String> {
         // reqwest is built without a bundled provider; ring, as the STS client installs it.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)

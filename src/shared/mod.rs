@@ -480,7 +480,7 @@ mod tests {
     /// there leaves the replica on its fallback, not failing to start.
     #[tokio::test]
     async fn tls_urls_build_and_an_absent_redis_is_the_fallback() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::install_crypto_provider();
         let env = BTreeMap::from([
             ("K".to_string(), "k".repeat(32)),
             ("U".to_string(), "ossvend".to_string()),

@@ -87,7 +87,7 @@ impl StsClient {
     /// Uses `cfg.endpoint()`: the server resolves the environment defaults
     /// (region, VPC) into `cfg.endpoint` before building the client.
     pub fn new(cfg: &StsConfig) -> Result<Self, String> {
-        install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.timeout)
@@ -474,12 +474,6 @@ pub(crate) fn without_url(e: &reqwest::Error) -> String {
         "request failed"
     };
     what.to_string()
-}
-
-/// reqwest is built without a bundled crypto provider (no OpenSSL, no aws-lc);
-/// ring is installed as the process default once.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 #[derive(Deserialize)]

@@ -532,7 +532,7 @@ mod tests {
     /// The acceptance smoke test: a real TCP listener, reqwest, V4 presigned URLs.
     #[tokio::test]
     async fn smoke_v4_presigned_put_over_tcp() {
-        crate::sts::client::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let tmp = tempfile::tempdir().unwrap();
         let now = t0();
         let state = state_at(tmp.path(), now);

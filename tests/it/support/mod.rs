@@ -32,7 +32,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn http() -> reqwest::Client {
-    ossvend::sts::client::install_crypto_provider();
+    ossvend::tls::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(0)
