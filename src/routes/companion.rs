@@ -128,18 +128,7 @@ pub async fn companion_create(
     let target = caller.issuance_target(&state);
     let ct = body.content_type.as_deref();
     let planned = session::plan_undeclared(grant, &target, body.filename.as_deref(), ct, now)?;
-    let material = state.issuer.signing_material(grant, &caller.resolved).await?;
-    let opened = session::open(grant, &material, &state.oss, &state.auth.tickets, planned).await?;
-    caller.audit(
-        &state,
-        Issued {
-            kind: "upload-session",
-            access_key_id: Some(material.access_key_id()),
-            expires_at: opened.session.expires_at(),
-            cache: None,
-            key: &opened.session.key,
-        },
-    );
+    let opened = super::uploads::open_audited(&state, &caller, planned).await?;
     let answer = json!({"key": opened.session.key, "uploadId": opened.handle, "bucket": grant.bucket});
     Ok(Json(answer).into_response())
 }

@@ -81,10 +81,23 @@ pub async fn session_open(
     // Refuse what the server can check before an STS or OSS call.
     let target = caller.issuance_target(&state);
     let planned = session::plan(grant, &target, &req, now)?;
+    let opened = open_audited(&state, &caller, planned).await?;
+    let body = Json(opened_body(&opened.handle, &opened.session));
+    Ok(no_store((StatusCode::CREATED, body).into_response()))
+}
+
+/// Opens a planned session with the grant's credential (InitiateMultipartUpload)
+/// and writes its audit record: the native route and Companion's create both open this way.
+pub(super) async fn open_audited(
+    state: &AppState,
+    caller: &Authorized,
+    planned: Session,
+) -> Result<session::Opened, ApiError> {
+    let grant = &caller.grant;
     let material = state.issuer.signing_material(grant, &caller.resolved).await?;
     let opened = session::open(grant, &material, &state.oss, &state.auth.tickets, planned).await?;
     caller.audit(
-        &state,
+        state,
         Issued {
             kind: "upload-session",
             access_key_id: Some(material.access_key_id()),
@@ -93,8 +106,7 @@ pub async fn session_open(
             key: &opened.session.key,
         },
     );
-    let body = Json(opened_body(&opened.handle, &opened.session));
-    Ok(no_store((StatusCode::CREATED, body).into_response()))
+    Ok(opened)
 }
 
 /// Which parts to sign.
